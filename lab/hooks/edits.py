@@ -1,0 +1,134 @@
+"""Ready-made edits for ``trace(..., edits={name: fn})``, and running a UNet only up to a chosen point.
+
+    edits = {name: scale_tokens([2], 0.0) for name in select(pipe, kind="attn2")}   # silence token 2
+    edits = {name: replace_attention(source.cache) for name in names}              # prompt-to-prompt style swap
+    feats = run_until(unet, "up_blocks.1", latents, t, encoder_hidden_states=text)  # DIFT: stop after that block
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .points import check_names, unet_of
+
+
+def scale_tokens(token_indices: Sequence[int] | int, factor: float, mask: torch.Tensor | None = None,
+                 branches: Sequence[str] = ("cond",)) -> Callable:
+    """Edit that multiplies cross-attention to the key tokens `token_indices` by `factor` (0 removes them).
+
+        edits = {name: scale_tokens([1, 2], 2.0) for name in select(pipe, kind="attn2")}
+        edits = {name: scale_tokens(3, 0.0, mask=left_half) for name in names}   # only queries where mask is 1
+
+    mask: (h, w) tensor in [0, 1] over the image; resized (bilinear) to each layer's resolution, the factor applies as
+    1 + (factor - 1) * mask. branches: which guidance branches are edited (the unconditional prompt has different
+    tokens, so by default only 'cond'). Probabilities are not renormalised.
+    """
+    tokens = [int(token_indices)] if isinstance(token_indices, int) else [int(t) for t in token_indices]
+    branches = (branches,) if isinstance(branches, str) else tuple(branches)
+
+    def edit(probs: torch.Tensor, ctx) -> torch.Tensor:  # probs: (B, heads, q, k)
+        bad = [t for t in tokens if not -probs.shape[-1] <= t < probs.shape[-1]]
+        if bad:
+            raise ValueError(f"scale_tokens: token {bad[0]} out of range for {probs.shape[-1]} keys at {ctx.point!r}")
+        if mask is None:
+            scale = torch.full((probs.shape[2], 1), float(factor), dtype=probs.dtype, device=probs.device)  # (q, 1)
+        else:
+            if ctx.resolution is None:
+                raise ValueError(f"scale_tokens: no resolution known for {ctx.point!r} to resize the mask to")
+            m = torch.as_tensor(mask, dtype=torch.float32, device=probs.device)[None, None]  # (1, 1, H, W)
+            m = F.interpolate(m, size=ctx.resolution, mode="bilinear", align_corners=False)  # (1, 1, h, w)
+            if m.numel() != probs.shape[2]:
+                raise ValueError(f"scale_tokens: {ctx.point!r} has {probs.shape[2]} queries, not {ctx.resolution}")
+            scale = (1 + (factor - 1) * m.reshape(-1, 1)).to(probs.dtype)  # (q, 1)
+        out = probs.clone()
+        for branch in branches:
+            if branch in ctx.branches:
+                rows = ctx.rows(branch)
+                out[rows, :, :, tokens] = out[rows, :, :, tokens] * scale  # (b, heads, q, len(tokens))
+        return out
+
+    return edit
+
+
+def replace_attention(from_cache, steps: Sequence[int] | None = None) -> Callable:
+    """Edit that swaps a layer's attention probabilities for those saved in `from_cache` at the same step.
+
+        with trace(pipe, names, keep=Keep(steps="all")) as src:
+            pipe("a cat on a mat", generator=torch.Generator().manual_seed(0))
+        edits = {n: replace_attention(src.cache, steps=range(10)) for n in names}
+        with trace(pipe, [], edits=edits):
+            pipe("a dog on a mat", generator=torch.Generator().manual_seed(0))
+
+    The cache must hold the layer with every head and every key (Keep(heads="all", tokens=None)); with a step axis
+    the maps of the same step are used, without one (steps summed/averaged) the same maps at every step. Branches
+    are matched by label: those the cache did not keep are left as they are. steps: where to replace (default all).
+    """
+    only = None if steps is None else {int(s) for s in steps}
+
+    def edit(probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, k)
+        if only is not None and ctx.step not in only:
+            return None
+        name, ax = ctx.point, from_cache.axes.get(ctx.point)
+        if ax is None:
+            raise ValueError(f"replace_attention: the cache has no {name!r}; it has {len(from_cache)} points "
+                             f"(e.g. {', '.join(list(from_cache)[:3])})")
+        if "head" not in ax or from_cache.meta.get("keep", {}).get("tokens") is not None:
+            raise ValueError(f"replace_attention: {name!r} was kept with axes {ax} and tokens "
+                             f"{from_cache.meta.get('keep', {}).get('tokens')}; keep every head and token")
+        saved = from_cache[name]
+        if "step" in ax:
+            kept = from_cache.meta.get("steps") or []
+            if ctx.step not in kept:
+                raise ValueError(f"replace_attention: the cache has no step {ctx.step} for {name!r}; it kept steps "
+                                 f"{kept}; capture with Keep(steps='all') or pass steps=")
+            saved = saved[kept.index(ctx.step)]  # (branch, batch, heads, q, k)
+        out = probs.clone()
+        for i, branch in enumerate(from_cache.meta.get("branches") or []):
+            if branch not in ctx.branches:
+                continue
+            src = saved[i].to(probs.device, probs.dtype)  # (batch, heads, q, k)
+            rows = ctx.rows(branch)
+            if src.shape[1:] != out.shape[1:] or src.shape[0] not in (1, ctx.batch):
+                raise ValueError(f"replace_attention: saved maps for {name!r} are {tuple(src.shape)}, this run needs "
+                                 f"({ctx.batch}, {', '.join(map(str, out.shape[1:]))})")
+            out[rows] = src
+        return out
+
+    return edit
+
+
+class _Stop(Exception):
+    """Raised from a forward hook to end a UNet forward early; carries the output. Caught by run_until only."""
+
+    def __init__(self, output):
+        super().__init__("stopped")
+        self.output = output
+
+
+def run_until(unet, point: str, *args, **kwargs) -> torch.Tensor:
+    """Run `unet(*args, **kwargs)` only until `point` has produced its output, and return that output.
+
+        feats = run_until(unet, "up_blocks.1", latents, t, encoder_hidden_states=text)   # (B, c, h, w)
+
+    A block returns its hidden states (for down blocks the first element of its (hidden, skips) output), like a trace
+    keeps them. The rest of the UNet is not computed. Works inside a trace (the trace sees the call as a step).
+    """
+    from .trace import _hidden
+
+    unet = unet_of(unet)
+    check_names(unet, [point])
+    module = dict(unet.named_modules())[point]
+
+    def stop(mod, inputs, output):
+        raise _Stop(_hidden(output))
+
+    handle = module.register_forward_hook(stop)
+    try:
+        unet(*args, **kwargs)
+    except _Stop as s:
+        return s.output
+    finally:
+        handle.remove()
+    raise RuntimeError(f"the UNet forward finished without running {point!r}")

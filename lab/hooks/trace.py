@@ -1,0 +1,394 @@
+"""Capture (and edit) a UNet's attention maps and features at every denoising step of an ordinary pipeline call.
+
+    with trace(pipe, select(pipe, kind="attn2"), keep=Keep(steps="sum", heads="mean")) as tr:
+        pipe("a dog on a mat", num_inference_steps=25)
+    tr.cache["up_blocks.1.attentions.0.transformer_blocks.0.attn2"]   # (branch, batch, query, key)
+
+How: a forward pre-hook on the UNet counts its calls (one per denoising step) and reads the timestep; the chosen
+attention layers get the one CaptureProcessor (every other layer keeps its own processor); block, resnet and
+transformer points get forward hooks. On exit, also after an exception, every hook is removed and every layer has its
+original processor object back. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
+do_classifier_free_guidance is on) is read at each step; a bare UNet is traced with an explicit `branches=`.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from .cache import Cache
+from .keep import ATTENTION, BRANCHES, Keep, Store, axes, human, nbytes, reduce, step_shape
+from .points import check_names, points, unet_of
+from .processor import CaptureProcessor
+
+DEFAULT_MAX_BYTES = 2**31  # 2 GiB
+_TRACED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an edit function is told besides the tensor: ``fn(probs, ctx)`` / ``fn(output, ctx)``.
+
+        def only_cond(probs, ctx):
+            probs = probs.clone(); probs[ctx.rows("cond"), :, :, 5] = 0; return probs
+
+    branches is the layout of the batch (("uncond", "cond"): first `batch` rows unconditional); batch is the rows per
+    branch (prompts * images_per_prompt); resolution is the point's (h, w), queries being h*w of them.
+    """
+
+    point: str
+    step: int
+    timestep: float
+    branches: tuple[str, ...]
+    batch: int
+    resolution: tuple[int, int] | None
+
+    def rows(self, branch: str) -> slice:
+        """Batch rows of `branch` ('cond' | 'uncond') in the tensor an edit gets."""
+        if branch not in self.branches:
+            raise ValueError(f"branch {branch!r} is not in this step's batch; branches: {', '.join(self.branches)}")
+        i = self.branches.index(branch)
+        return slice(i * self.batch, (i + 1) * self.batch)
+
+
+def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callable] | None = None,
+          max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None) -> "Trace":
+    """Context manager that captures `names` (full module paths) at every UNet call, and applies `edits`.
+
+        with trace(pipe, ["mid_block"], keep=Keep(steps=[0, -1])) as tr:
+            pipe("a cat", num_inference_steps=10)
+        tr.cache["mid_block"].shape      # (2 steps, branch, batch, channel, h, w)
+
+        with trace(unet, ["up_blocks.1"], branches=("cond",)) as tr:   # a bare UNet: say what the batch holds
+            unet(latents, t, text_embeddings)
+
+    keep: what to keep (Keep(); see lab.hooks.keep for the memory each choice costs). edits: {name: fn}; fn(probs, ctx)
+    for attention points gets probabilities (batch, heads, query, key), fn(output, ctx) for others gets the hidden
+    states (batch, channel, h, w); it returns None to observe or a same-shaped replacement (what is kept is then the
+    replacement). max_bytes: the most the kept tensors may take; a run that would keep more is refused at its first
+    step (before any denoising). branches: the guidance layout of the batch, e.g. ("uncond", "cond"); by default read
+    from the pipeline at each step, ("cond",) for a bare UNet. meta: extra metadata for the cache (e.g. {"seed": 0}).
+    """
+    return Trace(model, names, keep, edits, max_bytes, branches, meta)
+
+
+class Trace:
+    """The running trace; ``tr.cache`` is its Cache once the with-block has ended. Build it with ``trace(...)``."""
+
+    def __init__(self, model, names, keep, edits, max_bytes, branches, meta):
+        self.unet = unet_of(model)
+        self.pipe = None if model is self.unet else model
+        self.names = list(dict.fromkeys(check_names(self.unet, names)))
+        self.edits = dict(edits or {})
+        check_names(self.unet, list(self.edits))
+        for name, fn in self.edits.items():
+            if not callable(fn):
+                raise TypeError(f"edit for {name!r} is a {type(fn).__name__}, not a function fn(tensor, ctx)")
+        self.keep = Keep() if keep is None else keep
+        if not isinstance(self.keep, Keep):
+            raise TypeError(f"keep must be a lab.hooks.Keep, got {type(self.keep).__name__}")
+        self.max_bytes = int(max_bytes)
+        if branches is not None:
+            branches = (branches,) if isinstance(branches, str) else tuple(branches)
+            if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
+                raise ValueError(f"branches={branches!r}: give the batch layout with each of {', '.join(BRANCHES)} at "
+                                 "most once, e.g. ('cond',) or ('uncond', 'cond')")
+        self.layout_override = branches
+        self.user_meta = dict(meta or {})
+        self.kinds = {p.name: p.kind for p in points(self.unet)}
+        self.capture = set(self.names)
+        self._cache: Cache | None = None
+        self._handles: list = []
+        self._processor = CaptureProcessor(self._on_probs, self._wants)
+        self.step, self.slot, self.timestep = -1, None, None
+        self.timesteps: list[float] = []
+        self.steps_seen: list[int] = []
+        self.input_ids = None
+        self.stores: dict[str, Store] = {}
+
+    # --- entering and leaving ----------------------------------------------------------------------------------------
+    def __enter__(self) -> "Trace":
+        if self.unet in _TRACED:
+            raise RuntimeError("this UNet is already being traced; a trace cannot be nested in another on the same "
+                               "model: capture every point in one trace, or finish the first with-block")
+        _TRACED.add(self.unet)
+        try:
+            hooked = list(dict.fromkeys(self.names + list(self.edits)))
+            modules = dict(self.unet.named_modules())
+            self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
+            for name in hooked:
+                if self.kinds[name] not in ATTENTION:
+                    self._handles.append(modules[name].register_forward_hook(self._feature_hook(name)))
+            encoder = getattr(self.pipe, "text_encoder", None) or getattr(self.pipe, "text_encoder_2", None)
+            if isinstance(encoder, torch.nn.Module):
+                self._handles.append(encoder.register_forward_pre_hook(self._on_text, with_kwargs=True))
+            self._processor.install(self.unet, [n for n in hooked if self.kinds[n] in ATTENTION])
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._cleanup()
+        if exc_type is None:
+            self._cache = self._build_cache()
+        return False
+
+    def _cleanup(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._processor.uninstall()
+        _TRACED.discard(self.unet)
+
+    @property
+    def cache(self) -> Cache:
+        """The captured tensors and metadata, once the with-block has ended without an exception."""
+        if self._cache is None:
+            raise RuntimeError("the cache is ready after the with-block ends (and there is none if it raised)")
+        return self._cache
+
+    # --- per UNet call ------------------------------------------------------------------------------------------------
+    def _layout(self) -> tuple[str, ...]:
+        if self.layout_override is not None:
+            return self.layout_override
+        if self.pipe is None:
+            return ("cond",)
+        try:
+            cfg = bool(self.pipe.do_classifier_free_guidance)
+        except AttributeError:
+            cfg = (getattr(self.pipe, "_guidance_scale", None) or 0) > 1
+        return ("uncond", "cond") if cfg else ("cond",)
+
+    def _on_text(self, module, args, kwargs) -> None:
+        if self.input_ids is None:
+            ids = args[0] if args else kwargs.get("input_ids")
+            self.input_ids = ids.detach().cpu() if torch.is_tensor(ids) else None
+
+    def _on_unet(self, module, args, kwargs) -> None:
+        sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        self.step += 1
+        self.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+        self.timesteps.append(self.timestep)
+        layout = self._layout()
+        if sample.shape[0] % len(layout):
+            raise ValueError(f"UNet batch {sample.shape[0]} does not split into branches {layout}; pass trace(..., "
+                             "branches=...) with the layout of the batch")
+        batch = sample.shape[0] // len(layout)
+        if self.step == 0:
+            enc = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+            self._setup(sample, enc, layout, batch)
+        elif (layout, batch) != (self.layout, self.batch):
+            raise ValueError(f"step {self.step} has branches {layout} x batch {batch}, the first step had "
+                             f"{self.layout} x {self.batch}; one trace covers one pipeline call")
+        self.slot = self._slot(self.step)
+        if self.slot is not None:
+            self.steps_seen.append(self.step)
+        if self.total_steps is None and self.keep.step_mode == "all":
+            self._check_budget(len(self.steps_seen), f"after {len(self.steps_seen)} steps")
+
+    def _slot(self, step: int) -> int | None:
+        mode = self.keep.step_mode
+        if mode == "list":
+            return self.step_slots.get(step)
+        return step if mode == "all" else 0
+
+    def _setup(self, sample, enc, layout, batch) -> None:
+        self.layout, self.batch = layout, batch
+        self.latent = tuple(sample.shape[-2:])
+        self.vae_scale_factor = getattr(self.pipe, "vae_scale_factor", None) or 8
+        vsf = self.vae_scale_factor
+        self.points = {p.name: p for p in points(self.unet, (self.latent[0] * vsf, self.latent[1] * vsf), vsf)}
+        kept = [b for b in self.keep.branches if b in layout]
+        if not kept:
+            raise ValueError(f"Keep.branches={self.keep.branches} but this run's batch has only {layout} "
+                             "(no 'uncond' without classifier-free guidance, i.e. guidance_scale <= 1)")
+        self.kept_branches, self.branch_idx = kept, [layout.index(b) for b in kept]
+        self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
+        if self.keep.tokens is not None and self.n_keys is not None:
+            bad = [t for t in self.keep.tokens if not -self.n_keys <= t < self.n_keys]
+            if bad:
+                raise ValueError(f"Keep.tokens {bad} out of range: cross-attention has {self.n_keys} keys (tokens)")
+        self.total_steps = None
+        if self.pipe is not None:
+            self.total_steps = getattr(self.pipe, "_num_timesteps", None) or len(self.pipe.scheduler.timesteps)
+        self.step_slots = {}
+        if self.keep.step_mode == "list":
+            wanted = []
+            for s in self.keep.steps:
+                if s < 0 and self.total_steps is None:
+                    raise ValueError(f"Keep.steps has {s}: negative steps need a known step count (a pipeline call)")
+                s = s + self.total_steps if s < 0 else s
+                if s < 0 or (self.total_steps is not None and s >= self.total_steps):
+                    raise ValueError(f"Keep.steps has step {s}, out of range for {self.total_steps} steps")
+                wanted.append(s)
+            self.step_slots = {s: i for i, s in enumerate(sorted(set(wanted)))}
+        n_slots = {"all": self.total_steps, "list": len(self.step_slots)}.get(self.keep.step_mode, 1)
+        self.stores = {name: Store(self.keep, n_slots) for name in self.names}
+        if n_slots is not None:
+            self._check_budget(n_slots, f"for {n_slots} steps" if self.keep.step_mode != "sum" else "")
+
+    def _step_bytes(self, keep: Keep, n_branches: int) -> int:
+        total = 0
+        for name in self.names:
+            p = self.points[name]
+            keys = self.n_keys if p.kind == "attn2" else p.resolution[0] * p.resolution[1]
+            shape = step_shape(p.kind, keep, n_branches, self.batch, p.heads, p.resolution, keys, p.channels)
+            total += nbytes(shape, torch.float32 if keep.step_mode in ("sum", "mean") else keep.dtype)
+        return total
+
+    def _check_budget(self, n_slots: int, when: str) -> None:
+        per_step = self._step_bytes(self.keep, len(self.kept_branches))
+        need = per_step * (n_slots if self.keep.step_mode in ("all", "list") else 1)
+        if need <= self.max_bytes:
+            return
+        k = self.keep
+        options = []
+        if k.step_mode in ("all", "list"):
+            options.append(f"steps='sum' or 'mean' ({human(per_step)})")
+        if k.heads == "all" and any(self.kinds[n] in ATTENTION for n in self.names):
+            options.append(f"heads='mean' ({human(need * self._step_bytes(_with(k, heads='mean'), len(self.kept_branches)) / per_step)})")
+        if k.tokens is None and any(self.kinds[n] == "attn2" for n in self.names):
+            options.append("tokens=[...] (only the cross-attention keys you need)")
+        if len(self.kept_branches) > 1:
+            options.append(f"branches=('cond',) ({human(need / len(self.kept_branches))})")
+        raise MemoryError(
+            f"keeping {len(self.names)} points with {k} {when} would take {human(need)}, over "
+            f"max_bytes={human(self.max_bytes)}. Reduce it: {'; '.join(options + ['fewer points'])}; or raise max_bytes."
+        )
+
+    # --- per hooked module ----------------------------------------------------------------------------------------------
+    def _ctx(self, name: str) -> Context:
+        p = self.points.get(name) if self.step >= 0 else None
+        return Context(name, self.step, self.timestep, self.layout, self.batch, p.resolution if p else None)
+
+    def _wants(self, name: str) -> bool:
+        return self.step >= 0 and (name in self.edits or (self.slot is not None and name in self.capture))
+
+    def _edit(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        new = self.edits[name](x, self._ctx(name))
+        if new is not None and tuple(new.shape) != tuple(x.shape):
+            raise ValueError(f"edit for {name!r} returned shape {tuple(new.shape)}; it must keep {tuple(x.shape)}")
+        return new
+
+    def _record(self, name: str, x: torch.Tensor) -> None:
+        if self.slot is not None and name in self.capture:
+            self.stores[name].add(self.slot, reduce(x, self.kinds[name], self.keep, len(self.layout), self.branch_idx))
+
+    def _on_probs(self, name: str, probs: torch.Tensor) -> torch.Tensor | None:
+        new = self._edit(name, probs) if name in self.edits and self.step >= 0 else None  # (B, heads, q, k)
+        self._record(name, probs if new is None else new)
+        return new
+
+    def _feature_hook(self, name: str):
+        def hook(module, args, output):
+            if self.step < 0:
+                return None
+            hidden = _hidden(output)  # (B, c, h, w)
+            new = self._edit(name, hidden) if name in self.edits else None
+            self._record(name, hidden if new is None else new)
+            return None if new is None else _replace(output, hidden, new)
+
+        return hook
+
+    # --- the result -------------------------------------------------------------------------------------------------------
+    def _build_cache(self) -> Cache:
+        tensors, axes_, res = {}, {}, {}
+        filled = [self.step_slots.get(s, s) for s in self.steps_seen] if self.keep.step_mode in ("all", "list") else None
+        for name in self.names:
+            t = self.stores[name].result() if name in self.stores else None
+            if t is None:
+                continue
+            if filled is not None and self.stores[name].n_slots is not None and filled != list(range(t.shape[0])):
+                t = t[filled]
+            tensors[name], axes_[name] = t.contiguous(), axes(self.kinds[name], self.keep)
+            res[name] = list(self.points[name].resolution)
+        return Cache(tensors, axes_, self._meta(res))
+
+    def _meta(self, res: dict) -> dict:
+        import diffusers
+
+        k, pipe, unet = self.keep, self.pipe, self.unet
+        started = self.step >= 0
+        prompts, tokens, per_prompt = self._prompts()
+        meta = {
+            "model": getattr(pipe, "name_or_path", None) or unet.config.get("_name_or_path") or None,
+            "pipeline": type(pipe).__name__ if pipe is not None else None,
+            "prompt": prompts, "tokens": tokens, "num_images_per_prompt": per_prompt, "seed": None,
+            "guidance_scale": getattr(pipe, "_guidance_scale", None),
+            "timesteps": self.timesteps,
+            "num_inference_steps": getattr(getattr(pipe, "scheduler", None), "num_inference_steps", None)
+            or len(self.timesteps),
+            "image_size": [d * self.vae_scale_factor for d in self.latent] if started else None,
+            "latent_size": list(self.latent) if started else None,
+            "vae_scale_factor": self.vae_scale_factor if started else None,
+            "layout": list(self.layout) if started else None,
+            "branches": list(self.kept_branches) if started else None,
+            "steps": list(self.steps_seen) if k.step_mode in ("all", "list") else None,
+            "summed_steps": list(self.steps_seen) if k.step_mode in ("sum", "mean") else None,
+            "keep": {"steps": k.steps if isinstance(k.steps, str) else list(k.steps), "heads": k.heads,
+                     "tokens": None if k.tokens is None else list(k.tokens), "branches": list(k.branches)},
+            "resolution": res,
+            "kinds": {n: self.kinds[n] for n in res},
+            "heads": {n: self.points[n].heads for n in res if self.points[n].heads},
+            "edited": sorted(self.edits),
+            "diffusers_version": diffusers.__version__,
+            "torch_version": torch.__version__,
+            "lab_version": _lab_version(),
+        }
+        meta.update(self.user_meta)
+        return meta
+
+    def _prompts(self):
+        """Prompts and their tokens as the text encoder saw them, and images per prompt; None where unknown."""
+        tok = getattr(self.pipe, "tokenizer", None) or getattr(self.pipe, "tokenizer_2", None)
+        if self.input_ids is None or tok is None or self.step < 0:
+            return None, None, None
+        ids = self.input_ids  # (prompts, tokens)
+        eos = getattr(tok, "eos_token_id", None)
+        tokens = []
+        for row in ids.tolist():
+            end = row.index(eos) + 1 if eos in row else len(row)
+            tokens.append(tok.convert_ids_to_tokens(row[:end]))
+        prompts = [p.strip() for p in tok.batch_decode(ids, skip_special_tokens=True)]
+        per_prompt = self.batch // len(prompts) if self.batch % len(prompts) == 0 else None
+        return prompts, tokens, per_prompt
+
+
+def _with(keep: Keep, **changes) -> Keep:
+    from dataclasses import replace
+
+    return replace(keep, **changes)
+
+
+def _hidden(output):
+    """The hidden states of a module output: the tensor itself, the first of a tuple, or `.sample`."""
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output.sample
+
+
+def _replace(output, old: torch.Tensor, new: torch.Tensor):
+    """`output` with every occurrence of tensor `old` (by identity, also inside nested tuples) replaced by `new`."""
+    if output is old:
+        return new
+    if isinstance(output, (tuple, list)):
+        return type(output)(_replace(o, old, new) for o in output)
+    if hasattr(output, "sample") and output.sample is old:
+        return type(output)(sample=new)
+    return output
+
+
+def _lab_version() -> str:
+    try:
+        return importlib.metadata.version("diffusion-lab")
+    except importlib.metadata.PackageNotFoundError:
+        import lab
+
+        return getattr(lab, "__version__", "unknown")
