@@ -1,0 +1,290 @@
+"""Train the built-in model on the shapes world: an SD-style VAE, then a UNet and CLIP text encoder jointly.
+
+    python -m lab.world.train vae  --run runs/shapes --minutes 2
+    python -m lab.world.train unet --run runs/shapes --minutes 120            # Stable Diffusion's recipe
+    python -m lab.world.train unet --run runs/shapes --minutes 120 --variant zsnr  # zero terminal SNR, v-prediction
+    python -m lab.world.train export --run runs/shapes --out lab/models/shapes
+
+Every stage stops after ``--minutes`` or ``--steps`` and checkpoints as it goes (``--checkpoint-every`` seconds);
+running it again continues from the checkpoint. A GPU is used when there is one. The ``vae`` stage also renders
+the training scenes and stores their latents, so the UNet stages only read tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .scenes import make_scene, render
+
+TOKENIZER = Path(__file__).resolve().parent.parent / "models" / "shapes" / "tokenizer"
+VARIANTS = ("sd", "zsnr")
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def vae_config() -> dict:
+    return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+                latent_channels=4, norm_num_groups=16, sample_size=128)
+
+
+def unet_config() -> dict:
+    # Cross-attention at 16x16 and 8x8 latents, 2 heads: the layout of SD at a fraction of the width.
+    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128),
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=64, attention_head_dim=2, norm_num_groups=16)
+
+
+def text_config() -> dict:
+    return dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+                projection_dim=64)
+
+
+def scheduler_config(variant: str) -> dict:
+    """Stable Diffusion's schedule; the zsnr variant rescales it to zero terminal SNR and predicts v."""
+    base = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if variant == "sd":
+        return base | dict(prediction_type="epsilon", timestep_spacing="leading")
+    return base | dict(prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True)
+
+
+def tokenizer(folder: Path = TOKENIZER):
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _render_chunk(seeds: range) -> tuple[np.ndarray, list[str]]:
+    scenes = [make_scene(s, "train") for s in seeds]
+    return np.stack([render(s) for s in scenes]), [s.caption for s in scenes]
+
+
+def make_dataset(n: int, workers: int) -> tuple[torch.Tensor, list[str]]:
+    """(n, 3, 128, 128) uint8 images of training scenes (seeds 0..n-1) and their captions."""
+    chunks = [range(i, min(i + 2000, n)) for i in range(0, n, 2000)]
+    with Pool(workers) as pool:
+        parts = pool.map(_render_chunk, chunks)
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
+    return images, [c for p in parts for c in p[1]]
+
+
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    return images_u8.float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+class Clock:
+    def __init__(self, minutes: float, steps: int, every: float):
+        self.start, self.limit, self.steps, self.every, self.last = time.time(), minutes * 60, steps, every, time.time()
+
+    def done(self, step: int) -> bool:
+        return step >= self.steps or time.time() - self.start > self.limit
+
+    def checkpoint_due(self) -> bool:
+        if time.time() - self.last > self.every:
+            self.last = time.time()
+            return True
+        return False
+
+
+def _save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _log(run: Path, **row) -> None:
+    row["time"] = round(time.time(), 1)
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float) -> None:
+    from diffusers import AutoencoderKL
+    device = _device()
+    run.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    images, captions = make_dataset(n_scenes, workers)  # deterministic, so a resumed run renders the same scenes
+    _log(run, stage="data", scenes=len(captions), seconds=round(time.time() - t0, 1))
+    vae = AutoencoderKL(**vae_config()).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    step, ckpt = 0, run / "vae.ckpt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        step = state["step"]
+    clock = Clock(minutes, steps, every)
+    gen = torch.Generator().manual_seed(step)
+    images_dev = images.to(device)
+    while not clock.done(step):
+        idx = torch.randint(0, len(images_dev), (batch,), generator=gen).to(device)
+        x = to_unit(images_dev[idx])  # (B, 3, 128, 128)
+        with _autocast(device):
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon.float(), x) + 0.5 * F.l1_loss(recon.float(), x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            _log(run, stage="vae", step=step, rec=round(rec.item(), 5), kl=round(kl.item(), 4))
+        if clock.checkpoint_due():
+            _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
+    encode_latents(run, vae, images, captions, device)
+
+
+@torch.no_grad()
+def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], device: torch.device) -> None:
+    """Store every training scene's latent (posterior mean), the scaling factor and the caption token ids."""
+    vae.eval()
+    means = []
+    for i in range(0, len(images), 512):
+        x = to_unit(images[i:i + 512].to(device))
+        means.append(vae.encode(x).latent_dist.mean.float().cpu())
+    latents = torch.cat(means)  # (N, 4, 16, 16)
+    scaling = float(1.0 / latents.std())
+    ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    _save({"latents": (latents * scaling).half(), "ids": ids.int(), "scaling_factor": scaling}, run / "latents.pt")
+    _log(run, stage="latents", n=len(latents), scaling_factor=round(scaling, 5))
+
+
+def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float) -> None:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    device = _device()
+    data = torch.load(run / "latents.pt")
+    latents, ids = data["latents"].to(device), data["ids"].long().to(device)  # (N, 4, 16, 16), (N, 77)
+    empty = tokenizer()([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)  # (1, 77)
+    sched = DDPMScheduler(**{k: v for k, v in scheduler_config(variant).items() if k not in ("set_alpha_to_one",)})
+    unet = UNet2DConditionModel(**unet_config()).to(device)
+    text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
+    ema_unet = UNet2DConditionModel(**unet_config()).to(device).requires_grad_(False)
+    ema_text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device).requires_grad_(False)
+    ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text.state_dict())
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    step, ckpt = 0, run / f"unet-{variant}.ckpt"
+    if ckpt.exists():
+        s = torch.load(ckpt, map_location=device)
+        unet.load_state_dict(s["unet"]), text.load_state_dict(s["text"]), opt.load_state_dict(s["opt"])
+        ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
+        step = s["step"]
+    alphas = sched.alphas_cumprod.to(device)
+    clock, gen = Clock(minutes, steps, every), torch.Generator(device).manual_seed(1000 + step)
+
+    def save() -> None:
+        _save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
+               "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "variant": variant,
+               "scaling_factor": data["scaling_factor"]}, ckpt)
+
+    losses = []
+    while not clock.done(step):
+        idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
+        x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
+        drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% empty captions
+        tok = torch.where(drop[:, None], empty, tok)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=device, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 500)
+        with _autocast(device):
+            cond = text(tok)[0]  # (B, 77, 64)
+            pred = unet(xt, t, cond).sample
+        loss = F.mse_loss(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        _ema_update(ema_unet, unet, min(0.9995, (1 + step) / (10 + step)))
+        _ema_update(ema_text, text, min(0.9995, (1 + step) / (10 + step)))
+        losses.append(loss.item() if step % 50 == 0 else None)
+        if step % 500 == 0:
+            _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5))
+            losses = []
+        if clock.checkpoint_due():
+            save()
+    save()
+    _log(run, stage=f"unet-{variant}", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2))
+
+
+def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
+    """Write a diffusers StableDiffusionPipeline folder from the run's EMA weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    s = torch.load(run / f"unet-{variant}.ckpt", map_location="cpu")
+    unet = UNet2DConditionModel(**unet_config())
+    unet.load_state_dict(s["ema_unet"])
+    text = CLIPTextModel(CLIPTextConfig(**text_config()))
+    text.load_state_dict(s["ema_text"])
+    vae = AutoencoderKL(**vae_config(), scaling_factor=s["scaling_factor"])
+    vae.load_state_dict(torch.load(run / "vae.ckpt", map_location="cpu")["model"])
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
+                                   scheduler=DDIMScheduler(**scheduler_config(variant)), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    meta = {"variant": variant, "unet_steps": s["step"], "vae_steps": torch.load(run / "vae.ckpt")["step"]}
+    (out / "training.json").write_text(json.dumps(meta | (card or {}), indent=2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=["vae", "unet", "export"])
+    p.add_argument("--run", type=Path, default=Path("runs/shapes"))
+    p.add_argument("--variant", choices=VARIANTS, default="sd")
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--steps", type=int, default=10**9)
+    p.add_argument("--scenes", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--checkpoint-every", type=float, default=120.0)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    if a.stage == "vae":
+        train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every)
+    elif a.stage == "unet":
+        train_unet(a.run, a.variant, a.minutes, a.steps, a.batch or 128, a.lr, a.checkpoint_every)
+    else:
+        export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"))
+
+
+if __name__ == "__main__":
+    main()
