@@ -16,11 +16,24 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # so `lab` imports however pytest is started
     sys.path.insert(0, str(REPO))
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run tiny models on one thread: on a busy 2-core machine two OpenMP threads are up to 100x slower for them.
+
+    Import it into a test module (``from tiny_models import one_thread``) to apply it there; it restores the count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # --- the real configurations, as published in each model's unet/config.json ---------------------------------------
 SD15_UNET = dict(

@@ -150,7 +150,9 @@ class Cache(Mapping):
             raise ValueError(f"{path} has a corrupt {HEADER_KEY!r} header: {e}") from None
         if fmt > FORMAT:
             raise ValueError(f"{path} is lab cache format {fmt}; this lab reads formats up to {FORMAT}")
-        return cls(tensors, axes, meta)
+        if set(axes) != set(tensors):
+            raise ValueError(f"{path} has tensors {sorted(tensors)} but axes for {sorted(axes)}")
+        return cls({k: tensors[k] for k in axes}, axes, meta)  # the header keeps the capture order
 
 
 class _NotACache(Exception):

@@ -1,0 +1,121 @@
+"""Interventions through trace(edits=...): scale_tokens, replace_attention, block edits, and run_until."""
+import pytest
+import torch
+
+from tiny_models import generate, one_thread, tiny_pipeline  # noqa: F401 (one_thread: autouse fixture)
+
+from lab.hooks import Keep, replace_attention, run_until, scale_tokens, select, trace
+
+ATTN2 = "up_blocks.3.attentions.0.transformer_blocks.0.attn2"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline("sd15")
+
+
+def test_an_edit_that_returns_none_only_observes(pipe):
+    ref = generate(pipe)
+    seen = []
+    with trace(pipe, [], edits={ATTN2: lambda probs, ctx: seen.append((ctx.step, ctx.branches, probs.shape))}):
+        out = generate(pipe)
+    assert (out - ref).abs().max() <= 1e-5
+    assert seen == [(0, ("uncond", "cond"), (2, 8, 64, 77)), (1, ("uncond", "cond"), (2, 8, 64, 77))]
+
+
+def test_scale_tokens_zero_silences_a_token_in_the_cond_branch_only(pipe):
+    ref = generate(pipe)
+    names = select(pipe, kind="attn2")
+    with trace(pipe, [ATTN2], keep=Keep(steps="sum"), edits={n: scale_tokens([2], 0.0) for n in names}) as tr:
+        out = generate(pipe)
+    maps = tr.cache[ATTN2]  # (branch, batch, head, q, k); kept maps are the edited ones
+    cond, uncond = tr.cache.meta["branches"].index("cond"), tr.cache.meta["branches"].index("uncond")
+    assert maps[cond, ..., 2].abs().max() == 0
+    assert maps[uncond, ..., 2].abs().max() > 0
+    assert (out - ref).abs().max() > 1e-4
+
+
+def test_scale_tokens_mask_limits_the_edit_to_masked_queries(pipe):
+    mask = torch.zeros(64, 64)
+    mask[:, :32] = 1  # left half of the image
+    with trace(pipe, [ATTN2], keep=Keep(steps=[0], branches=("cond",))) as plain:
+        generate(pipe)
+    with trace(pipe, [ATTN2], keep=Keep(steps=[0], branches=("cond",)),
+               edits={ATTN2: scale_tokens(1, 3.0, mask=mask)}) as edited:
+        generate(pipe)
+    # (head, h, w, k) at step 0, cond, batch 0
+    a, b = plain.cache[ATTN2][0, 0, 0].reshape(8, 8, 8, 77), edited.cache[ATTN2][0, 0, 0].reshape(8, 8, 8, 77)
+    assert torch.allclose(b[:, :, :4, 1], 3 * a[:, :, :4, 1], atol=1e-6)  # left half: tripled
+    assert torch.allclose(b[:, :, 4:, 1], a[:, :, 4:, 1], atol=1e-6)  # right half: untouched
+
+
+def test_replace_attention_puts_the_source_maps_in_the_target_run(pipe):
+    names = select(pipe, kind="attn2", block="up")
+    with trace(pipe, names, keep=Keep(steps="all")) as src:
+        generate(pipe, prompt="a red square", steps=3)
+    with trace(pipe, names, keep=Keep(steps="all"),
+               edits={n: replace_attention(src.cache, steps=[0, 1]) for n in names}) as dst:
+        generate(pipe, prompt="a blue circle", steps=3)
+    with trace(pipe, names, keep=Keep(steps="all")) as free:
+        generate(pipe, prompt="a blue circle", steps=3)
+    for n in names:
+        assert torch.allclose(dst.cache[n][:2], src.cache[n][:2], atol=1e-6)
+        assert not torch.allclose(dst.cache[n][2], src.cache[n][2], atol=1e-4)
+    assert not torch.allclose(dst.cache[names[0]][2], free.cache[names[0]][2], atol=1e-4)  # later steps follow
+
+
+def test_replace_attention_explains_what_the_cache_lacks(pipe):
+    with trace(pipe, [ATTN2], keep=Keep(steps=[0])) as src:
+        generate(pipe)
+    with pytest.raises(ValueError, match=r"no step 1 .* kept steps \[0\]"):
+        with trace(pipe, [], edits={ATTN2: replace_attention(src.cache)}):
+            generate(pipe)
+
+
+def test_a_block_edit_replaces_its_output_and_skip(pipe):
+    ref = generate(pipe)
+    with trace(pipe, ["down_blocks.2", "up_blocks.1"], keep=Keep(steps=[0]),
+               edits={"down_blocks.2": lambda h, ctx: torch.zeros_like(h)}) as tr:
+        out = generate(pipe)
+    assert tr.cache["down_blocks.2"].abs().max() == 0
+    assert (out - ref).abs().max() > 1e-4
+    skips = []
+    handle = pipe.unet.up_blocks[0].register_forward_pre_hook(
+        lambda m, args, kw: skips.append(kw["res_hidden_states_tuple"][0].abs().max().item()), with_kwargs=True)
+    try:
+        with trace(pipe, [], edits={"down_blocks.2": lambda h, ctx: torch.zeros_like(h)}):
+            generate(pipe, steps=1)
+    finally:
+        handle.remove()
+    assert skips == [0.0]  # down_blocks.2's output doubles as up_blocks.0's first skip: replaced there too
+
+
+def test_an_edit_of_the_wrong_shape_is_an_error(pipe):
+    with pytest.raises(ValueError, match=r"returned shape \(1, 8\).*\(2, 8, 64, 77\)"):
+        with trace(pipe, [], edits={ATTN2: lambda probs, ctx: probs[:1, :, 0, 0]}):
+            generate(pipe)
+
+
+def test_run_until_returns_the_block_output_without_running_the_rest(pipe):
+    unet = pipe.unet
+    torch.manual_seed(0)
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, unet.config.cross_attention_dim)
+    with trace(unet, ["up_blocks.1"]) as tr:
+        unet(sample, 500, text)
+    late = []
+    handle = unet.conv_out.register_forward_hook(lambda *a: late.append(1))
+    try:
+        feats = run_until(unet, "up_blocks.1", sample, 500, encoder_hidden_states=text)
+    finally:
+        handle.remove()
+    assert late == [] and feats.shape == (1, 128, 4, 4)
+    assert torch.allclose(feats, tr.cache["up_blocks.1"][0, 0], atol=1e-6)
+    assert not any(m._forward_hooks for m in unet.modules())
+
+
+def test_run_until_a_down_block_returns_its_hidden_states(pipe):
+    unet = pipe.unet
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, unet.config.cross_attention_dim)
+    assert run_until(unet, "down_blocks.1", sample, 10, text).shape == (1, 64, 2, 2)
+    with pytest.raises(ValueError, match="nearest: down_blocks.1"):
+        run_until(unet, "down_block.1", sample, 10, text)
