@@ -65,6 +65,8 @@ def reduced_config(arch: str, width_divisor: int = 10) -> dict:
     if arch not in REAL:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(REAL)}")
     cfg = dict(REAL[arch])
+    if arch == "sd15" and width_divisor == 1:
+        return cfg  # the real SD1.5 UNet (860M parameters), e.g. for benchmarks on a GPU
     if arch == "sd15":
         width_divisor = max(width_divisor, 10)  # 8 heads of head_dim 4 at 32 channels
     else:
@@ -120,12 +122,12 @@ def _tokenizer(folder: str):
     return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
-def tiny_text_encoder(with_projection: bool = False, seed: int = 0):
+def tiny_text_encoder(with_projection: bool = False, seed: int = 0, width: int = TEXT_WIDTH):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(
-        hidden_size=TEXT_WIDTH, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=49408, max_position_embeddings=77, projection_dim=TEXT_WIDTH, bos_token_id=49406, eos_token_id=49407,
+        hidden_size=width, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=49408, max_position_embeddings=77, projection_dim=width, bos_token_id=49406, eos_token_id=49407,
         pad_token_id=49407,
     )
     torch.manual_seed(seed)
@@ -164,8 +166,9 @@ def tiny_pipeline(arch: str = "sd15", scheduler: str = "ddim", tokenizer: str | 
             tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched,
         )
     else:
+        text = tiny_text_encoder(False, seed, width=unet.config.cross_attention_dim)
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=tiny_text_encoder(False, seed), tokenizer=tok, unet=unet, scheduler=sched,
+            vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     pipe.set_progress_bar_config(disable=True)

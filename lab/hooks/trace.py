@@ -230,7 +230,7 @@ class Trace:
         n_slots = {"all": self.total_steps, "list": len(self.step_slots)}.get(self.keep.step_mode, 1)
         self.stores = {name: Store(self.keep, n_slots) for name in self.names}
         if n_slots is not None:
-            self._check_budget(n_slots, f"for {n_slots} steps" if self.keep.step_mode != "sum" else "")
+            self._check_budget(n_slots, f"for {n_slots} steps" if self.keep.step_mode in ("all", "list") else "")
 
     def _step_bytes(self, keep: Keep, n_branches: int) -> int:
         total = 0
@@ -257,7 +257,7 @@ class Trace:
         if len(self.kept_branches) > 1:
             options.append(f"branches=('cond',) ({human(need / len(self.kept_branches))})")
         raise MemoryError(
-            f"keeping {len(self.names)} points with {k} {when} would take {human(need)}, over "
+            f"keeping {len(self.names)} points with {k}{' ' + when if when else ''} would take {human(need)}, over "
             f"max_bytes={human(self.max_bytes)}. Reduce it: {'; '.join(options + ['fewer points'])}; or raise max_bytes."
         )
 

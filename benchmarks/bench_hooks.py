@@ -1,0 +1,184 @@
+"""What capturing costs on a real generation: time and peak memory against the plain pipeline call.
+
+    python benchmarks/bench_hooks.py --model sd15-tiny            # SD1.5 layout at 1/10 width, 512 px (64x64 latents)
+    python benchmarks/bench_hooks.py --model sd15-full --device cuda --dtype fp16   # real SD1.5 size, random weights
+    python benchmarks/bench_hooks.py --model shapes               # the built-in model (needs lab.load)
+    python benchmarks/bench_hooks.py --model path/to/pipeline     # any diffusers SD/SDXL folder
+
+Runs, interleaved --repeats times (the order rotates each repeat), 25 guided steps of:
+  plain              the pipeline as it is
+  attn2 sum          every cross-attention layer, summed over steps, all heads, both branches
+  attn2 sum (DAAM)   every cross-attention layer, summed over steps, heads averaged, cond branch only
+  attn1 @3 steps     every self-attention layer at steps 0, n/2, n-1, heads averaged, cond branch only
+and prints a markdown table: median seconds, ratio to plain (per repeat, then median), peak memory above the
+loaded model, bytes kept, and the largest pixel difference from the plain image.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from lab.hooks import Keep, select, trace  # noqa: E402
+
+
+def load(model: str, device: str, dtype: torch.dtype, width_divisor: int):
+    """A pipeline for `model`: 'sd15-tiny' / 'sd15-full' (built here), 'shapes' (lab.load), or a diffusers folder."""
+    if model in ("sd15-tiny", "sd15-full"):
+        from tiny_models import tiny_pipeline  # tests/tiny_models.py
+
+        pipe = tiny_pipeline("sd15", width_divisor=1 if model == "sd15-full" else width_divisor)
+    elif model == "shapes":
+        import lab
+
+        if not hasattr(lab, "load"):
+            sys.exit("lab.load does not exist yet: the built-in 'shapes' model is not in this checkout")
+        pipe = lab.load("shapes")
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+class PeakMemory:
+    """Peak memory above the start of the block: CUDA allocator stats, or resident set size sampled every 2 ms.
+
+    On the CPU the resident size is a lower bound of what was allocated (freed heap may be reused without growing it).
+    """
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            _malloc_trim()  # hand freed heap back to the OS so the resident size starts from what is live
+            self.base = self.peak = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.bytes = max(self.peak, _rss()) - self.base
+        return False
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def configs(pipe, steps: int) -> dict:
+    attn2, attn1 = select(pipe, kind="attn2"), select(pipe, kind="attn1")
+    chosen = sorted({0, steps // 2, steps - 1})
+    return {
+        "plain": None,
+        "attn2 sum": (attn2, Keep(steps="sum")),
+        "attn2 sum (DAAM)": (attn2, Keep(steps="sum", heads="mean", branches=("cond",))),
+        f"attn1 @{len(chosen)} steps": (attn1, Keep(steps=chosen, heads="mean", branches=("cond",))),
+    }
+
+
+def run_once(pipe, cfg, args, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    call = dict(height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=7.5, generator=g,
+                output_type="pt")
+    with PeakMemory(device) as mem:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        if cfg is None:
+            image, kept = pipe(args.prompt, **call).images, 0
+        else:
+            with trace(pipe, cfg[0], keep=cfg[1]) as tr:
+                image = pipe(args.prompt, **call).images
+            kept = sum(t.numel() * t.element_size() for t in tr.cache.values())
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, mem.bytes, kept, image.float().cpu()
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="sd15-tiny", help="sd15-tiny | sd15-full | shapes | a diffusers folder")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--size", type=int, default=512, help="image size in pixels (512: 64x64 latents)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--width-divisor", type=int, default=10, help="for sd15-tiny: channels = SD1.5's / this")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--prompt", default="a red square above a blue circle")
+    args = ap.parse_args(argv)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+
+    pipe = load(args.model, args.device, dtype, args.width_divisor)
+    cfgs = configs(pipe, args.steps)
+    print(f"# {args.model} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}: "
+          f"{args.size}px, {args.steps} steps, guidance 7.5, {args.dtype}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}", flush=True)
+    warm = argparse.Namespace(**{**vars(args), "steps": 2})
+    for name, cfg in cfgs.items():  # warm-up: kernels, allocator, lazy imports
+        run_once(pipe, None if cfg is None else (cfg[0], Keep(steps=[0], heads="mean", branches=("cond",))), warm,
+                 args.device)
+
+    results = {name: [] for name in cfgs}
+    names = list(cfgs)
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            results[name].append(run_once(pipe, cfgs[name], args, args.device))
+            print(f"  repeat {r} {name}: {results[name][-1][0]:.2f} s", flush=True)
+
+    plain = results["plain"]
+    print("\n| capture | median s | x plain | peak memory | kept | max pixel diff |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        runs = results[name]
+        ratio = statistics.median(run[0] / base[0] for run, base in zip(runs, plain))
+        diff = max((run[3] - plain[0][3]).abs().max().item() for run in runs)
+        print(f"| {name} | {statistics.median(run[0] for run in runs):.2f} | {ratio:.2f} | "
+              f"{mib(max(run[1] for run in runs))} | {mib(runs[0][2])} | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
