@@ -148,7 +148,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--prompt", default="a red square above a blue circle")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadier on a busy 2-core machine)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 
     pipe = load(args.model, args.device, dtype, args.width_divisor)

@@ -80,3 +80,15 @@ def test_take_indexes_axes_by_name(cache):
 def test_an_unknown_point_suggests_the_nearest(cache):
     with pytest.raises(KeyError, match="nearest: mid_block"):
         cache["mid_blocks"]
+
+
+def test_metadata_that_is_not_json_is_refused_on_save(tmp_path):
+    cache = Cache({}, {}, {"seed": 0, "generator": torch.Generator()})
+    with pytest.raises(ValueError, match="not JSON: generator"):
+        cache.save(tmp_path / "x.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_cache_round_trips(tmp_path):
+    back = Cache.load(Cache({}, {}, {"prompt": ["a"]}).save(tmp_path / "empty.safetensors"))
+    assert len(back) == 0 and back.meta == {"prompt": ["a"]}

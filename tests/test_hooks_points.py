@@ -90,6 +90,8 @@ def test_select_filters_combine():
     assert len(up) == 18 and all(n.startswith("up_blocks") for n in up)
     lowres = select(unet, kind="attn2", resolution=(2, 2), image_size=64)
     assert lowres and all(p.resolution == (2, 2) for p in points(unet, 64) if p.name in lowres)
+    two = select(unet, kind="attn2", resolution=[2, 8], image_size=64)
+    assert len(two) == len(lowres) + 5 and set(lowres) < set(two)  # 8x8: down_blocks.0 (2) and up_blocks.3 (3)
     assert select(unet, pattern="up_blocks.1.*attn2") == [n for n in attn2 if n.startswith("up_blocks.1.")]
     assert select(unet, kind="block") == [f"down_blocks.{i}" for i in range(4)] + ["mid_block"] + [
         f"up_blocks.{i}" for i in range(4)]

@@ -59,6 +59,15 @@ def test_tracing_a_traced_model_is_refused(pipe):
     assert_restored(pipe.unet, before)
 
 
+def test_a_trace_is_used_once(pipe):
+    tr = trace(pipe, [ATTN2])
+    with tr:
+        pass
+    with pytest.raises(RuntimeError, match="already used"):
+        with tr:
+            pass
+
+
 def test_every_step_is_recorded_with_its_timestep(pipe):
     with trace(pipe, [ATTN2, "up_blocks.1"], keep=Keep(steps="all")) as tr:
         generate(pipe, steps=4)

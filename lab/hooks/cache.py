@@ -101,7 +101,12 @@ class Cache(Mapping):
         from safetensors.torch import save_file
 
         path = Path(path)
-        header = json.dumps({"format": FORMAT, "axes": {k: list(v) for k, v in self.axes.items()}, "meta": self.meta})
+        try:
+            header = json.dumps({"format": FORMAT, "axes": {k: list(v) for k, v in self.axes.items()},
+                                 "meta": self.meta})
+        except TypeError as e:
+            bad = [k for k, v in self.meta.items() if not _is_json(v)]
+            raise ValueError(f"cache.meta must be plain JSON data to save; not JSON: {', '.join(bad)} ({e})") from None
         tensors = {k: t.detach().to("cpu").contiguous() for k, t in self.tensors.items()}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
         os.close(fd)
@@ -157,3 +162,11 @@ class Cache(Mapping):
 
 class _NotACache(Exception):
     pass
+
+
+def _is_json(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False

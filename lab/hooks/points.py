@@ -158,7 +158,8 @@ def select(model, kind=None, block=None, resolution=None, pattern=None, image_si
         select(unet, pattern="up_blocks.1.*")                       # glob over full names
 
     kind: one of or a tuple of 'attn1', 'attn2', 'block', 'resnet', 'transformer'; block: 'down' | 'mid' | 'up'
-    or a tuple; resolution: (h, w), an int for square, or a list of those (needs image_size); pattern: a glob or
+    or a tuple; resolution: a tuple (h, w), an int for square, or a list of those, e.g. [16, 32] (needs
+    image_size); pattern: a glob or
     list of globs. A selection that matches nothing is an error that lists what is there.
     """
     pts = points(model, image_size, vae_scale_factor)
@@ -177,8 +178,9 @@ def select(model, kind=None, block=None, resolution=None, pattern=None, image_si
     if resolution is not None:
         if image_size is None:
             raise ValueError(f"resolution={resolution!r} needs image_size (pixels) to know each point's resolution")
-        wanted = [_as_hw(resolution)] if isinstance(resolution, int) or (
-            len(resolution) == 2 and all(isinstance(x, int) for x in resolution)) else [_as_hw(r) for r in resolution]
+        one = isinstance(resolution, int) or (isinstance(resolution, tuple) and len(resolution) == 2
+                                              and all(isinstance(x, int) for x in resolution))
+        wanted = [_as_hw(resolution)] if one else [_as_hw(r) for r in resolution]  # a list: several resolutions
         have = sorted({p.resolution for p in pts}, reverse=True)
         pts = [p for p in pts if p.resolution in wanted]
         if not pts:

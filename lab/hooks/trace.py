@@ -101,6 +101,7 @@ class Trace:
         self.kinds = {p.name: p.kind for p in points(self.unet)}
         self.capture = set(self.names)
         self._cache: Cache | None = None
+        self._used = False
         self._handles: list = []
         self._processor = CaptureProcessor(self._on_probs, self._wants)
         self.step, self.slot, self.timestep = -1, None, None
@@ -111,6 +112,9 @@ class Trace:
 
     # --- entering and leaving ----------------------------------------------------------------------------------------
     def __enter__(self) -> "Trace":
+        if self._used:
+            raise RuntimeError("this trace was already used; call trace(...) again for another run")
+        self._used = True
         if self.unet in _TRACED:
             raise RuntimeError("this UNet is already being traced; a trace cannot be nested in another on the same "
                                "model: capture every point in one trace, or finish the first with-block")
