@@ -12,7 +12,7 @@ do_classifier_free_guidance is on) is read at each step; a bare UNet is traced w
 """
 from __future__ import annotations
 
-import importlib.metadata
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -21,6 +21,7 @@ import torch
 
 from .cache import Cache
 from .keep import ATTENTION, BRANCHES, Keep, Store, axes, human, nbytes, reduce, step_shape
+from .meta import run_meta
 from .points import check_names, points, unet_of
 from .processor import CaptureProcessor
 
@@ -311,62 +312,11 @@ class Trace:
                 t = t[filled]
             tensors[name], axes_[name] = t.contiguous(), axes(self.kinds[name], self.keep)
             res[name] = list(self.points[name].resolution)
-        return Cache(tensors, axes_, self._meta(res))
-
-    def _meta(self, res: dict) -> dict:
-        import diffusers
-
-        k, pipe, unet = self.keep, self.pipe, self.unet
-        started = self.step >= 0
-        prompts, tokens, per_prompt = self._prompts()
-        meta = {
-            "model": getattr(pipe, "name_or_path", None) or unet.config.get("_name_or_path") or None,
-            "pipeline": type(pipe).__name__ if pipe is not None else None,
-            "prompt": prompts, "tokens": tokens, "num_images_per_prompt": per_prompt, "seed": None,
-            "guidance_scale": getattr(pipe, "_guidance_scale", None),
-            "timesteps": self.timesteps,
-            "num_inference_steps": getattr(getattr(pipe, "scheduler", None), "num_inference_steps", None)
-            or len(self.timesteps),
-            "image_size": [d * self.vae_scale_factor for d in self.latent] if started else None,
-            "latent_size": list(self.latent) if started else None,
-            "vae_scale_factor": self.vae_scale_factor if started else None,
-            "layout": list(self.layout) if started else None,
-            "branches": list(self.kept_branches) if started else None,
-            "steps": list(self.steps_seen) if k.step_mode in ("all", "list") else None,
-            "summed_steps": list(self.steps_seen) if k.step_mode in ("sum", "mean") else None,
-            "keep": {"steps": k.steps if isinstance(k.steps, str) else list(k.steps), "heads": k.heads,
-                     "tokens": None if k.tokens is None else list(k.tokens), "branches": list(k.branches)},
-            "resolution": res,
-            "kinds": {n: self.kinds[n] for n in res},
-            "heads": {n: self.points[n].heads for n in res if self.points[n].heads},
-            "edited": sorted(self.edits),
-            "diffusers_version": diffusers.__version__,
-            "torch_version": torch.__version__,
-            "lab_version": _lab_version(),
-        }
-        meta.update(self.user_meta)
-        return meta
-
-    def _prompts(self):
-        """Prompts and their tokens as the text encoder saw them, and images per prompt; None where unknown."""
-        tok = getattr(self.pipe, "tokenizer", None) or getattr(self.pipe, "tokenizer_2", None)
-        if self.input_ids is None or tok is None or self.step < 0:
-            return None, None, None
-        ids = self.input_ids  # (prompts, tokens)
-        eos = getattr(tok, "eos_token_id", None)
-        tokens = []
-        for row in ids.tolist():
-            end = row.index(eos) + 1 if eos in row else len(row)
-            tokens.append(tok.convert_ids_to_tokens(row[:end]))
-        prompts = [p.strip() for p in tok.batch_decode(ids, skip_special_tokens=True)]
-        per_prompt = self.batch // len(prompts) if self.batch % len(prompts) == 0 else None
-        return prompts, tokens, per_prompt
+        return Cache(tensors, axes_, run_meta(self, res))
 
 
 def _with(keep: Keep, **changes) -> Keep:
-    from dataclasses import replace
-
-    return replace(keep, **changes)
+    return dataclasses.replace(keep, **changes)
 
 
 def _hidden(output):
@@ -387,12 +337,3 @@ def _replace(output, old: torch.Tensor, new: torch.Tensor):
     if hasattr(output, "sample") and output.sample is old:
         return type(output)(sample=new)
     return output
-
-
-def _lab_version() -> str:
-    try:
-        return importlib.metadata.version("diffusion-lab")
-    except importlib.metadata.PackageNotFoundError:
-        import lab
-
-        return getattr(lab, "__version__", "unknown")
