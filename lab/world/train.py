@@ -126,7 +126,8 @@ def _autocast(device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------------- stages
-def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float) -> None:
+def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float,
+              lr: float = 2e-4, init: Path | None = None) -> None:
     from diffusers import AutoencoderKL
     device = _device()
     run.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,11 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
     images, captions = make_dataset(n_scenes, workers)  # deterministic, so a resumed run renders the same scenes
     _log(run, stage="data", scenes=len(captions), seconds=round(time.time() - t0, 1))
     vae = AutoencoderKL(**vae_config()).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
+        vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(device)
+        vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     step, ckpt = 0, run / "vae.ckpt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device)
@@ -154,6 +159,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
         loss = rec + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         if step % 100 == 0:
@@ -162,11 +168,13 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
             _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
-    encode_latents(run, vae, images, captions, device)
+    if init is None:
+        encode_latents(run, vae, images, captions, device)
 
 
 @torch.no_grad()
-def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], device: torch.device) -> None:
+def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], device: torch.device,
+                   scaling: float | None = None) -> None:
     """Store every training scene's latent (posterior mean), the scaling factor and the caption token ids."""
     vae.eval()
     means = []
@@ -174,13 +182,24 @@ def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], de
         x = to_unit(images[i:i + 512].to(device))
         means.append(vae.encode(x).latent_dist.mean.float().cpu())
     latents = torch.cat(means)  # (N, 4, 16, 16)
-    scaling = float(1.0 / latents.std())
+    scaling = scaling or float(1.0 / latents.std())
     ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     _save({"latents": (latents * scaling).half(), "ids": ids.int(), "scaling_factor": scaling}, run / "latents.pt")
     _log(run, stage="latents", n=len(latents), scaling_factor=round(scaling, 5))
 
 
-def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float) -> None:
+def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
+    """Render the training scenes and encode them with an existing pipeline's VAE (to continue its UNet)."""
+    from diffusers import AutoencoderKL
+    run.mkdir(parents=True, exist_ok=True)
+    images, captions = make_dataset(n_scenes, workers)
+    vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae")
+    encode_latents(run, vae, images, captions, torch.device("cpu"), scaling=vae.config.scaling_factor)
+    _save({"model": vae.state_dict(), "step": 0}, run / "vae.ckpt")
+
+
+def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
+               init: Path | None = None) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     device = _device()
@@ -192,6 +211,9 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
     ema_unet = UNet2DConditionModel(**unet_config()).to(device).requires_grad_(False)
     ema_text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device).requires_grad_(False)
+    if init is not None:  # continue from a shipped model's weights, with a fresh optimiser
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(init), subfolder="unet").state_dict())
+        text.load_state_dict(CLIPTextModel.from_pretrained(str(init), subfolder="text_encoder").state_dict())
     ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text.state_dict())
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -265,23 +287,27 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["vae", "unet", "export"])
+    p.add_argument("stage", choices=["vae", "latents", "unet", "export"])
     p.add_argument("--run", type=Path, default=Path("runs/shapes"))
     p.add_argument("--variant", choices=VARIANTS, default="sd")
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--scenes", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=None, help="default: 2e-4 for the VAE, 5e-4 for the UNet")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--checkpoint-every", type=float, default=120.0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--init", type=Path, default=None, help="start from this pipeline folder's weights")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage == "vae":
-        train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every)
+        train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
+                  a.lr or 2e-4, a.init)
+    elif a.stage == "latents":
+        make_latents(a.run, a.init, a.scenes, a.workers)
     elif a.stage == "unet":
-        train_unet(a.run, a.variant, a.minutes, a.steps, a.batch or 128, a.lr, a.checkpoint_every)
+        train_unet(a.run, a.variant, a.minutes, a.steps, a.batch or 128, a.lr or 5e-4, a.checkpoint_every, a.init)
     else:
         export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"))
 

@@ -1,0 +1,88 @@
+"""Load a Stable Diffusion family pipeline: the built-in shapes model, a local folder, or a Hugging Face hub id.
+
+    >>> import lab
+    >>> pipe = lab.load("shapes")                                   # the built-in model, offline, on the CPU
+    >>> pipe = lab.load("stabilityai/stable-diffusion-2-1-base")    # doctest: +SKIP  (from the HF cache)
+
+``load(name_or_path, device=None, dtype=None, **kwargs)`` picks the pipeline class from the folder's
+``model_index.json`` (SD 1.x / 2.x -> StableDiffusionPipeline, SDXL -> StableDiffusionXLPipeline), loads it in
+float32 on the CPU (float16 on a GPU) unless told otherwise, and leaves every other setting as diffusers made it.
+``BUILTIN`` maps the names of the shipped models to their folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+MODELS = Path(__file__).resolve().parent / "models"
+BUILTIN = {"shapes": MODELS / "shapes", "shapes-zsnr": MODELS / "shapes-zsnr"}
+SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
+
+
+def _pipeline_class(index: dict, where: str):
+    import diffusers
+    name = index.get("_class_name")
+    if name not in SUPPORTED:
+        supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items())
+        raise ValueError(f"{where} holds a {name!r}, which the lab does not support yet; supported: {supported}")
+    return getattr(diffusers, name)
+
+
+def _local_index(name_or_path: str) -> tuple[Path, dict] | None:
+    """The folder and model_index.json for a built-in name, a local folder, or a hub id already in the HF cache."""
+    if name_or_path in BUILTIN:
+        folder = BUILTIN[name_or_path]
+    elif Path(name_or_path).expanduser().exists():
+        folder = Path(name_or_path).expanduser()
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+            folder = Path(snapshot_download(name_or_path, local_files_only=True,
+                                            allow_patterns=["model_index.json"]))
+        except Exception:  # not in the cache (or not a valid repo id): the caller reports where we looked
+            return None
+        return folder, json.loads((folder / "model_index.json").read_text())
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise FileNotFoundError(f"{folder} has no model_index.json: it is not a diffusers pipeline folder "
+                                f"(save one with pipe.save_pretrained(folder))")
+    return folder, json.loads(index.read_text())
+
+
+def load(name_or_path: str | os.PathLike = "shapes", device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None, **kwargs):
+    """A diffusers pipeline for ``name_or_path``; ``kwargs`` go to ``from_pretrained`` unchanged."""
+    name_or_path = str(name_or_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.float16 if device.type == "cuda" and name_or_path not in BUILTIN else torch.float32)
+    found = _local_index(name_or_path)
+    if found is None:
+        from huggingface_hub.constants import HF_HUB_CACHE
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if offline or not _looks_like_hub_id(name_or_path):
+            raise FileNotFoundError(
+                f"no model {name_or_path!r}: it is not a built-in model ({', '.join(BUILTIN)}), not a local folder, "
+                f"and not in the Hugging Face cache at {HF_HUB_CACHE}. Download it on a machine with network access "
+                f"(huggingface-cli download {name_or_path}) or pass the path of a saved pipeline folder.")
+        pipe_cls = None  # let diffusers fetch it; it checks the class below
+        source = name_or_path
+    else:
+        folder, index = found
+        pipe_cls = _pipeline_class(index, str(folder))
+        source = str(folder) if name_or_path in BUILTIN or Path(name_or_path).expanduser().exists() else name_or_path
+    if pipe_cls is None:
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, **kwargs)
+        _pipeline_class({"_class_name": type(pipe).__name__}, source)
+    else:
+        pipe = pipe_cls.from_pretrained(source, torch_dtype=dtype, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))

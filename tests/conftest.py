@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LAB_SMALL", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from lab.world.train import tokenizer as make
+    return make()
+
+
+@pytest.fixture(scope="session")
+def shapes_pipe():
+    import lab
+    return lab.load("shapes")
