@@ -181,6 +181,8 @@ def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], de
     for i in range(0, len(images), 512):
         x = to_unit(images[i:i + 512].to(device))
         means.append(vae.encode(x).latent_dist.mean.float().cpu())
+        if device.type == "cpu":
+            print(f"encoded {i + len(x)}/{len(images)}", flush=True)
     latents = torch.cat(means)  # (N, 4, 16, 16)
     scaling = scaling or float(1.0 / latents.std())
     ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids

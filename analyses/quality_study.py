@@ -1,0 +1,64 @@
+"""Study: what the built-in model draws, and how often it draws what it was asked (scored by the world's parser).
+
+    python -m analyses.quality_study            # writes figures/samples.png and figures/quality.md
+
+Writes a sample grid (captions of unseen scenes, the world's rendering of each above the model's image) and the
+quality table of ``lab.world.quality``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+import lab
+from lab.plotting import save_figure
+from lab.sizes import pick
+from lab.world import render
+from lab.world.quality import evaluate, evaluation_scenes, generate, table
+
+
+def sample_grid(pipe, n: int = 8, steps: int = 25, guidance: float = 7.5):
+    """A figure: for n unseen captions, the world's rendering (top) and the model's image (bottom)."""
+    from matplotlib.figure import Figure
+    scenes = evaluation_scenes("one object", n // 2) + evaluation_scenes("two objects", n - n // 2)
+    images = generate(pipe, scenes, steps, guidance, seed=7)
+    fig = Figure(figsize=(2.0 * n, 4.8), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
+    for i, (scene, image) in enumerate(zip(scenes, images)):
+        axes[0, i].imshow(render(scene))
+        axes[1, i].imshow(image)
+        axes[0, i].set_title("\n".join(_wrap(scene.caption, 28)), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0, 0].set_ylabel("world (truth)")
+    axes[1, 0].set_ylabel("model")
+    return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line]
+
+
+def run(out: Path, model: str = "shapes") -> str:
+    """Run the study; returns its REPORT section (Markdown)."""
+    pipe = lab.load(model)
+    save_figure(sample_grid(pipe, n=pick(4, 8, 8)), out / "samples.png")
+    result = evaluate(pipe, n=pick(4, 100, 200), steps=pick(10, 25, 25))
+    section = f"## Built-in model quality\n\n![samples](samples.png)\n\n{table(result)}\n"
+    (out / "quality.md").write_text(section)
+    return section
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")
+    print(run(out))

@@ -1,0 +1,36 @@
+"""The main job: run every study on the built-in model, write figures/ and figures/REPORT.md.
+
+    python -m analyses.run_all [OUT_DIR]          # LAB_SIZE=full for full size, LAB_SIZE=small for a smoke run
+
+Each study is a module with ``run(out_dir) -> str`` that writes its figures and returns its REPORT section.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from lab.sizes import size
+
+STUDIES = ["analyses.quality_study"]
+
+
+def main(out: Path = Path("figures")) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [f"# Diffusion Lab report\n\nSize: `{size()}`. Every number below was measured by this run.\n"]
+    for name in STUDIES:
+        t0 = time.perf_counter()
+        print(f"[run_all] {name} ...", flush=True)
+        section = importlib.import_module(name).run(out)
+        sections.append(section + f"\n_{name}: {time.perf_counter() - t0:.0f} s_\n")
+    report = out / "REPORT.md"
+    tmp = report.with_suffix(".tmp")
+    tmp.write_text("\n".join(sections))
+    tmp.replace(report)
+    print(f"[run_all] wrote {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures"))

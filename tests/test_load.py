@@ -1,0 +1,52 @@
+"""lab.load: the built-in model offline, determinism, the CLIP tokenizer, and clear errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lab
+from lab.world.train import tokenizer as shipped_tokenizer
+
+
+def test_builtin_model_is_a_plain_diffusers_pipeline(shapes_pipe):
+    from diffusers import StableDiffusionPipeline
+    assert type(shapes_pipe) is StableDiffusionPipeline
+    assert shapes_pipe.unet.dtype == torch.float32
+
+
+def test_builtin_model_generates_the_same_image_twice_for_one_seed(shapes_pipe):
+    def once():
+        g = torch.Generator().manual_seed(5)
+        return shapes_pipe("a small red circle on a black background", num_inference_steps=4, generator=g,
+                           output_type="np").images
+    a, b = once(), once()
+    assert a.shape == (1, 128, 128, 3)
+    assert np.array_equal(a, b)
+
+
+def test_tokenizer_gives_clip_ids():
+    ids = shipped_tokenizer()("a photo of a red cat").input_ids
+    assert ids == [49406, 320, 1125, 539, 320, 736, 2368, 49407]
+
+
+def test_shipped_weights_are_at_most_30_mb():
+    size = sum(p.stat().st_size for p in lab.BUILTIN["shapes"].rglob("*.safetensors"))
+    assert size <= 30 * 2**20
+
+
+def test_missing_model_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not a local folder.*Hugging Face cache"):
+        lab.load("no-such-org/no-such-model")
+
+
+def test_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        lab.load(tmp_path)
+
+
+def test_unsupported_pipeline_class_names_the_supported_ones(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    with pytest.raises(ValueError, match="DiTPipeline.*StableDiffusionPipeline.*StableDiffusionXLPipeline"):
+        lab.load(tmp_path)
