@@ -23,10 +23,20 @@ if ! have torch "$TORCH+cpu" && ! have torch "$TORCH"; then
   # torch alone first: it resolves to the CPU build configured for this machine, not a multi-GB CUDA one
   "$PY" -m pip install -q "torch==$TORCH"
 fi
-if ! have diffusers "$DIFFUSERS_OLDEST" || ! have transformers "$TRANSFORMERS"; then
-  "$PY" -m pip install -q "diffusers==$DIFFUSERS_OLDEST" "transformers==$TRANSFORMERS" safetensors pytest
+# The project's runtime dependencies (importing lab imports lab.world: scipy, pillow, ...), with diffusers and
+# transformers pinned and the notebook front-end left out.
+DEPS=$(python3 - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+skip = {"torch", "diffusers", "transformers", "jupyterlab", "ipywidgets", "ipympl"}
+print(" ".join(d for d in deps if re.split(r"[<>=!~ \[;]", d)[0].lower() not in skip))
+PY
+)
+if ! have diffusers "$DIFFUSERS_OLDEST" || ! have transformers "$TRANSFORMERS" || ! "$PY" -c "import lab" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q "diffusers==$DIFFUSERS_OLDEST" "transformers==$TRANSFORMERS" $DEPS pytest
 fi
 
 "$PY" -c "import diffusers, transformers, torch; print('hooks tests on diffusers', diffusers.__version__, \
 'transformers', transformers.__version__, 'torch', torch.__version__)"
-"$PY" -m pytest tests/test_hooks_*.py -q -p no:cacheprovider
+"$PY" -m pytest tests/test_hooks_*.py -q -p no:cacheprovider -o addopts=""  # the project's addopts name plugins (nbval) not installed here
