@@ -2,7 +2,7 @@
 
     python benchmarks/bench_hooks.py --model sd15-tiny            # SD1.5 layout at 1/10 width, 512 px (64x64 latents)
     python benchmarks/bench_hooks.py --model sd15-full --device cuda --dtype fp16   # real SD1.5 size, random weights
-    python benchmarks/bench_hooks.py --model shapes               # the built-in model (needs lab.load)
+    python benchmarks/bench_hooks.py --model shapes               # the built-in model (through lab.load)
     python benchmarks/bench_hooks.py --model path/to/pipeline     # any diffusers SD/SDXL folder
 
 Runs, interleaved --repeats times (the order rotates each repeat), 25 guided steps of:
@@ -37,16 +37,17 @@ def load(model: str, device: str, dtype: torch.dtype, width_divisor: int):
         from tiny_models import tiny_pipeline  # tests/tiny_models.py
 
         pipe = tiny_pipeline("sd15", width_divisor=1 if model == "sd15-full" else width_divisor)
-    elif model == "shapes":
-        import lab
-
-        if not hasattr(lab, "load"):
-            sys.exit("lab.load does not exist yet: the built-in 'shapes' model is not in this checkout")
-        pipe = lab.load("shapes")
     else:
-        from diffusers import DiffusionPipeline
+        import lab  # imported here: the benchmark runs on checkouts where lab.load does not exist yet
 
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+        if hasattr(lab, "load"):
+            pipe = lab.load(model, device=device, dtype=dtype)
+        elif model == "shapes":
+            sys.exit("lab.load does not exist yet: the built-in 'shapes' model is not in this checkout")
+        else:
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
 
@@ -142,7 +143,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="sd15-tiny", help="sd15-tiny | sd15-full | shapes | a diffusers folder")
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--size", type=int, default=512, help="image size in pixels (512: 64x64 latents)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="image size in pixels; default 512 for sd15-* (64x64 latents), else the model's own")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--width-divisor", type=int, default=10, help="for sd15-tiny: channels = SD1.5's / this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -155,6 +157,8 @@ def main(argv=None):
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 
     pipe = load(args.model, args.device, dtype, args.width_divisor)
+    if args.size is None:
+        args.size = 512 if args.model.startswith("sd15-") else pipe.unet.config.sample_size * pipe.vae_scale_factor
     cfgs = configs(pipe, args.steps)
     print(f"# {args.model} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}: "
           f"{args.size}px, {args.steps} steps, guidance 7.5, {args.dtype}, torch {torch.__version__}, "
