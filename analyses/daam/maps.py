@@ -1,0 +1,257 @@
+"""DAAM heat maps from a captured Cache: raw cross-attention -> global maps (per token) -> word maps -> masks.
+
+    g = global_maps(cache, batch=0)                              # the published method: every down/up layer and head
+    g = global_maps(cache, steps=range(0, 10), resolution=16, heads=[1], branch="cond")   # a slice (slices=True)
+    m = word_map(g, tok, "hexagon")                              # (H, W) in [0, 1] at the image size
+    masks = binarize(m, tau=0.4)                                 # (H, W) bool
+    word_maps(g, tok)                                            # {word: (H, W)} for every word of the prompt
+
+global_maps(cache, batch, steps, layers, blocks, resolution, heads, branch)   -> GlobalMaps (keys, h, w)
+aggregate(layer_probs, latent)     the method's merge of per-layer attention: upsample, clamp, mean
+word_map(g, tokenizer, word, occurrence, size) / word_maps(g, tokenizer, size) / expand(map, size) / binarize(map, tau)
+layer_names(cache, layers, blocks, resolution)   the attn2 layers a slice selects
+
+The method (Tang et al., 2023): cross-attention probabilities of each layer are summed over the chosen steps per
+(layer, head), each (h, w) map is upsampled bicubically to the latent size and clamped at 0, and the maps are averaged
+over layers and heads. A word's map is the mean over its tokens (every occurrence, or one), expanded bicubically to
+the image size and min-max normalised; binarised at tau = 0.4.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .words import occurrences, tokenizer_of, words
+
+BLOCKS = ("down", "mid", "up")
+DEFAULT_BLOCKS = ("down", "up")
+TAU = 0.4
+
+
+@dataclass
+class GlobalMaps:
+    """Per-token heat maps of one image: ``maps[k]`` is the (h, w) map (latent size) of key position k.
+
+    keys: the key positions the maps hold, in order (None: every position, maps[k] is position k). The other fields
+    record the slice: prompt, image_size (H, W), layers, steps (None: all captured, or summed in the capture), heads
+    (None: all), branch.
+    """
+
+    maps: torch.Tensor  # (keys, h, w), float32, >= 0
+    prompt: str
+    image_size: tuple[int, int]
+    layers: tuple[str, ...]
+    steps: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    branch: str = "cond"
+    keys: tuple[int, ...] | None = None
+
+    def token(self, position: int) -> torch.Tensor:
+        """The (h, w) map of key position `position`."""
+        if self.keys is None:
+            if not 0 <= position < self.maps.shape[0]:
+                raise ValueError(f"token position {position} is out of range; the maps hold {self.maps.shape[0]} keys")
+            return self.maps[position]
+        if position not in self.keys:
+            raise ValueError(f"token position {position} was not captured (Keep(tokens=...) kept {list(self.keys)})")
+        return self.maps[self.keys.index(position)]
+
+
+def block_of(name: str) -> str:
+    """'down' | 'mid' | 'up' for a full module path."""
+    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(name.split(".")[0], "other")
+
+
+def layer_of(name: str) -> str:
+    """The attention layer a cache key belongs to: the key itself, or the layer of a '...attn2.to_q' key."""
+    return name[: -len(".to_q")] if name.endswith(".to_q") else name
+
+
+def layer_names(cache, layers=None, blocks: Sequence[str] | str | None = DEFAULT_BLOCKS, resolution=None) -> list[str]:
+    """The cache keys of the captured attn2 layers a slice selects, in forward order.
+
+    layers: full names or globs (``"up_blocks.1.*"``), or None for all; blocks: 'down' / 'mid' / 'up' or a tuple
+    (default down and up, as published; None for all); resolution: an int (square), (h, w), or a list of those.
+    """
+    kinds = cache.meta.get("kinds") or {}
+    captured = [n for n in cache if (kinds.get(n, "attn2") == "attn2" and "key" in cache.axes[n])
+                or n.endswith(".to_q")]  # attention maps, or the queries of a QueryTrace
+    names = list(captured)
+    if layers is not None:
+        globs = [layers] if isinstance(layers, str) else list(layers)
+        names = [n for n in names if any(fnmatch.fnmatchcase(layer_of(n), g) for g in globs)]
+    elif blocks is not None:
+        blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks)
+        bad = [b for b in blocks if b not in BLOCKS]
+        if bad:
+            raise ValueError(f"unknown block {bad[0]!r}; blocks: {', '.join(BLOCKS)}")
+        names = [n for n in names if block_of(n) in blocks]
+    if resolution is not None:
+        wanted = _resolutions(resolution)
+        names = [n for n in names if tuple(cache.resolution(n)) in wanted]
+    if not names:
+        have = ", ".join(f"{layer_of(n)} ({'x'.join(map(str, cache.resolution(n)))})" for n in captured) or "none"
+        raise ValueError(f"no captured cross-attention layer matches layers={layers!r}, blocks={blocks!r}, "
+                         f"resolution={resolution!r}; captured: {have}")
+    return names
+
+
+def _resolutions(resolution) -> set[tuple[int, int]]:
+    if isinstance(resolution, int):
+        return {(resolution, resolution)}
+    if isinstance(resolution, tuple) and len(resolution) == 2 and all(isinstance(r, int) for r in resolution):
+        return {resolution}
+    return {r for x in resolution for r in _resolutions(x)}
+
+
+def aggregate(layer_probs: Iterable[tuple[torch.Tensor, tuple[int, int]]], latent: tuple[int, int]) -> torch.Tensor:
+    """Merge per-layer attention into per-token maps: the method's upsample, clamp and mean over (layer, head).
+
+        aggregate([(probs, (16, 16)), (probs8, (8, 8))], latent=(16, 16))   # -> (keys, 16, 16)
+
+    layer_probs: (probs (heads, queries, keys) summed over steps, (h, w)) per layer, queries being h*w row-major.
+    """
+    total, count = None, 0
+    for probs, (h, w) in layer_probs:
+        heads, q, k = probs.shape
+        if q != h * w:
+            raise ValueError(f"a layer has {q} queries, not {h}x{w}")
+        x = probs.float().permute(0, 2, 1).reshape(heads, k, h, w)  # (heads, keys, h, w)
+        if (h, w) != tuple(latent):
+            x = F.interpolate(x, size=tuple(latent), mode="bicubic", align_corners=False)  # (heads, keys, H, W)
+        x = x.clamp_(min=0).sum(0)  # (keys, lat_h, lat_w)
+        total = x if total is None else total.add_(x)
+        count += heads
+    if total is None:
+        raise ValueError("no layer to aggregate")
+    return total / count  # (keys, lat_h, lat_w)
+
+
+def global_maps(cache, batch: int = 0, steps=None, layers=None, blocks=DEFAULT_BLOCKS, resolution=None,
+                heads=None, branch: str = "cond", prompt: str | None = None) -> GlobalMaps:
+    """Per-token maps of image `batch` of a captured run, over the slice asked for (default: the published method).
+
+        g = global_maps(cache)                                     # every step, down+up layers, every head, cond
+        g = global_maps(cache, steps=range(10, 20), heads=0, blocks="up", branch="uncond")
+
+    steps: step indices (needs a capture with every step kept, capture(slices=True)); layers / blocks / resolution:
+    see layer_names; heads: an int or a list (head indices of every selected layer); branch: 'cond' or 'uncond'
+    (the uncond keys are the negative prompt's tokens, '' by default: at a word's positions they are padding).
+    prompt: the text the key positions belong to (default: the prompt captured for this image).
+    """
+    meta = cache.meta
+    names = layer_names(cache, layers, blocks, resolution)
+    branches = meta.get("branches") or []
+    if branch not in branches:
+        raise ValueError(f"branch {branch!r} was not captured; captured: {', '.join(branches) or 'none'} "
+                         "(capture(slices=True) keeps both branches of a run with guidance)")
+    step_pos, chosen = _step_positions(cache, names[0], steps)
+    head_list = None if heads is None else ([int(heads)] if isinstance(heads, int) else [int(h) for h in heads])
+    per_layer = []
+    for name in names:
+        axes = cache.axes[name]
+        n_batch = cache[name].shape[axes.index("batch")]
+        if not 0 <= batch < n_batch:
+            raise ValueError(f"batch={batch} is out of range: the run had {n_batch} images")
+        t = cache.take(name, branch=branch, batch=batch)  # ([step,] [head,] q, k)
+        if "step" in axes:
+            t = t[step_pos].sum(0) if step_pos is not None else t.sum(0)  # ([head,] q, k)
+        if "head" not in axes:
+            if head_list is not None:
+                raise ValueError(f"{name!r} was captured with heads averaged; capture every head to slice by head")
+            t = t.unsqueeze(0)  # (1, q, k)
+        elif head_list is not None:
+            bad = [h for h in head_list if not 0 <= h < t.shape[0]]
+            if bad:
+                raise ValueError(f"head {bad[0]} is out of range for {name!r}, which has {t.shape[0]} heads")
+            t = t[head_list]  # (heads, q, k)
+        per_layer.append((t, tuple(cache.resolution(name))))
+    latent = tuple(meta.get("latent_size") or cache.resolution(names[0]))
+    maps = aggregate(per_layer, latent)  # (keys, h, w)
+    kept_tokens = (meta.get("keep") or {}).get("tokens")
+    return GlobalMaps(maps, prompt if prompt is not None else prompt_of(cache, batch),
+                      tuple(meta.get("image_size") or latent), tuple(names), chosen,
+                      None if head_list is None else tuple(head_list), branch,
+                      None if kept_tokens is None else tuple(kept_tokens))
+
+
+def _step_positions(cache, name: str, steps) -> tuple[list[int] | None, tuple[int, ...] | None]:
+    """Indices along the step axis for step indices `steps`, and the steps they are; (None, None) for all."""
+    meta = cache.meta
+    if steps is None:
+        return None, None
+    steps = [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
+    if "step" not in cache.axes[name]:
+        summed = meta.get("summed_steps") or []
+        if sorted(steps) == sorted(summed):
+            return None, None
+        raise ValueError(f"this cache summed its steps during generation ({len(summed)} steps); capture with "
+                         "capture(slices=True) (Keep(steps='all')) to slice by step")
+    kept = meta.get("steps") or []
+    bad = [s for s in steps if s not in kept]
+    if bad or not steps:
+        raise ValueError(f"step {bad[0] if bad else steps!r} was not captured; captured steps: "
+                         f"{kept[0]}..{kept[-1]}" if kept else "no steps were captured")
+    return [kept.index(s) for s in steps], tuple(steps)
+
+
+def prompt_of(cache, batch: int = 0) -> str:
+    """The prompt of image `batch`: as given to capture(), else as decoded from the tokens the encoder saw."""
+    meta = cache.meta
+    prompts = (meta.get("daam") or {}).get("prompts") or meta.get("prompt")
+    if not prompts:
+        raise ValueError("the cache records no prompt; pass prompt= (the text the run was generated from)")
+    per = meta.get("num_images_per_prompt") or 1
+    return prompts[min(batch // per, len(prompts) - 1)]
+
+
+def expand(heat: torch.Tensor, size: tuple[int, int] | int, normalize: bool = True) -> torch.Tensor:
+    """A (h, w) map at `size` pixels (bicubic), min-max normalised to [0, 1] unless normalize=False."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = heat.float()[None, None]  # (1, 1, h, w)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)  # (1, 1, H, W)
+    x = x[0, 0]
+    if normalize:
+        x = (x - x.min()) / (x.max() - x.min() + 1e-8)
+    return x
+
+
+def binarize(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
+    """The mask of a normalised map: heat > tau (the paper uses 0.4, and reports 0.3 and 0.5)."""
+    return heat > tau
+
+
+def word_map(g: GlobalMaps, tokenizer, word: str, occurrence: int | None = None, size=None,
+             normalize: bool = True) -> torch.Tensor:
+    """(H, W) map of `word` (or a phrase) in [0, 1]: the mean of its tokens' maps over every occurrence (or one).
+
+        word_map(g, pipe, "hexagon")            # 'hex' + 'agon</w>', both occurrences if it occurs twice
+        word_map(g, pipe, "a", occurrence=1)    # the second 'a' only
+
+    tokenizer: the tokenizer (or the pipeline: SDXL aligns with its first). size: pixels (default the image size).
+    """
+    tokens = [t for w in occurrences(tokenizer_of(tokenizer), g.prompt, word, occurrence) for t in w.tokens]
+    heat = torch.stack([g.token(t) for t in tokens]).mean(0)  # (h, w)
+    return expand(heat, size or g.image_size, normalize)
+
+
+def word_maps(g: GlobalMaps, tokenizer, size=None, normalize: bool = True) -> dict[str, torch.Tensor]:
+    """{word: (H, W) map} for every word of the prompt (lowercased; a repeated word is merged over occurrences).
+
+    Words cut off by the text encoder's token limit have no map and are left out.
+    """
+    tokenizer = tokenizer_of(tokenizer)
+    groups: dict[str, list[int]] = {}
+    for w in words(tokenizer, g.prompt):
+        if w.kept:
+            groups.setdefault(w.text.lower(), []).extend(w.tokens)
+    if not groups and not words(tokenizer, g.prompt):
+        raise ValueError(f"the prompt {g.prompt!r} is empty: it has no words to map")
+    size = size or g.image_size
+    return {word: expand(torch.stack([g.token(t) for t in toks]).mean(0), size, normalize)
+            for word, toks in groups.items()}

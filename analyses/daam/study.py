@@ -1,0 +1,151 @@
+"""Study: how well DAAM's word maps find the objects of the built-in model's images, and what they mean.
+
+    python -m analyses.daam [out]        # LAB_SIZE=small (4 images) | default (200) | full (500); writes out/daam_*.png
+    run(out) -> str                      # the REPORT section (Markdown); also written to out/daam.md
+
+Held-out captions of the shapes world ("test" split, seeds 2,000,000 + i) are generated with DAAM captured (every
+step, both branches, mid block included); the world's parser segments each image, and only objects drawn as
+captioned (parsed colour and shape match) are scored. Noun mIoU at tau 0.3 / 0.4 / 0.5 with 95% bootstrap CIs
+(resampling images) against three baselines: the whole image, a centred Gaussian, and DAAM on a UNet re-initialised
+from its config (seed 0) generating from the same seeds, scored against the masks of the real model's image.
+Then: slices (layer, resolution, step range, head), adjectives vs their own and other objects, where relation and
+background words look, open-vocabulary maps, and faithfulness (silencing a noun inside vs outside its map).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lab
+from lab.hooks import select, trace
+from lab.plotting import save_figure
+from lab.sizes import pick, size
+from lab.world import parse
+
+from .evaluate import TAUS, held_out_scenes, occurrence_in_caption, runs, score_image
+from .faithfulness import CONDITIONS, condition_masks, region_edit
+from .figures import examples_figure, faithfulness_figure, miou_figure, slices_figure, words_figure
+from .maps import binarize, global_maps, word_map
+from .metrics import iou
+from .plot import layer_step_grid
+from .report import section
+
+
+def randomized(pipe, seed: int = 0):
+    """A new pipeline sharing every component of `pipe` but a UNet re-initialised from its config with `seed`."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    unet = unet.to(pipe.unet.device, pipe.unet.dtype).eval()
+    parts = {k: v for k, v in pipe.components.items()}
+    parts["unet"] = unet
+    if "requires_safety_checker" in type(pipe).__init__.__code__.co_varnames:
+        parts["requires_safety_checker"] = False
+    new = type(pipe)(**parts)
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+def random_unet_rows(pipe, scenes, targets, steps, guidance, batch) -> list[dict]:
+    """Noun IoU of DAAM on the re-initialised UNet, against the masks of the real model's images."""
+    rp = randomized(pipe)
+    by_image = {}
+    for t in targets:
+        by_image.setdefault(t.image, []).append(t)
+    order = sorted(by_image)  # generation indices that have targets
+    chosen = [scenes[i] for i in order]
+    rows = []
+    for first, run in runs(rp, chosen, steps, guidance, batch, slices=False, mid=False):
+        for b, scene in enumerate(chosen[first:first + len(run.images)]):
+            image = order[first + b]
+            g = global_maps(run.cache, batch=b)
+            for t in by_image[image]:
+                heat = word_map(g, pipe, scene.objects[t.index].shape,
+                                occurrence=occurrence_in_caption(scene, t.index, "shape"))
+                for tau in TAUS:
+                    rows.append({"image": image, "obj": t.index, "metric": "noun_iou", "key": "random unet",
+                                 "tau": tau, "value": iou(binarize(heat, tau), t.mask)})
+    return rows
+
+
+def faithfulness_rows(pipe, targets, steps, guidance, batch, factor: float = 0.0) -> list[dict]:
+    """Regenerate each target's image with its noun silenced in each condition's region; did the object survive?"""
+    names = select(pipe, kind="attn2")
+    rows = []
+    for first in range(0, len(targets), batch):
+        chunk = targets[first:first + batch]
+        regions = [condition_masks(binarize(t.noun_map)) for t in chunk]
+        for condition in CONDITIONS:
+            masks = torch.stack([r[condition] for r in regions])  # (rows, H, W)
+            edit = region_edit([t.noun_tokens for t in chunk], masks, factor)
+            gens = [torch.Generator(pipe.device).manual_seed(t.scene.seed) for t in chunk]
+            with trace(pipe, [], edits={n: edit for n in names}):
+                out = pipe([t.scene.caption for t in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                           generator=gens, output_type="np").images
+            images = (np.asarray(out) * 255).round().astype(np.uint8)
+            for t, edited, mask in zip(chunk, images, masks):
+                obj = t.scene.objects[t.index]
+                before = _count(parse(t.picture), obj)
+                after = _count(parse(edited), obj)
+                change = np.abs(edited.astype(np.float32) - t.picture.astype(np.float32)).mean(-1) / 255.0
+                base = {"image": t.image, "obj": t.index, "key": condition}
+                rows += [{**base, "metric": "faith_lost", "value": float(after < before)},
+                         {**base, "metric": "faith_change", "value": float(change[t.mask].mean())},
+                         {**base, "metric": "faith_area", "value": float(mask.mean())}]
+    return rows
+
+
+def _count(parsed, obj) -> int:
+    return sum(f.colour == obj.colour and f.shape == obj.shape for f in parsed.objects)
+
+
+def run(out: Path, model: str = "shapes") -> str:
+    """Run the study; write its figures and out/daam.md; return the REPORT section."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n, steps = pick(4, 200, 500), pick(6, 25, 25)
+    n_faith, guidance, batch = pick(4, 160, 400), 7.5, 8
+    t_start = time.perf_counter()
+    pipe = lab.load(model)
+    scenes = held_out_scenes(n)
+    targets, rows, first_run = [], [], None
+    t0 = time.perf_counter()
+    for first, run_ in runs(pipe, scenes, steps, guidance, batch, queries=True):
+        first_run = first_run or run_
+        for b, scene in enumerate(scenes[first:first + len(run_.images)]):
+            t, r = score_image(run_, b, first + b, scene, pipe, ovam=True)
+            targets += t
+            rows += r
+    seconds = {"generate and score": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    rows += random_unet_rows(pipe, scenes, targets, steps, guidance, batch) if targets else []
+    seconds["random UNet"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    faith_targets = targets[:n_faith]
+    rows += faithfulness_rows(pipe, faith_targets, steps, guidance, batch) if faith_targets else []
+    seconds["faithfulness"] = time.perf_counter() - t0
+
+    save_figure(examples_figure(first_run, scenes, pipe), out / "daam_examples.png")
+    save_figure(miou_figure(rows), out / "daam_miou.png")
+    save_figure(slices_figure(rows, first_run.cache), out / "daam_slices.png")
+    save_figure(words_figure(rows), out / "daam_words.png")
+    save_figure(faithfulness_figure(rows), out / "daam_faithfulness.png")
+    grid_word = scenes[0].objects[0].shape
+    save_figure(layer_step_grid(first_run.cache, pipe, grid_word, first_run.images[0], batch=0),
+                out / "daam_layer_steps.png")
+    info = {"size": size(), "n": n, "steps": steps, "guidance": guidance, "targets": len(targets),
+            "faith_targets": len(faith_targets), "seconds": seconds, "total": time.perf_counter() - t_start,
+            "timesteps": first_run.cache.meta.get("timesteps"), "model": model}
+    text = section(rows, info)
+    (out / "daam.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")))

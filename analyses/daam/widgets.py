@@ -1,0 +1,115 @@
+"""The notebook's explorer: pick a word, a step range, a layer or resolution, a head, a branch and a threshold; the
+overlay and the mask update together, re-sliced from the Cache (the model does not run again).
+
+    ex = Explorer(run.cache, pipe, run.images[0])
+    display(ex.box)                     # the widgets and the picture
+    ex.update(word="hexagon", steps=(0, 4), layer="8x8", tau=0.3)   # the callback, a plain method tests call
+
+``layer_options(cache)`` lists the layer choices: the published set (down+up), every captured layer, each resolution
+and each layer alone. Needs a capture with slices=True for steps and branches.
+"""
+from __future__ import annotations
+
+import html
+import io
+
+from .maps import TAU, layer_names, prompt_of
+from .plot import CMAP, _short, view
+from .words import tokenizer_of, words
+
+
+def layer_options(cache) -> list[tuple[str, tuple]]:
+    """(label, selection) pairs; a selection is a tuple of (keyword, value) pairs for global_maps."""
+    every = layer_names(cache, blocks=None)
+    opts = [("down+up (published)", (("blocks", ("down", "up")),)), ("all captured", (("blocks", None),))]
+    for r in sorted({tuple(cache.resolution(n)) for n in every}, reverse=True):
+        opts.append((f"{r[0]}x{r[1]}", (("blocks", None), ("resolution", r))))
+    opts += [(_short(n), (("layers", (n,)),)) for n in every]
+    return opts
+
+
+def selection(cache, layer: str) -> dict:
+    """The global_maps keywords of the layer choice labelled `layer`."""
+    opts = dict(layer_options(cache))
+    if layer not in opts:
+        raise ValueError(f"layer choice {layer!r} is not one of: {', '.join(opts)}")
+    return dict(opts[layer])
+
+
+class Explorer:
+    """Widgets over one captured image; ``update(**values)`` redraws (and is what every widget change calls)."""
+
+    def __init__(self, cache, tokenizer, image, batch: int = 0, cmap: str = CMAP):
+        import ipywidgets as W
+
+        self.cache, self.tokenizer, self.image, self.batch, self.cmap = cache, tokenizer_of(tokenizer), image, batch, cmap
+        self.prompt = prompt_of(cache, batch)
+        self.words = list(dict.fromkeys(w.text.lower() for w in words(self.tokenizer, self.prompt) if w.kept))
+        if not self.words:
+            raise ValueError(f"the prompt {self.prompt!r} has no words to map")
+        steps = cache.meta.get("steps") or cache.meta.get("summed_steps") or [0]
+        heads = max((cache.meta.get("heads") or {}).values() or [1])
+        self.w = {
+            "word": W.Dropdown(options=self.words, value=self.words[0], description="word"),
+            "steps": W.IntRangeSlider(value=(steps[0], steps[-1]), min=steps[0], max=steps[-1],
+                                      description="steps", disabled=not cache.meta.get("steps")),
+            "layer": W.Dropdown(options=[o for o, _ in layer_options(cache)], description="layers"),
+            "head": W.Dropdown(options=["all"] + list(range(heads)), description="head"),
+            "branch": W.Dropdown(options=cache.meta.get("branches") or ["cond"], description="branch"),
+            "tau": W.FloatSlider(value=TAU, min=0.05, max=0.95, step=0.05, description="tau"),
+        }
+        self.picture = W.Image(format="png")
+        self.message = W.HTML()
+        self._hold = False
+        for widget in self.w.values():
+            widget.observe(self._changed, names="value")
+        self.box = W.VBox([W.HBox([self.w["word"], self.w["layer"], self.w["head"]]),
+                           W.HBox([self.w["steps"], self.w["branch"], self.w["tau"]]), self.picture, self.message])
+        self.update()
+
+    def values(self) -> dict:
+        """The controls' current values."""
+        return {k: w.value for k, w in self.w.items()}
+
+    def _changed(self, change) -> None:
+        if not self._hold:
+            self.update()
+
+    def update(self, **values):
+        """Set the given controls (word, steps=(first, last), layer, head, branch, tau) and redraw once.
+
+        Returns the Figure; a slice that cannot be drawn (e.g. a head a layer does not have) shows its error under
+        the picture and returns None.
+        """
+        bad = [k for k in values if k not in self.w]
+        if bad:
+            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
+        self._hold = True
+        try:
+            for key, value in values.items():
+                self.w[key].value = value
+        finally:
+            self._hold = False
+        try:
+            fig = render(self.cache, self.tokenizer, self.image, batch=self.batch, cmap=self.cmap, **self.values())
+        except ValueError as e:
+            self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            return None
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        self.picture.value = buf.getvalue()
+        self.message.value = ""
+        return fig
+
+
+def render(cache, tokenizer, image, word: str, steps=None, layer: str = "down+up (published)", head="all",
+           branch: str = "cond", tau: float = TAU, batch: int = 0, cmap: str = CMAP):
+    """The explorer's picture for one set of control values: overlay and binarised mask (a matplotlib Figure)."""
+    kw = selection(cache, layer)
+    step_list = None
+    if steps is not None and cache.meta.get("steps"):
+        first, last = steps
+        step_list = [s for s in cache.meta["steps"] if first <= s <= last]
+    heads = None if head in (None, "all") else [int(head)]
+    return view(cache, tokenizer, image, word, batch=batch, steps=step_list, heads=heads, branch=branch, tau=tau,
+                cmap=cmap, **kw)
