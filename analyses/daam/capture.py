@@ -91,11 +91,12 @@ class Capture:
         if len(seen) != len(self.prompts):
             raise ValueError(f"capture() was given {len(self.prompts)} prompt(s) but the pipeline encoded "
                              f"{len(seen)}: {self.cache.meta.get('prompt')}")
-        for given, tokens in zip(self.prompts, seen):
+        decoded = self.cache.meta.get("prompt") or [None] * len(seen)
+        for given, tokens, text in zip(self.prompts, seen, decoded):
             ids = tok(given, truncation=True, max_length=tok.model_max_length).input_ids
             if tok.convert_ids_to_tokens(ids)[:len(tokens)] != tokens:
-                raise ValueError(f"capture() was given the prompt {given!r} but the pipeline encoded "
-                                 f"{tok.convert_tokens_to_string(tokens)!r}; pass the prompt you generate from")
+                raise ValueError(f"capture() was given the prompt {given!r} but the pipeline encoded {text!r}; "
+                                 "pass the prompts you generate from")
 
 
 def capture(pipe, prompt=None, slices: bool = False, mid: bool = False, queries: bool = False, query_steps="all",

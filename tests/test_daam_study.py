@@ -1,0 +1,72 @@
+"""The DAAM study's pieces on real objects, and its run() at LAB_SIZE=small."""
+import numpy as np
+import pytest
+import torch
+
+from analyses import daam
+from analyses.daam.faithfulness import condition_masks, region_edit
+from analyses.daam.metrics import bootstrap, gaussian_prior, iou, mass_inside, mean_ci
+from lab.hooks import scale_tokens, select, trace
+from tiny_models import one_thread  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def pipe(shapes_pipe):
+    return shapes_pipe  # the built-in model, loaded once per session (tests/conftest.py)
+
+
+def _generate(pipe, prompts, edits=None):
+    gens = [torch.Generator().manual_seed(3) for _ in prompts]
+    with trace(pipe, [], edits=edits or {}):
+        return pipe(prompts, num_inference_steps=2, generator=gens, output_type="np").images
+
+
+def test_region_edit_equals_scale_tokens_for_one_row(pipe):
+    mask = torch.zeros(128, 128)
+    mask[20:90, 30:100] = 1
+    names = select(pipe, kind="attn2")
+    ours = _generate(pipe, ["a red circle"], {n: region_edit([[2, 3]], mask[None], 0.0) for n in names})
+    ref = _generate(pipe, ["a red circle"], {n: scale_tokens([2, 3], 0.0, mask=mask) for n in names})
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    assert np.abs(ours - _generate(pipe, ["a red circle"])).max() > 1e-4  # the edit did something
+
+
+def test_region_edit_edits_each_row_with_its_own_mask(pipe):
+    names = select(pipe, kind="attn2")
+    masks = torch.stack([torch.zeros(128, 128), torch.ones(128, 128)])
+    both = _generate(pipe, ["a red circle", "a red circle"], {n: region_edit([[3], [3]], masks, 0.0) for n in names})
+    plain = _generate(pipe, ["a red circle"])
+    np.testing.assert_allclose(both[0], plain[0], atol=1e-4)  # an all-zero mask edits nothing (batch rounding)
+    assert np.abs(both[1] - plain[0]).max() > 1e-4
+
+
+def test_condition_masks_keep_area_where_they_should():
+    m = torch.zeros(8, 8, dtype=torch.bool)
+    m[1:3, 1:4] = True
+    c = condition_masks(m)
+    assert c["inside"].sum() == c["shifted"].sum() == 6 and c["outside"].sum() == 58 and c["everywhere"].sum() == 64
+    assert (c["inside"] * c["shifted"]).sum() == 0
+
+
+def test_metrics():
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    assert iou(a, b) == pytest.approx(4 / 12) and iou(a, a) == 1.0 and iou(~a & a, ~a & a) == 0.0
+    assert mass_inside(torch.ones(4, 4), a) == pytest.approx(0.5)
+    g = gaussian_prior((16, 16))
+    assert g.max() == 1 and g.min() == 0 and g[8, 8] > g[0, 0]
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1])
+    assert m == 2.5 and lo <= m <= hi and lo >= 1.5 and hi <= 3.5  # two images: means 1.5 and 3.5
+    assert np.isnan(bootstrap([], [])).all()
+
+
+def test_study_run_small_writes_its_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_SIZE", "small")
+    from analyses.daam.study import run
+    text = run(tmp_path)
+    assert text.startswith("## DAAM") and "tau = 0.4" in text and "random unet" in text
+    for name in ("daam.md", "daam_examples.png", "daam_miou.png", "daam_slices.png", "daam_words.png",
+                 "daam_faithfulness.png", "daam_layer_steps.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
