@@ -78,7 +78,7 @@ def load_image(image) -> torch.Tensor:
             image = np.repeat(image[..., None], 3, axis=-1)
         if image.ndim != 3 or image.shape[-1] not in (3, 4):
             raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got {image.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)  # (3, H, W)
+        x = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)  # (3, H, W), a writable copy
         x = x.float() / 255 if image.dtype == np.uint8 else x.float()
     else:
         raise TypeError(f"cannot read an image from a {type(image).__name__}; pass a path, a PIL image, "

@@ -1,0 +1,71 @@
+"""The DIFT study's pairs, subsets and run(), and the notebook's click handler, on the built-in model."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from analyses.dift.explore import make_view, new_pair, on_click, set_setting
+from analyses.dift.study import SHAPE_CYCLE, run, subsets, world_pairs
+from tiny_models import one_thread  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def pipe(shapes_pipe):  # the built-in model, loaded once per session (conftest)
+    return shapes_pipe
+
+
+def test_world_pairs_share_a_shape_and_differ_in_the_rest():
+    pairs = world_pairs(len(SHAPE_CYCLE) * 2)
+    for p in pairs:
+        a, b = p.info["src_obj"], p.info["trg_obj"]
+        assert a.shape == b.shape == p.category and a.size != b.size
+        assert (a.colour == b.colour) == p.info["same_colour"]
+        assert not np.array_equal(p.src[0, 0], p.trg[0, 0])  # backgrounds differ
+        assert p.src_kps.shape == p.trg_kps.shape == (len(p.info["names"]), 2)
+        x0, y0, x1, y1 = p.trg_bbox
+        assert (p.trg_kps >= [x0 - 1, y0 - 1]).all() and (p.trg_kps <= [x1 + 1, y1 + 1]).all()
+    arrows = [p for p in pairs if p.category == "arrow"]
+    assert [p.info["mirrored"] for p in arrows] == [True, False, True, False]
+    for p in arrows:  # 'tip' follows meaning: it is on the side the arrow points to
+        a, b = p.info["src_obj"], p.info["trg_obj"]
+        tip_a, tip_b = a.keypoints["tip"][0] - a.x, b.keypoints["tip"][0] - b.x
+        assert (np.sign(tip_a) != np.sign(tip_b)) == p.info["mirrored"]
+    assert world_pairs(1, first=5)[0].name == pairs[5].name
+    np.testing.assert_array_equal(world_pairs(1, first=5)[0].src, pairs[5].src)
+
+
+def test_mirrored_subsets_tell_meaning_from_geometry():
+    p = world_pairs(1)[0]  # a mirrored arrow pair
+    names, named = p.info["names"], p.info["trg_named"]
+    twin = {"tip": "tail", "tail": "tip"}
+    geometric = np.array([named[twin.get(n, n)] for n in names])  # every point matched by side, not by name
+    rec = {"pred": geometric, "correct": np.array([n not in twin for n in names]), "info": p.info}
+    s = subsets({"pairs": [rec]})
+    assert s["mirrored tip/tail: by geometry"] == {"per_point": 1.0, "points": 2}
+    assert s["mirrored tip/tail: by meaning"]["per_point"] == 0.0
+    assert s["arrows, mirrored"]["points"] == len(names) and s["same colour"]["pairs"] == 0
+
+
+def test_run_writes_figures_and_a_report_section(pipe, tmp_path):
+    config = {"pairs": 2, "timesteps": [261], "blocks": ["up_blocks.1"], "ensemble": 1}
+    section = run(tmp_path, config=config)
+    for name in ("dift_grid.png", "dift_baselines.png", "dift_examples.png", "dift_similarity.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert section.startswith("## DIFT") and "| pixels |" in section and "Goal" in section
+
+
+def test_a_click_on_image_a_shows_its_match_in_b(pipe):
+    fig = Figure()
+    view = make_view(pipe, fig, pair_index=0, ensemble=1)
+    ax_a, ax_b = fig.axes[:2]
+    x, y = view.pair.src_kps[0]
+    best = on_click(SimpleNamespace(inaxes=ax_a, xdata=x, ydata=y), view)
+    assert view.query == (x, y) and best == view.best
+    assert 0 <= best[0] < 128 and 0 <= best[1] < 128
+    assert on_click(SimpleNamespace(inaxes=ax_b, xdata=5.0, ydata=5.0), view) is None  # clicks on B do nothing
+    assert on_click(SimpleNamespace(inaxes=None, xdata=None, ydata=None), view) is None
+    set_setting(view, t=50, block="up_blocks.2")
+    assert view.fa.meta["t"] == 50 and view.fa.meta["block"] == "up_blocks.2" and view.query == (x, y)
+    new_pair(view)
+    assert view.pair_index == 1 and view.query is None and view.pair.name.startswith("001")
