@@ -1,0 +1,53 @@
+"""The built-in model's quality table and generation speed (issue 2's targets).
+
+    python benchmarks/bench_model.py [--n 200] [--steps 25] [--guidance 7.5] [--model shapes] [--out benchmarks/model.md]
+
+Quality: lab.world.quality.evaluate (captions of unseen scenes, images parsed by the world's parser).
+Speed: one image (batch 1, 25 steps, guidance on) timed after a warm-up, median of 5, on this machine's threads.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import lab
+from lab.world.quality import evaluate, table
+
+
+def seconds_per_image(pipe, steps: int, guidance: float, repeats: int = 5) -> float:
+    prompt = "a small red circle to the left of a large blue square on a white background"
+    pipe(prompt, num_inference_steps=steps, guidance_scale=guidance)  # warm-up
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(i))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args()
+    pipe = lab.load(a.model)
+    speed = seconds_per_image(pipe, a.steps, a.guidance)
+    result = evaluate(pipe, n=a.n, steps=a.steps, guidance=a.guidance)
+    text = (f"# Built-in model: quality and speed\n\nmodel `{a.model}`, {a.n} images per group, "
+            f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}\n\n"
+            f"{table(result)}\n\nOne image, batch 1, {a.steps} steps with guidance: {speed:.2f} s (median of 5).\n")
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
