@@ -178,10 +178,11 @@ def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], de
     """Store every training scene's latent (posterior mean), the scaling factor and the caption token ids."""
     vae.eval()
     means = []
-    for i in range(0, len(images), 512):
-        x = to_unit(images[i:i + 512].to(device))
+    chunk = 512 if device.type == "cuda" else 32
+    for i in range(0, len(images), chunk):
+        x = to_unit(images[i:i + chunk].to(device))
         means.append(vae.encode(x).latent_dist.mean.float().cpu())
-        if device.type == "cpu":
+        if device.type == "cpu" and i % 1024 == 0:
             print(f"encoded {i + len(x)}/{len(images)}", flush=True)
     latents = torch.cat(means)  # (N, 4, 16, 16)
     scaling = scaling or float(1.0 / latents.std())
