@@ -154,6 +154,14 @@ def test_errors_name_the_bad_value_and_the_valid_ones(run, summed, pipe):
         daam.global_maps(run.cache, batch=2)
 
 
+def test_an_empty_prompt_generates_but_has_no_words_to_map(pipe):
+    r = daam.generate(pipe, "", steps=1)
+    with pytest.raises(ValueError, match="the prompt '' is empty: it has no words to map"):
+        daam.word_maps(daam.global_maps(r.cache), pipe)
+    with pytest.raises(ValueError, match="the prompt '' is empty"):
+        daam.word_map(daam.global_maps(r.cache), pipe, "dog")
+
+
 def test_capture_checks_the_prompt_it_was_given(pipe):
     with pytest.raises(ValueError, match="was given the prompt 'a dog' but the pipeline encoded 'a cat'"):
         with daam.capture(pipe, "a dog"):
@@ -191,3 +199,12 @@ def test_a_saved_cache_gives_the_same_maps(run, tmp_path, pipe):
     torch.testing.assert_close(daam.global_maps(loaded, batch=1, steps=[1]).maps,
                                daam.global_maps(run.cache, batch=1, steps=[1]).maps)
     assert daam.global_maps(loaded).prompt == PROMPTS[0]
+
+
+def test_relative_maps_divide_by_the_sum_of_the_prompt_tokens(run, pipe):
+    g = daam.global_maps(run.cache, batch=0)
+    n = len(pipe.tokenizer.tokenize(PROMPTS[0]))
+    total = sum(g.token(t) for t in range(1, n + 1))
+    expected = daam.expand(((g.token(4) + g.token(5)) / 2) / (total + 1e-6), 128)
+    torch.testing.assert_close(daam.word_map(g, pipe, "hexagon", relative=True), expected)
+    torch.testing.assert_close(daam.word_maps(g, pipe, relative=True)["hexagon"], expected)

@@ -4,6 +4,7 @@
     run = daam.generate(pipe, "a small red hexagon on a white background", seed=0, steps=25, slices=True, queries=True)
     g = daam.global_maps(run.cache)                          # published method: down+up layers, all heads, all steps
     m = daam.word_map(g, pipe, "hexagon")                    # (128, 128) in [0, 1]; daam.binarize(m, 0.4) -> mask
+    daam.word_map(g, pipe, "hexagon", relative=True)        # / the sum of all prompt tokens (reference normalize=True)
     daam.global_maps(run.cache, steps=range(10), resolution=8, heads=[0], branch="uncond")   # slices, no re-run
     daam.word_map(daam.open_vocab(run.queries, pipe, "a square"), pipe, "square")            # a word not in the prompt
 
@@ -16,12 +17,12 @@ python -m analyses.daam [out]       study.py: mIoU against the shapes world's pa
 """
 from .capture import Capture, QueryTrace, Run, capture, daam_layers, generate, method_keep
 from .maps import (TAU, GlobalMaps, aggregate, binarize, block_of, expand, global_maps, layer_names, prompt_of,
-                   word_map, word_maps)
+                   token_total, word_map, word_maps)
 from .openvocab import encode, open_vocab
 from .words import Word, find, occurrences, tokenizer_of, words
 
 __all__ = [
     "TAU", "Capture", "GlobalMaps", "QueryTrace", "Run", "Word", "aggregate", "binarize", "block_of", "capture",
     "daam_layers", "encode", "expand", "find", "generate", "global_maps", "layer_names", "method_keep",
-    "occurrences", "open_vocab", "prompt_of", "tokenizer_of", "word_map", "word_maps", "words",
+    "occurrences", "open_vocab", "prompt_of", "token_total", "tokenizer_of", "word_map", "word_maps", "words",
 ]

@@ -87,10 +87,12 @@ def score_image(run: Run, batch: int, image: int, scene: Scene, pipe, taus=TAUS,
         occ = occurrence_in_caption(scene, i, "shape")
         tokens = [t for w in occurrences(tok, scene.caption, obj.shape, occ) for t in w.tokens]
         heat = word_map(g, tok, obj.shape, occurrence=occ)
+        relative = word_map(g, tok, obj.shape, occurrence=occ, relative=True)
         targets.append(Target(image, i, scene, f.mask, tokens, heat, picture))
         prior, everything = gaussian_prior(size), whole_image(size)
         for tau in taus:
             add("noun_iou", "daam", iou(binarize(heat, tau), f.mask), tau=tau, obj=i)
+            add("noun_iou", "daam, relative", iou(binarize(relative, tau), f.mask), tau=tau, obj=i)
             add("noun_iou", "gaussian prior", iou(binarize(prior, tau), f.mask), tau=tau, obj=i)
             add("noun_iou", "whole image", iou(binarize(everything, tau), f.mask), tau=tau, obj=i)
         rows.extend(_slices(run, batch, image, i, obj.shape, occ, f.mask, tok, n_step_groups))

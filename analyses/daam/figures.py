@@ -49,7 +49,7 @@ def miou_figure(rows) -> Figure:
     """Noun mIoU of DAAM and the baselines at each tau."""
     fig = Figure(figsize=(6.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    methods = ("daam",) + BASELINES
+    methods = ("daam", "daam, relative") + BASELINES
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
         stats = [summary(rows, "noun_iou", m, tau) for tau in TAUS]

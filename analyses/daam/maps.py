@@ -8,7 +8,8 @@
 
 global_maps(cache, batch, steps, layers, blocks, resolution, heads, branch)   -> GlobalMaps (keys, h, w)
 aggregate(layer_probs, latent)     the method's merge of per-layer attention: upsample, clamp, mean
-word_map(g, tokenizer, word, occurrence, size) / word_maps(g, tokenizer, size) / expand(map, size) / binarize(map, tau)
+word_map(g, tokenizer, word, occurrence, size, relative) / word_maps(g, tokenizer, size, relative)
+expand(map, size) / binarize(map, tau) / token_total(g, tokenizer)
 layer_names(cache, layers, blocks, resolution)   the attn2 layers a slice selects
 
 The method (Tang et al., 2023): cross-attention probabilities of each layer are summed over the chosen steps per
@@ -25,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .words import occurrences, tokenizer_of, words
+from .words import max_position, occurrences, tokenizer_of, words
 
 BLOCKS = ("down", "mid", "up")
 DEFAULT_BLOCKS = ("down", "up")
@@ -226,32 +227,47 @@ def binarize(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     return heat > tau
 
 
+def token_total(g: GlobalMaps, tokenizer) -> torch.Tensor:
+    """(h, w) sum of the maps of every prompt token (start and end tokens excluded): the denominator of relative maps."""
+    tokenizer = tokenizer_of(tokenizer)
+    n = min(len(tokenizer.tokenize(g.prompt)), max_position(tokenizer))
+    if n == 0:
+        raise ValueError(f"the prompt {g.prompt!r} is empty: it has no words to map")
+    return torch.stack([g.token(t) for t in range(1, n + 1)]).sum(0)
+
+
 def word_map(g: GlobalMaps, tokenizer, word: str, occurrence: int | None = None, size=None,
-             normalize: bool = True) -> torch.Tensor:
+             normalize: bool = True, relative: bool = False) -> torch.Tensor:
     """(H, W) map of `word` (or a phrase) in [0, 1]: the mean of its tokens' maps over every occurrence (or one).
 
         word_map(g, pipe, "hexagon")            # 'hex' + 'agon</w>', both occurrences if it occurs twice
         word_map(g, pipe, "a", occurrence=1)    # the second 'a' only
 
     tokenizer: the tokenizer (or the pipeline: SDXL aligns with its first). size: pixels (default the image size).
+    relative: divide by the sum of every prompt token's map first (the reference code's normalize=True), so what all
+    words share cancels and what is particular to this word remains. Not the published default.
     """
     tokens = [t for w in occurrences(tokenizer_of(tokenizer), g.prompt, word, occurrence) for t in w.tokens]
     heat = torch.stack([g.token(t) for t in tokens]).mean(0)  # (h, w)
+    if relative:
+        heat = heat / (token_total(g, tokenizer) + 1e-6)
     return expand(heat, size or g.image_size, normalize)
 
 
-def word_maps(g: GlobalMaps, tokenizer, size=None, normalize: bool = True) -> dict[str, torch.Tensor]:
+def word_maps(g: GlobalMaps, tokenizer, size=None, normalize: bool = True,
+              relative: bool = False) -> dict[str, torch.Tensor]:
     """{word: (H, W) map} for every word of the prompt (lowercased; a repeated word is merged over occurrences).
 
-    Words cut off by the text encoder's token limit have no map and are left out.
+    Words cut off by the text encoder's token limit have no map and are left out. relative: as in word_map.
     """
     tokenizer = tokenizer_of(tokenizer)
     groups: dict[str, list[int]] = {}
     for w in words(tokenizer, g.prompt):
         if w.kept:
             groups.setdefault(w.text.lower(), []).extend(w.tokens)
-    if not groups and not words(tokenizer, g.prompt):
+    if not groups:
         raise ValueError(f"the prompt {g.prompt!r} is empty: it has no words to map")
     size = size or g.image_size
-    return {word: expand(torch.stack([g.token(t) for t in toks]).mean(0), size, normalize)
+    total = token_total(g, tokenizer) + 1e-6 if relative else 1.0
+    return {word: expand(torch.stack([g.token(t) for t in toks]).mean(0) / total, size, normalize)
             for word, toks in groups.items()}

@@ -42,7 +42,9 @@ def randomized(pipe, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    unet = unet.to(pipe.unet.device, pipe.unet.dtype).eval()
+    if (unet.device, unet.dtype) != (pipe.unet.device, pipe.unet.dtype):
+        unet = unet.to(pipe.unet.device, pipe.unet.dtype)
+    unet.eval()
     parts = {k: v for k, v in pipe.components.items()}
     parts["unet"] = unet
     if "requires_safety_checker" in type(pipe).__init__.__code__.co_varnames:
