@@ -99,8 +99,8 @@ def score_image(run: Run, batch: int, image: int, scene: Scene, pipe, taus=TAUS,
         if ovam and run.queries is not None:
             rows.extend(_open_vocab(run, pipe, batch, image, i, scene, f.mask, tok))
     rows.extend(_adjectives(g, tok, image, scene, found, ok))
-    if all(ok) and ok:
-        rows.extend(_where_words_look(g, tok, image, scene, found))
+    if parsed.objects:
+        rows.extend(_where_words_look(g, tok, image, scene, parsed))
     return targets, rows
 
 
@@ -139,13 +139,15 @@ def _open_vocab(run, pipe, batch, image, i, scene, mask, tok) -> list[dict]:
 
 
 def _adjectives(g, tok, image, scene, found, ok) -> list[dict]:
-    """Colour, size and noun maps against their own object's mask vs the other drawn objects' masks."""
+    """Colour, size and noun maps of an object drawn as captioned against its own mask vs the other objects' masks.
+
+    The other objects are the parsed objects matched to the caption's other objects, whatever they were drawn as.
+    """
     out = []
-    drawn = [i for i, good in enumerate(ok) if good]
-    if len(drawn) < 2:
-        return out
-    for i in drawn:
-        others = [found[j].mask for j in drawn if j != i]
+    for i, good in enumerate(ok):
+        others = [f.mask for j, f in enumerate(found) if j != i and f is not None]
+        if not good or not others:
+            continue
         own = found[i].mask
         for attribute in ("colour", "size", "shape"):
             word = getattr(scene.objects[i], attribute)
@@ -162,9 +164,9 @@ def _adjectives(g, tok, image, scene, found, ok) -> list[dict]:
     return out
 
 
-def _where_words_look(g, tok, image, scene, found) -> list[dict]:
+def _where_words_look(g, tok, image, scene, parsed) -> list[dict]:
     """Share of each word's heat inside the objects (union of the parser's masks) vs the objects' share of the area."""
-    objects = np.logical_or.reduce([f.mask for f in found])
+    objects = np.logical_or.reduce([f.mask for f in parsed.objects])
     out = [{"image": image, "metric": "area_objects", "key": "area", "value": float(objects.mean())}]
     groups = {"noun": [o.shape for o in scene.objects], "colour": [o.colour for o in scene.objects],
               "size": [o.size for o in scene.objects], "background colour": [scene.background],

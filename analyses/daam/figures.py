@@ -110,7 +110,7 @@ def words_figure(rows) -> Figure:
         a.set_xticks(range(len(ks)), ks)
         a.legend(fontsize=8, frameon=False, loc="upper right", bbox_to_anchor=(1, 0.9))
     else:
-        _empty(a, "no image with two objects drawn as captioned")
+        _empty(a, "no object qualified")
     a.set_ylim(0, 1)
     a.set_ylabel("mIoU at tau 0.4")
     a.set_title("words vs their own and other objects", fontsize=9)
@@ -122,7 +122,7 @@ def words_figure(rows) -> Figure:
         b.axhline(area, color="0.3", linestyle="--", linewidth=0.8, label=f"objects' area share ({area:.2f})")
         b.legend(fontsize=8, frameon=False)
     else:
-        _empty(b, "no image with every object drawn as captioned")
+        _empty(b, "no image with a parsed object")
     b.set_ylim(0, 1)
     b.set_ylabel("share of heat inside objects")
     b.set_title("where words look", fontsize=9)

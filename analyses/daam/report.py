@@ -117,9 +117,10 @@ def section(rows, info: dict) -> str:
         parts += [f"Step i runs at timestep {', '.join(f'{i}: {int(t)}' for i, t in list(enumerate(ts))[::max(1, len(ts) // 5)])} "
                   "(step 0 is the noisiest).", ""]
     parts += ["### Adjectives and binding; relation and background words", "",
-              "For objects in images where at least two objects were drawn as captioned: the IoU of each word's mask "
-              "with its own object and with the best-overlapping other object, and how often the word's mean heat is "
-              "higher inside its own object than inside the others (binding).", ""]
+              "For each object drawn as captioned in an image where the parser matched at least one other captioned "
+              "object (drawn as captioned or not): the IoU of the object's colour, size and shape words' masks with "
+              "its own mask and with the best-overlapping other object's, and how often the word's mean heat (raw "
+              "map, not normalised) is higher inside its own object than inside the others (binding).", ""]
     bind = []
     for k in keys(rows, "bind_iou_own"):
         c = select_rows(rows, "bind_correct", k)
@@ -128,11 +129,12 @@ def section(rows, info: dict) -> str:
         bind.append([k, fmt(*summary(rows, "bind_iou_own", k)[:3]), fmt(*summary(rows, "bind_iou_other", k)[:3]),
                      f"{hits}/{len(c)} = {hits / max(len(c), 1):.2f} [{lo:.2f}, {hi:.2f}]"])
     parts += [_table(["word", "IoU own object", "IoU other object", "binding correct"], bind) if bind
-              else "_No image had two objects drawn as captioned._", ""]
+              else "_No object qualified._", ""]
     area = summary(rows, "area_objects", "area")
     mass = [[k, fmt(*summary(rows, "mass_in_objects", k)[:3])] for k in keys(rows, "mass_in_objects")]
-    parts += [f"Share of each word's heat inside the objects (images with every object drawn as captioned); the "
-              f"objects cover {fmt(*area[:3])} of the image, the share a map blind to them would have:", "",
+    parts += [f"Share of each word's heat (raw map) inside the objects, i.e. the union of every object the parser "
+              f"found (every image with at least one); the objects cover {fmt(*area[:3])} of the image, the share a "
+              "map blind to them would have. Relation is the whole phrase ('to the left of', 'above'):", "",
               _table(["word", "heat inside objects"], mass) if mass else "_No image qualified._", "",
               "![words](daam_words.png)", ""]
     faith = []
