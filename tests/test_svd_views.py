@@ -1,0 +1,51 @@
+"""analyses.svd.judge and .views: parser verdicts on rendered scenes, and the notebook's figures without a browser."""
+import dataclasses
+
+import numpy as np
+import pytest
+from tiny_models import one_thread  # noqa: F401  (autouse: one thread for this module)
+
+from analyses.svd import changed, changed_scene, kept
+from analyses.svd.views import Explorer, trajectory_figure
+from lab.world import make_scene, parse, render
+
+
+def test_changed_scene_changes_one_attribute_of_the_first_object():
+    scene = make_scene(11, "test", n_objects=2)
+    for attribute in ("colour", "size"):
+        target = changed_scene(scene, attribute)
+        assert getattr(target.objects[0], attribute) != getattr(scene.objects[0], attribute)
+        assert target.objects[1] == scene.objects[1] and target.caption != scene.caption
+
+
+def test_a_rendered_edit_is_judged_changed_and_kept():
+    scene = make_scene(12, "test", n_objects=1)
+    target = changed_scene(scene, "colour")
+    source, edited = parse(render(scene)), parse(render(target))
+    assert changed(target, edited, "colour") and not changed(target, source, "colour")
+    assert kept(source, edited, ignore="colour")["all"]
+    assert not kept(source, edited)["colour"]
+
+
+def test_a_moved_object_is_not_kept():
+    scene = make_scene(12, "test", n_objects=1)
+    obj = scene.objects[0]
+    moved = dataclasses.replace(scene, objects=(dataclasses.replace(obj, x=obj.x + 10 if obj.x < 64 else obj.x - 10),))
+    verdict = kept(parse(render(scene)), parse(render(moved)))
+    assert not verdict["position"] and not verdict["all"]
+
+
+def test_explorer_figure_shows_three_images_and_the_spectra(shapes_pipe):
+    ex = Explorer(shapes_pipe, steps=2)
+    fig = ex.figure("a small red circle on a black background", "a small blue circle on a black background",
+                    seed=0, t=1, k=2, mode="both")
+    assert len(fig.axes) == 4 and len(fig.axes[0].images) == 1
+    assert len(ex._cache) == 2  # each (prompt, seed) recorded once
+    with pytest.raises(ValueError, match=r"step 3 is outside 0\.\.2"):
+        ex.edit("a small red circle on a black background", "a small blue circle on a black background", 0, 3, 1)
+
+
+def test_trajectory_figure_draws_one_generation(shapes_pipe):
+    ex = Explorer(shapes_pipe, steps=2)
+    fig = trajectory_figure(ex.trajectory("a small red circle on a black background", 0))
+    assert len(fig.axes) == 4 and np.isfinite(fig.axes[0].lines[0].get_xydata()).all()
