@@ -52,6 +52,30 @@ def best_baseline(rows, tau) -> str:
     return max(means, key=means.get) if means else BASELINES[1]
 
 
+def reading(rows) -> str:
+    """A few sentences read off the numbers (generated, so they stay true when the model changes)."""
+    out = []
+    sanity = difference(rows, 0.4, "daam", "random unet")
+    if not math.isnan(sanity[0]):
+        verdict = "above" if sanity[1] > 0 else ("below" if sanity[2] < 0 else "not distinguishable from")
+        out.append(f"Sanity check: at tau 0.4 DAAM is {verdict} the random-UNet maps ({fmt(*sanity)} mIoU), so the "
+                   f"maps {'do' if sanity[1] > 0 else 'may not'} depend on what the UNet learned.")
+    for metric, label in (("layer_iou", "layer"), ("steps_iou", "step range")):
+        stats = {k: summary(rows, metric, k) for k in keys(rows, metric)}
+        stats = {k: v for k, v in stats.items() if not math.isnan(v[0])}
+        if stats:
+            best = max(stats, key=lambda k: stats[k][0])
+            out.append(f"Best single {label}: {best} ({fmt(*stats[best][:3])}; the published method: "
+                       f"{fmt(*summary(rows, 'noun_iou', 'daam', 0.4)[:3])}).")
+    lost = {c: select_rows(rows, "faith_lost", c) for c in ("inside", "outside", "shifted")}
+    if all(lost.values()):
+        rate = {c: sum(r["value"] for r in v) / len(v) for c, v in lost.items()}
+        out.append(f"Faithfulness: silencing the noun inside its map loses the object in {rate['inside']:.0%} of "
+                   f"cases, outside it {rate['outside']:.0%}, in a same-area region elsewhere {rate['shifted']:.0%}; "
+                   f"a faithful map would make 'inside' the largest.")
+    return " ".join(out)
+
+
 def _table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -99,6 +123,7 @@ def section(rows, info: dict) -> str:
               "scored against the masks of the real model's image for the same prompt and seed**. The whole-image "
               "baseline's mask is every pixel; the Gaussian prior is centred with sigma = 1/4 of the side.", "",
               "![mIoU](daam_miou.png)", ""]
+    parts += [reading(rows), ""]
     ov = [[k, fmt(*summary(rows, "open_vocab_iou", k)[:3])] for k in keys(rows, "open_vocab_iou")]
     if ov:
         parts += ["Open-vocabulary maps (the kept queries scored against the keys of a new text, tau 0.4): the noun "
