@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lab.sizes import size
 
-STUDIES = ["analyses.quality_study"]
+STUDIES = ["analyses.quality_study", "analyses.daam.study"]
 
 
 def main(out: Path = Path("figures")) -> Path:
