@@ -13,7 +13,9 @@ baselines(pipe, pairs) -> {name: evaluation}  subsets(evaluation) -> {subset: PC
 """
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +115,9 @@ def random_unet_pipeline(pipe, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    unet = unet.to(pipe.unet.device, pipe.unet.dtype).eval()
+    if (unet.device, unet.dtype) != (pipe.unet.device, pipe.unet.dtype):
+        unet = unet.to(pipe.unet.device, pipe.unet.dtype)
+    unet.eval()
     parts = {k: v for k, v in pipe.components.items()}
     parts["unet"] = unet
     kwargs = {"requires_safety_checker": False} if "safety_checker" in parts else {}
@@ -178,19 +182,35 @@ def sizes() -> dict:
 
 def run(out: Path, model: str = "shapes", config: dict | None = None) -> str:
     """Run the study; writes dift_grid.png, dift_baselines.png, dift_examples.png, dift_similarity.png and returns
-    the REPORT section (Markdown). config overrides sizes() (keys pairs, timesteps, blocks, ensemble)."""
+    the REPORT section (Markdown). config overrides sizes() (keys pairs, timesteps, blocks, ensemble).
+
+    Torch runs on at most half the machine's cores meanwhile (restored after): on a small shared machine two
+    OpenMP threads fighting a background job are many times slower than one.
+    """
     import lab
 
-    torch.manual_seed(0)
-    pipe = lab.load(model)
-    cfg = {**sizes(), **(config or {})}
-    cfg["timesteps"] = sorted(set(cfg["timesteps"]))
-    pairs = world_pairs(cfg["pairs"])
-    trained = grid(pipe, pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
-    random = grid(random_unet_pipeline(pipe), pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
-    best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
-    prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
-    return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) // 2)))
+    try:
+        torch.manual_seed(0)
+        pipe = lab.load(model)
+        cfg = {**sizes(), **(config or {})}
+        cfg["timesteps"] = sorted(set(cfg["timesteps"]))
+        pairs = world_pairs(cfg["pairs"])
+        _log(f"{len(pairs)} pairs, timesteps {cfg['timesteps']}, blocks {cfg['blocks']}")
+        trained = grid(pipe, pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+        _log("built-in UNet grid done")
+        random = grid(random_unet_pipeline(pipe), pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+        _log("re-randomised UNet grid done")
+        best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
+        prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
+        return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _log(message: str) -> None:
+    print(f"[dift] {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 # --- figures and the REPORT section -------------------------------------------------------------------------------
