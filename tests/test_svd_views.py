@@ -6,6 +6,7 @@ import pytest
 from tiny_models import one_thread  # noqa: F401  (autouse: one thread for this module)
 
 from analyses.svd import changed, changed_scene, kept
+from analyses.svd.judge import MIN_AREA, read
 from analyses.svd.views import Explorer, trajectory_figure
 from lab.world import make_scene, parse, render
 
@@ -25,6 +26,15 @@ def test_a_rendered_edit_is_judged_changed_and_kept():
     assert changed(target, edited, "colour") and not changed(target, source, "colour")
     assert kept(source, edited, ignore="colour")["all"]
     assert not kept(source, edited)["colour"]
+
+
+def test_read_ignores_blobs_smaller_than_any_world_object():
+    scene = make_scene(12, "test", n_objects=1)
+    image = render(scene).copy()
+    corner = (0, 0) if scene.objects[0].x > 40 or scene.objects[0].y > 40 else (120, 120)
+    image[corner[0] + 2:corner[0] + 8, corner[1] + 2:corner[1] + 8] = (220, 30, 30)  # a 36-pixel red smudge
+    assert 36 < MIN_AREA and len(parse(image).objects) == 2
+    assert [(o.colour, o.shape) for o in read(image).objects] == [(scene.objects[0].colour, scene.objects[0].shape)]
 
 
 def test_a_moved_object_is_not_kept():

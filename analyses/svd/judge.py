@@ -7,6 +7,7 @@
     >>> kept(parse(render(scene)), parse(render(scene)), ignore="colour")["all"]
     True
 
+read(image)                         lab.world.parse, ignoring blobs under half the area of the smallest world object
 changed_scene(scene, attribute)     the target Scene: objects[0]'s colour or size changed, caption rebuilt
 kept(reference, parsed, ignore, tol)   per-attribute verdicts: is `parsed` the `reference` image's content, attribute
                                     `ignore` aside (objects matched by centre within tol pixels)
@@ -19,12 +20,27 @@ import dataclasses
 
 import numpy as np
 
-from lab.world import COLOURS, HELDOUT_PAIRS, SIZES, Parsed, Scene, score
-from lab.world.scenes import caption_of
+from lab.world import COLOURS, HELDOUT_PAIRS, SHAPES, SIZES, Obj, Parsed, Scene, parse, score
+from lab.world.scenes import caption_of, draw_mask
 
 ATTRIBUTES = ("colour", "size")
 KEPT = ("count", "background", "position", "colour", "shape", "size")
 TOL = 4.0  # pixels at 128 px: parsed centres closer than this are the same place
+
+
+def _smallest_object_area() -> int:
+    """Pixels of the smallest object the world draws (a small shape at the smallest radius), at 128 px."""
+    radius = SIZES["small"] * 0.92  # make_scene scales radii by 0.92 .. 1.08
+    return min(int(draw_mask(Obj(s, "red", "small", 64.0, 64.0, radius, "right" if s == "arrow" else None)).sum())
+               for s in SHAPES)
+
+
+MIN_AREA = _smallest_object_area() // 2  # smaller blobs are not objects (a model's stray smudges)
+
+
+def read(image) -> Parsed:
+    """The objects of a (H, W, 3) uint8 image: lab.world.parse without blobs under MIN_AREA pixels (at 128 px)."""
+    return parse(image, min_area=MIN_AREA)
 
 
 def changed_scene(scene: Scene, attribute: str) -> Scene:
@@ -63,7 +79,8 @@ def kept(reference: Parsed, parsed: Parsed, ignore: str | None = None, tol: floa
     """Verdicts (KEPT keys and "all"): same object count and background; every reference object has a parsed object
     within ``tol`` px (position) with the same colour / shape / size; the ``ignore`` attribute is not judged."""
     found = _nearest(reference, parsed, tol)
-    verdict = {"count": len(parsed.objects) == len(reference.objects), "background": parsed.background == reference.background,
+    verdict = {"count": len(parsed.objects) == len(reference.objects),
+               "background": parsed.background == reference.background,
                "position": all(f is not None for f in found)}
     for attribute in ("colour", "shape", "size"):
         if attribute != ignore:

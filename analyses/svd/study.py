@@ -10,6 +10,7 @@
    that of the unedited source image did not. "kept": the
    edited image holds the source image's parsed content (count, background, every object's centre within 4 px, its
    shape and the other attribute) - judged against what the model drew, not the caption. "both": both at once.
+   Images are read by judge.read: the world's parser, ignoring blobs smaller than half the smallest world object.
 3. Early vs late perturbation: z_s + size * direction (top singular direction or random, same norm) at step s;
    mean |pixel change| of the final image and parser-judged changes of its content, against s.
 """
@@ -26,10 +27,10 @@ import torch
 import lab
 from lab.plotting import save_figure
 from lab.sizes import pick, size
-from lab.world import make_scene, parse, score
+from lab.world import make_scene, score
 
 from . import geometry, plots, spectra
-from .judge import KEPT, TOL, changed, changed_scene, kept
+from .judge import KEPT, MIN_AREA, TOL, changed, changed_scene, kept, read
 from .perturb import perturb
 from .trajectory import Trajectory, record
 from .transfer import MODES, transfer
@@ -86,12 +87,12 @@ def pair_scenes(attribute: str, n: int) -> list[tuple]:
 def judge(grid, source_image, target_scene, attribute: str) -> np.ndarray:
     """(len(ts), len(ks), 3) bool: changed as intended (the edit shows the target's attribute and the source image
     did not), everything else kept (against the source image's parse), both."""
-    reference = parse(source_image)
+    reference = read(source_image)
     already = changed(target_scene, reference, attribute)
     out = np.zeros((len(grid.ts), len(grid.ks), 3), bool)
     for i in range(len(grid.ts)):
         for j in range(len(grid.ks)):
-            parsed = parse(grid.images[i, j])
+            parsed = read(grid.images[i, j])
             c = changed(target_scene, parsed, attribute) and not already
             k = kept(reference, parsed, ignore=attribute)["all"]
             out[i, j] = c, k, c and k
@@ -111,7 +112,8 @@ def transfer_study(pipe, cfg: Config) -> tuple[Trajectory, list[PairRun], list[i
     ts = sorted({min(cfg.steps, max(0, round(f * cfg.steps))) for f in cfg.t_fractions})
     for run in runs:
         for mode in cfg.modes:
-            grid = transfer(pipe, traj, traj, ks, ts, mode, source_index=run.source_index, target_index=run.target_index)
+            grid = transfer(pipe, traj, traj, ks, ts, mode, source_index=run.source_index,
+                            target_index=run.target_index)
             run.grids[mode] = grid
             run.verdicts[mode] = judge(grid, traj.images[run.source_index], run.target_scene, run.attribute)
     return traj, runs, ks, ts
@@ -125,7 +127,7 @@ def baselines(traj: Trajectory, runs: list[PairRun], attribute: str) -> dict[str
             "source image already shows the target attribute": [],
             "target image keeps the source image's other content (prompt change alone)": []}
     for r in chosen:
-        ps, pt = parse(traj.images[r.source_index]), parse(traj.images[r.target_index])
+        ps, pt = read(traj.images[r.source_index]), read(traj.images[r.target_index])
         rows["source image shows the source attribute"].append(score(r.source_scene, ps)[attribute])
         rows["target image shows the target attribute"].append(score(r.target_scene, pt)[attribute])
         rows["source image already shows the target attribute"].append(changed(r.target_scene, ps, attribute))
@@ -155,11 +157,11 @@ def perturb_study(pipe, cfg: Config) -> tuple[Trajectory, PerturbRun]:
     changes, flips, norms = [], [], []
     for b in range(len(scenes)):
         result = perturb(pipe, traj, steps_at, absolute, index=b, seed=cfg.seed)
-        reference = parse(result.reference)
+        reference = read(result.reference)
         f = np.zeros(result.change.shape + (len(KEPT) + 1,), bool)
         for i in range(len(result.directions)):
             for j in range(len(steps_at)):
-                verdict = kept(reference, parse(result.images[i, j]))
+                verdict = kept(reference, read(result.images[i, j]))
                 f[i, j] = [not verdict[k] for k in KEPT] + [not verdict["all"]]
         changes.append(result.change), flips.append(f), norms.append(result.norms.numpy())
     return traj, PerturbRun(steps_at, np.stack(changes), np.stack(flips), np.stack(norms), absolute,
@@ -318,9 +320,10 @@ def perturb_section(p: PerturbRun) -> str:
         lines.append(f"| {s} | {p.norms[:, j].mean():.1f} | {c[0]} | {c[1]} | {f[0]} | {f[1]} |")
     early, late = p.change[:, :, : len(p.steps_at) // 2].mean(), p.change[:, :, len(p.steps_at) // 2:].mean()
     per_attr = ", ".join(f"{k} {p.flips[..., i].mean():.0%}" for i, k in enumerate(KEPT))
+    verdict = "change the image more" if early > late else "do NOT change the image more"
     lines.append(f"\nMean |pixel change| over the first half of the perturbed steps: {early:.1f}; second half: "
-                 f"{late:.1f} ({'early perturbations change the image more' if early > late else 'early perturbations do NOT change the image more'} "
-                 f"on this model). Share of perturbed images whose parsed content changed, by what changed: {per_attr}.")
+                 f"{late:.1f} (early perturbations {verdict} on this model). Share of perturbed images whose parsed "
+                 f"content changed, by what changed: {per_attr}.")
     return "\n".join(lines)
 
 
@@ -340,7 +343,8 @@ def run(out: Path, model: str = "shapes") -> str:
     save_figure(geometry_figure(stats), out / "svd_geometry.png")
     for mode in cfg.modes:
         save_figure(transfer_figure(runs, ks, ts, mode), out / f"svd_transfer_{mode}.png")
-    save_figure(examples_figure(runs, "both" if "both" in cfg.modes else cfg.modes[0]), out / "svd_transfer_examples.png")
+    example_mode = "both" if "both" in cfg.modes else cfg.modes[0]
+    save_figure(examples_figure(runs, example_mode), out / "svd_transfer_examples.png")
     save_figure(perturb_figure(prun), out / "svd_perturb.png")
 
     n_gen = latents.shape[1]
@@ -358,8 +362,11 @@ def run(out: Path, model: str = "shapes") -> str:
         f"{cfg.pairs} pairs per attribute (one object; captions differ in that object's colour or size), same seed. "
         f"The source run's latent at step t gets the target run's top-k per channel (mode values / vectors / both), "
         f"then denoising continues with the *source* prompt. changed = lab.world.score of the edit against the target "
-        f"scene passes for that attribute and that of the source image did not; kept = the edit has the source image's parsed object count, background, objects "
-        f"within {TOL:.0f} px of the source image's parsed centres, with the same shape and other attribute.\n",
+        f"scene passes for that attribute and that of the source image did not; kept = the edit has the source "
+        f"image's parsed object count and background, objects within {TOL:.0f} px of the source image's parsed "
+        f"centres, with the same shape and other attribute. Images are read by lab.world.parse ignoring blobs under "
+        f"{MIN_AREA} px (half the smallest object the world draws). t = {cfg.steps} edits only the latent the VAE "
+        f"decodes.\n",
         "![examples](svd_transfer_examples.png)\n",
     ]
     for attribute in ("colour", "size"):

@@ -162,7 +162,8 @@ def record(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, n
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if not prompts or not seeds:
-        raise ValueError(f"record needs at least one prompt and one seed; got {len(prompts)} prompts, {len(seeds)} seeds")
+        raise ValueError(f"record needs at least one prompt and one seed; "
+                         f"got {len(prompts)} prompts, {len(seeds)} seeds")
     call = _settle_call(pipe, num_inference_steps, call_kwargs)
     if not product and len(prompts) != len(seeds):
         raise ValueError(f"product=False pairs prompt i with seed i; got {len(prompts)} prompts and {len(seeds)} seeds")
