@@ -52,3 +52,11 @@ def test_recording_works_on_an_sdxl_pipeline():
                  width=64, output_type="latent").images
     assert traj.latents.shape == (3, 1, 4, 8, 8)
     torch.testing.assert_close(traj.latents[-1], plain)
+
+
+def test_recording_with_stochastic_ddim_matches_a_plain_call(shapes_pipe):
+    """eta > 0 draws scheduler noise from the generators: they must be where the pipeline would have left them."""
+    traj = record(shapes_pipe, PROMPT, seeds=[3, 4], num_inference_steps=2, eta=1.0)
+    gens = [torch.Generator("cpu").manual_seed(s) for s in (3, 4)]
+    plain = shapes_pipe([PROMPT] * 2, generator=gens, num_inference_steps=2, eta=1.0, output_type="latent").images
+    torch.testing.assert_close(traj.latents[-1], plain)

@@ -48,19 +48,20 @@ class Config:
     modes: list[str]
     perturb_prompts: int
     perturb_every: int    # perturb at steps 0, every, 2*every, ..., steps
-    perturb_size: float   # in units of sqrt(C*h*w), the expected norm of the initial noise
+    perturb_sizes: list[float]  # norms, in units of sqrt(C*h*w) (the expected norm of the initial noise)
     seed: int = 0
 
 
 def config() -> Config:
     return pick(
         small=Config(steps=6, guidance=7.5, pairs=1, ks=[1, 16], t_fractions=[0.34, 0.67], modes=["both"],
-                     perturb_prompts=1, perturb_every=3, perturb_size=0.25),
-        default=Config(steps=20, guidance=7.5, pairs=5, ks=[1, 2, 4, 8, 16], t_fractions=[0.1, 0.25, 0.5, 0.75, 1.0],
-                       modes=list(MODES), perturb_prompts=4, perturb_every=2, perturb_size=0.25),
-        full=Config(steps=25, guidance=7.5, pairs=20, ks=[1, 2, 3, 4, 6, 8, 12, 16],
+                     perturb_prompts=1, perturb_every=3, perturb_sizes=[0.25]),
+        default=Config(steps=20, guidance=7.5, pairs=5, ks=[0, 1, 2, 4, 8, 16],
+                       t_fractions=[0.1, 0.25, 0.5, 0.75, 1.0], modes=list(MODES), perturb_prompts=4, perturb_every=4,
+                       perturb_sizes=[0.05, 0.25]),
+        full=Config(steps=25, guidance=7.5, pairs=20, ks=[0, 1, 2, 3, 4, 6, 8, 12, 16],
                     t_fractions=[0.04, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0], modes=list(MODES),
-                    perturb_prompts=12, perturb_every=1, perturb_size=0.25),
+                    perturb_prompts=12, perturb_every=1, perturb_sizes=[0.02, 0.05, 0.1, 0.25]),
     )
 
 
@@ -73,6 +74,7 @@ class PairRun:
     target_index: int
     verdicts: dict = field(default_factory=dict)  # mode -> (len(ts), len(ks), 3) bool: changed, kept, both
     grids: dict = field(default_factory=dict)     # mode -> TransferGrid
+    drawn: bool = False  # the source image shows the source attribute and the target image the target's
 
 
 def pair_scenes(attribute: str, n: int) -> list[tuple]:
@@ -101,16 +103,20 @@ def judge(grid, source_image, target_scene, attribute: str) -> np.ndarray:
 
 def transfer_study(pipe, cfg: Config) -> tuple[Trajectory, list[PairRun], list[int], list[int]]:
     """Record every source and target caption once (one batch), then the (t, k) grid of transfers per pair and mode."""
-    runs, prompts = [], []
+    runs, prompts, seeds = [], [], []
     for attribute in ("colour", "size"):
-        for source, target in pair_scenes(attribute, cfg.pairs):
+        for i, (source, target) in enumerate(pair_scenes(attribute, cfg.pairs)):
             runs.append(PairRun(attribute, source, target, len(prompts), len(prompts) + 1))
             prompts += [source.caption, target.caption]
-    traj = record(pipe, prompts, seeds=cfg.seed, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance)
+            seeds += [cfg.seed + i] * 2  # a pair shares its seed; pairs differ
+    traj = record(pipe, prompts, seeds=seeds, product=False, num_inference_steps=cfg.steps,
+                  guidance_scale=cfg.guidance)
     r = min(traj.latents.shape[-2:])
     ks = sorted({k for k in cfg.ks if k <= r} | {r})
     ts = sorted({min(cfg.steps, max(0, round(f * cfg.steps))) for f in cfg.t_fractions})
     for run in runs:
+        run.drawn = (score(run.source_scene, read(traj.images[run.source_index]))[run.attribute]
+                     and score(run.target_scene, read(traj.images[run.target_index]))[run.attribute])
         for mode in cfg.modes:
             grid = transfer(pipe, traj, traj, ks, ts, mode, source_index=run.source_index,
                             target_index=run.target_index)
@@ -139,10 +145,10 @@ def baselines(traj: Trajectory, runs: list[PairRun], attribute: str) -> dict[str
 @dataclass
 class PerturbRun:
     steps_at: list[int]
-    change: np.ndarray   # (prompts, directions, len(steps_at)) mean |pixel difference|
-    flips: np.ndarray    # (prompts, directions, len(steps_at), len(KEPT)+1) bool: attribute no longer kept, any
-    norms: np.ndarray    # (prompts, len(steps_at)) |z_s|
-    size: float
+    change: np.ndarray   # (prompts, sizes, directions, len(steps_at)) mean |pixel difference|, 0..255
+    flips: np.ndarray    # (prompts, sizes, directions, len(steps_at), len(KEPT)+1) bool: no longer kept; last = any
+    norms: np.ndarray    # (prompts, len(steps_at)) |z_s| of the unperturbed runs
+    sizes: list[float]   # absolute norms of the perturbations
     directions: list[str]
 
 
@@ -153,19 +159,22 @@ def perturb_study(pipe, cfg: Config) -> tuple[Trajectory, PerturbRun]:
     steps_at = list(range(0, cfg.steps + 1, cfg.perturb_every))
     if steps_at[-1] != cfg.steps:
         steps_at.append(cfg.steps)
-    absolute = cfg.perturb_size * float(np.sqrt(traj.latents[0, 0].numel()))
+    unit = float(np.sqrt(traj.latents[0, 0].numel()))
+    sizes = [f * unit for f in cfg.perturb_sizes]
     changes, flips, norms = [], [], []
     for b in range(len(scenes)):
-        result = perturb(pipe, traj, steps_at, absolute, index=b, seed=cfg.seed)
-        reference = read(result.reference)
-        f = np.zeros(result.change.shape + (len(KEPT) + 1,), bool)
-        for i in range(len(result.directions)):
-            for j in range(len(steps_at)):
-                verdict = kept(reference, read(result.images[i, j]))
-                f[i, j] = [not verdict[k] for k in KEPT] + [not verdict["all"]]
-        changes.append(result.change), flips.append(f), norms.append(result.norms.numpy())
-    return traj, PerturbRun(steps_at, np.stack(changes), np.stack(flips), np.stack(norms), absolute,
-                            result.directions)
+        change, flip = [], []
+        for size_ in sizes:
+            result = perturb(pipe, traj, steps_at, size_, index=b, seed=cfg.seed)
+            reference = read(result.reference)
+            f = np.zeros(result.change.shape + (len(KEPT) + 1,), bool)  # (directions, steps, KEPT + 1)
+            for i in range(len(result.directions)):
+                for j in range(len(steps_at)):
+                    verdict = kept(reference, read(result.images[i, j]))
+                    f[i, j] = [not verdict[k] for k in KEPT] + [not verdict["all"]]
+            change.append(result.change), flip.append(f)
+        changes.append(np.stack(change)), flips.append(np.stack(flip)), norms.append(result.norms.numpy())
+    return traj, PerturbRun(steps_at, np.stack(changes), np.stack(flips), np.stack(norms), sizes, result.directions)
 
 
 def trajectory_stats(latents: torch.Tensor, k: int = 4) -> dict:
@@ -249,16 +258,18 @@ def examples_figure(runs: list[PairRun], mode: str):
 
 def perturb_figure(p: PerturbRun):
     fig, ax = _figure(1, 2)
-    for i, name in enumerate(p.directions):
-        ax[0, 0].plot(p.steps_at, p.change[:, i].mean(0), "o-", label=name)
-        ax[0, 1].plot(p.steps_at, p.flips[:, i, :, -1].mean(0), "o-", label=name)
+    for m, size_ in enumerate(p.sizes):
+        for i, name in enumerate(p.directions):
+            style = dict(marker="o", ls="-" if name == "top" else "--", label=f"{name}, norm {size_:.1f}")
+            line, = ax[0, 0].plot(p.steps_at, p.change[:, m, i].mean(0), **style)
+            style["color"] = line.get_color()
+            ax[0, 1].plot(p.steps_at, p.flips[:, m, i, :, -1].mean(0), **style)
     ax[0, 0].set_ylabel("mean |pixel change| (0-255)")
     ax[0, 1].set_ylabel("parsed content changed (fraction)")
     ax[0, 1].set_ylim(-0.05, 1.05)
     for a in ax[0]:
         a.set_xlabel("step s of the perturbation")
         a.legend(fontsize=7)
-    ax[0, 0].set_title(f"perturbation norm {p.size:.1f}", fontsize=8)
     return fig
 
 
@@ -307,23 +318,40 @@ def transfer_section(runs: list[PairRun], ks, ts, mode: str, attribute: str) -> 
     best = np.unravel_index(np.argmax(v[..., 2].mean(0)), v.shape[1:3])
     lines.append(f"\nCells: changed / kept / both, out of {n} pairs. Best cell for both: t={ts[best[0]]}, "
                  f"k={ks[best[1]]} with {v[:, best[0], best[1], 2].sum()}/{n}.")
+    drawn = np.array([r.drawn for r in runs if r.attribute == attribute])
+    if drawn.any():
+        d = v[drawn]
+        best = np.unravel_index(np.argmax(d[..., 2].mean(0)), d.shape[1:3])
+        lines.append(f"Over the {drawn.sum()} pairs whose source and target images both show their caption's "
+                     f"{attribute}: best cell for both t={ts[best[0]]}, k={ks[best[1]]} with "
+                     f"{d[:, best[0], best[1], 2].sum()}/{drawn.sum()}; changed anywhere in the grid in "
+                     f"{d[..., 0].any(axis=(1, 2)).sum()}/{drawn.sum()} pairs.")
+    else:
+        lines.append(f"No pair has both images showing their caption's {attribute}: the model cannot yet draw these "
+                     f"pairs, so no transfer can be judged fairly.")
     return "\n".join(lines)
 
 
 def perturb_section(p: PerturbRun) -> str:
-    lines = ["| step s | norm of z_s | change, top | change, random | content changed, top | content changed, random |",
-             "|---|---|---|---|---|---|"]
     n = p.change.shape[0]
+    columns = [(m, i) for m in range(len(p.sizes)) for i in range(len(p.directions))]
+    names = [f"{p.directions[i]} {p.sizes[m]:.1f}" for m, i in columns]
+    lines = ["| step s | norm of z_s | " + " | ".join(f"change, {x}" for x in names) + " | "
+             + " | ".join(f"content changed, {x}" for x in names) + " |", "|---" * (2 + 2 * len(columns)) + "|"]
     for j, s in enumerate(p.steps_at):
-        c = [f"{p.change[:, i, j].mean():.1f}" for i in range(len(p.directions))]
-        f = [f"{p.flips[:, i, j, -1].sum()}/{n}" for i in range(len(p.directions))]
-        lines.append(f"| {s} | {p.norms[:, j].mean():.1f} | {c[0]} | {c[1]} | {f[0]} | {f[1]} |")
-    early, late = p.change[:, :, : len(p.steps_at) // 2].mean(), p.change[:, :, len(p.steps_at) // 2:].mean()
-    per_attr = ", ".join(f"{k} {p.flips[..., i].mean():.0%}" for i, k in enumerate(KEPT))
-    verdict = "change the image more" if early > late else "do NOT change the image more"
-    lines.append(f"\nMean |pixel change| over the first half of the perturbed steps: {early:.1f}; second half: "
-                 f"{late:.1f} (early perturbations {verdict} on this model). Share of perturbed images whose parsed "
-                 f"content changed, by what changed: {per_attr}.")
+        c = [f"{p.change[:, m, i, j].mean():.1f}" for m, i in columns]
+        f = [f"{p.flips[:, m, i, j, -1].sum()}/{n}" for m, i in columns]
+        lines.append(f"| {s} | {p.norms[:, j].mean():.1f} | " + " | ".join(c + f) + " |")
+    half = len(p.steps_at) // 2
+    for m, size_ in enumerate(p.sizes):
+        early, late = p.change[:, m, :, :half].mean(), p.change[:, m, :, half:].mean()
+        f_early, f_late = p.flips[:, m, :, :half, -1].mean(), p.flips[:, m, :, half:, -1].mean()
+        verdict = "change the image more" if early > late else "do NOT change the image more"
+        per_attr = ", ".join(f"{k} {p.flips[:, m, ..., i].mean():.0%}" for i, k in enumerate(KEPT))
+        lines.append(f"\nNorm {size_:.1f}: mean |pixel change| {early:.1f} for perturbations in the first half of the "
+                     f"perturbed steps (s < {p.steps_at[half]}), {late:.1f} in the second half (early perturbations "
+                     f"{verdict} on this model); parsed content changed in {f_early:.0%} / {f_late:.0%} of images. "
+                     f"What changed, over all steps: {per_attr}.")
     return "\n".join(lines)
 
 
@@ -350,7 +378,7 @@ def run(out: Path, model: str = "shapes") -> str:
     n_gen = latents.shape[1]
     parts = [
         "## SVD of the latent trajectory (our versions of Wang et al. 2025 and Wang & Vastola)\n",
-        f"Model `{model}`, {cfg.steps} {traj.meta['scheduler']} steps, guidance {cfg.guidance}, seed {cfg.seed}, "
+        f"Model `{model}`, {cfg.steps} {traj.meta['scheduler']} steps, guidance {cfg.guidance}, seeds from {cfg.seed}, "
         f"size `{size()}`. Latents {tuple(latents.shape[2:])} (C, h, w); each channel is an h x w matrix. "
         f"The built-in model's weights are being retrained: every number describes the weights on disk at this run.\n",
         f"### Trajectory geometry and spectra ({n_gen} unedited generations)\n",
@@ -359,7 +387,8 @@ def run(out: Path, model: str = "shapes") -> str:
         "Effective rank = exp(entropy of the singular values normalised to sum 1) (Roy & Vetterli 2007); a 16 x 16 "
         "Gaussian matrix has about 12.5. Angles are principal angles between top-k left singular subspaces.\n",
         "### Attribute transfer by swapping top-k singular values/vectors\n",
-        f"{cfg.pairs} pairs per attribute (one object; captions differ in that object's colour or size), same seed. "
+        f"{cfg.pairs} pairs per attribute (one object; captions differ in that object's colour or size); the two runs "
+        f"of a pair share a seed (so the same noise), pair i uses seed {cfg.seed} + i. "
         f"The source run's latent at step t gets the target run's top-k per channel (mode values / vectors / both), "
         f"then denoising continues with the *source* prompt. changed = lab.world.score of the edit against the target "
         f"scene passes for that attribute and that of the source image did not; kept = the edit has the source "
@@ -377,8 +406,9 @@ def run(out: Path, model: str = "shapes") -> str:
             parts.append(f"{attribute}, mode `{mode}` (![grid](svd_transfer_{mode}.png)):\n\n"
                          + transfer_section(runs, ks, ts, mode, attribute) + "\n")
     parts += ["### Early vs late perturbation\n",
-              f"{cfg.perturb_prompts} generations; at step s the latent gets + {prun.size:.1f} x direction (top = "
-              f"u1 v1^T of each channel, stacked, unit norm; random = one fixed Gaussian direction of unit norm). "
+              f"{cfg.perturb_prompts} generations; at step s the latent gets + norm x direction, norms "
+              f"{', '.join(f'{x:.1f}' for x in prun.sizes)} (|z_T| is about {np.sqrt(latents[0, 0].numel()):.0f}; "
+              f"top = u1 v1^T of each channel, stacked, unit norm; random = one fixed Gaussian direction of unit norm). "
               f"Change is measured against the unperturbed re-run; 'content changed' = the parser no longer finds "
               f"the same objects (count, background, centres within {TOL:.0f} px, colour, shape, size).\n",
               "![perturbation](svd_perturb.png)\n", perturb_section(prun) + "\n",

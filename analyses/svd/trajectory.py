@@ -89,7 +89,7 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
     noise = _noise(pipe, seeds, call["height"], call["width"])  # drawn also when unused: same generator state
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     for g in gens:  # advance each generator past the noise, as the pipeline would have (matters for eta > 0)
-        torch.randn(noise.shape[1:], generator=g)
+        torch.randn((1, *noise.shape[1:]), generator=g, dtype=noise.dtype)
     z_T = noise if start is None else start.to(noise.device, noise.dtype)  # (batch, C, h, w), before init_noise_sigma
     by_step: dict[int, list[tuple[int, Callable]]] = {}
     for b, edit in enumerate(edits):
@@ -108,7 +108,7 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
 
     def on_step_end(_pipe, i, t, kwargs):
         latents = apply(kwargs["latents"], i + 1)  # (batch, C, h, w): the latent entering step i+1
-        kept.append(latents.detach().to("cpu", torch.float32))
+        kept.append(latents.detach().to("cpu", torch.float32, copy=True))
         times.append(float(t))
         return {"latents": latents}
 
