@@ -18,6 +18,7 @@ image per step (uint8, 768 KiB at 512 px): ~5 MiB for 25 steps.
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,8 +303,8 @@ def compare_figure(a: Trajectory, b: Trajectory, step: int) -> Figure:
         raise ValueError(f"step {step} is outside the runs' steps 0..{a.steps - 1}")
     fig = Figure(figsize=(11, 3.2), layout="constrained")
     ax = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.6])
-    _image_panel(ax[0], a.images[step], f"{a.prompt!r}\nx0-hat at step {step + 1}")
-    _image_panel(ax[1], b.images[step], f"{b.prompt!r}\nx0-hat at step {step + 1}")
+    for axis, run, name in ((ax[0], a, "A"), (ax[1], b, "B")):
+        _image_panel(axis, run.images[step], f"{name}: {textwrap.fill(run.prompt, 30)}\nx0-hat at step {step + 1}")
     where = np.abs(a.images[step].astype(np.float32) - b.images[step].astype(np.float32)).mean(-1) / 255
     im = ax[2].imshow(where, cmap="magma", vmin=0, vmax=max(float(where.max()), 1e-6))
     ax[2].set_title("where they differ\n|A - B| per pixel", fontsize=9)
