@@ -14,7 +14,7 @@ divergence / compare_figure                               3. two prompts from th
 text_explorer / step_explorer / compare_explorer          ipywidgets around the figure functions above
 
 Memory of a Trajectory (fp32): 4 latent-sized tensors per step (for SD1.5 at 512 px: 64 KiB each) plus one decoded
-image per step (uint8, 768 KiB at 512 px): ~5 MiB for 25 steps.
+image per step (uint8, 768 KiB at 512 px): ~25 MiB for 25 steps; 2 MiB for the built-in model.
 """
 from __future__ import annotations
 
@@ -158,7 +158,8 @@ def denoise(pipe, prompt: str, seed: int = 0, steps: int = 25, guidance: float =
         run.image       # equals pipe("a red circle", num_inference_steps=25, guidance_scale=7.5,
                         #             generator=torch.Generator("cpu").manual_seed(0), output_type="np").images[0]
 
-    Both branches (with and without the prompt) are always computed, so guidance can be changed afterwards at any
+    For a v-prediction model (SD 2.x at 768 px) the "noise" predictions are the UNet's v. Both branches (with and
+    without the prompt) are always computed, so guidance can be changed afterwards at any
     step. The noise comes from a CPU generator (as diffusers does for a CPU generator on any device). The pipeline's
     own scheduler is not touched: the loop uses a fresh one from the same config.
     """

@@ -82,3 +82,10 @@ def test_widgets_build(pipe, run):
     for box in (tour.text_explorer(pipe, "a red circle"), tour.step_explorer(pipe, run),
                 tour.compare_explorer(run, run)):
         assert box.children
+
+
+def test_x0_recomputed_from_stored_tensors_matches_the_loop(run):
+    for step in range(STEPS):
+        x0 = tour.predict_x0(tour._scaled(run, step), run.guided(step), run.alphas[step], run.prediction_type)
+        assert torch.allclose(x0, run.x0[step], atol=1e-4)
+    assert torch.allclose(tour._scaled(run, 0), run.latents[0], atol=1e-4)  # DDIM does not rescale its input
