@@ -307,6 +307,16 @@ def geometry_section(stats: dict, k: int) -> str:
     return "\n".join(lines)
 
 
+def pair_angles(traj: Trajectory, runs: list[PairRun], ts: list[int], attribute: str, k: int) -> np.ndarray:
+    """(len(ts),) largest principal angle between the source's and the target's top-k left singular subspaces at
+    step t, mean over the attribute's pairs and the channels: how different the swapped parts are."""
+    chosen = [r for r in runs if r.attribute == attribute]
+    src = traj.latents[ts][:, [r.source_index for r in chosen]]  # (len(ts), pairs, C, h, w)
+    tgt = traj.latents[ts][:, [r.target_index for r in chosen]]
+    (U_s, _), (U_t, _) = spectra.top_k_bases(src, k), spectra.top_k_bases(tgt, k)
+    return spectra.principal_angles(U_s, U_t)[..., -1].mean(dim=(1, 2)).numpy()
+
+
 def transfer_section(runs: list[PairRun], ks, ts, mode: str, attribute: str) -> str:
     v = np.stack([r.verdicts[mode] for r in runs if r.attribute == attribute])  # (pairs, ts, ks, 3)
     n = v.shape[0]
@@ -343,6 +353,10 @@ def perturb_section(p: PerturbRun) -> str:
         f = [f"{p.flips[:, m, i, j, -1].sum()}/{n}" for m, i in columns]
         lines.append(f"| {s} | {p.norms[:, j].mean():.1f} | " + " | ".join(c + f) + " |")
     half = len(p.steps_at) // 2
+    floor = ", ".join(f"{p.flips[:, m, :, -1, -1].mean():.0%} at norm {x:.1f}" for m, x in enumerate(p.sizes))
+    lines.append(f"\nFloor: perturbing only the latent the VAE decodes (s = {p.steps_at[-1]}) already changes the "
+                 f"parsed content in {floor} of images (blurry blobs flip the parser's verdicts), so content-change "
+                 f"rates near that floor say little about when content is decided.")
     for m, size_ in enumerate(p.sizes):
         early, late = p.change[:, m, :, :half].mean(), p.change[:, m, :, half:].mean()
         f_early, f_late = p.flips[:, m, :, :half, -1].mean(), p.flips[:, m, :, half:, -1].mean()
@@ -402,13 +416,19 @@ def run(out: Path, model: str = "shapes") -> str:
         base = baselines(traj, runs, attribute)
         parts.append(f"**{attribute}** - baselines over the pairs: " +
                      "; ".join(f"{k}: {v:.0%}" for k, v in base.items()) + "\n")
+        angles = {kk: pair_angles(traj, runs, ts, attribute, kk) for kk in sorted({1, k})}
+        parts.append("Largest principal angle between the source's and the target's top-k left singular subspaces "
+                     "at step t (mean over pairs and channels; pi/2 = 1.571 = unrelated): " + "; ".join(
+                         f"k={kk}: " + ", ".join(f"t={t} {a:.2f}" for t, a in zip(ts, v)) for kk, v in angles.items())
+                     + "\n")
         for mode in cfg.modes:
             parts.append(f"{attribute}, mode `{mode}` (![grid](svd_transfer_{mode}.png)):\n\n"
                          + transfer_section(runs, ks, ts, mode, attribute) + "\n")
     parts += ["### Early vs late perturbation\n",
               f"{cfg.perturb_prompts} generations; at step s the latent gets + norm x direction, norms "
               f"{', '.join(f'{x:.1f}' for x in prun.sizes)} (|z_T| is about {np.sqrt(latents[0, 0].numel()):.0f}; "
-              f"top = u1 v1^T of each channel, stacked, unit norm; random = one fixed Gaussian direction of unit norm). "
+              f"top = u1 v1^T of each channel, stacked, unit norm; random = one fixed Gaussian direction of unit "
+              f"norm). "
               f"Change is measured against the unperturbed re-run; 'content changed' = the parser no longer finds "
               f"the same objects (count, background, centres within {TOL:.0f} px, colour, shape, size).\n",
               "![perturbation](svd_perturb.png)\n", perturb_section(prun) + "\n",
