@@ -89,10 +89,11 @@ def test_evaluate_pairs_featurises_each_image_once_per_category():
 
     pairs = [Pair("p0", "x", None, None, "a", "b", np.array([[0, 0], [1, 0]]), np.array([[2, 0], [0, 0]]),
                   (0, 0, 5, 1), {}),
-             Pair("p1", "x", None, None, "b", "a", np.array([[0, 0]]), np.array([[2, 0]]), (0, 0, 5, 1), {}),
-             Pair("p2", "y", None, None, "a", "a", np.array([[2, 0]]), np.array([[2, 0]]), (0, 0, 5, 1), {})]
+             Pair("p1", "y", None, None, "a", "a", np.array([[2, 0]]), np.array([[2, 0]]), (0, 0, 5, 1), {}),
+             Pair("p2", "x", None, None, "b", "a", np.array([[0, 0]]), np.array([[2, 0]]), (0, 0, 5, 1), {})]
     r = evaluate_pairs(pairs, features)
     assert calls == [("x", ["a", "b"]), ("y", ["a"])]
+    assert [rec["name"] for rec in r["pairs"]] == ["p0", "p1", "p2"]  # records keep the order of the pairs
     assert [rec["correct"].tolist() for rec in r["pairs"]] == [[True, False], [True], [True]]
     assert r["all"]["per_point"] == pytest.approx(3 / 4) and r["all"]["per_image"] == pytest.approx(5 / 6)
     assert r["categories"]["x"]["points"] == 3 and r["categories"]["y"]["per_point"] == 1.0

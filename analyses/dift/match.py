@@ -27,13 +27,17 @@ import torch.nn.functional as F
 CHUNK_BYTES = 64 * 2**20
 
 
-def bilinear_weights(coords: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
-    """(len(coords), n_in): the weights that F.interpolate(bilinear, align_corners=False) gives output pixel
-    coordinate c (pixel centres at integers, fractional allowed) when resizing n_in -> n_out."""
+def _taps(coords: torch.Tensor, n_in: int, n_out: int):
+    """The two input indices and the weight of the second for output pixel coordinates `coords` when resizing
+    n_in -> n_out as F.interpolate(mode="bilinear", align_corners=False) does (pixel centres at integers)."""
     src = ((coords.double() + 0.5) * (n_in / n_out) - 0.5).clamp(0, n_in - 1)  # (P,)
     lo = src.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = (src - lo).float()
+    return lo, (lo + 1).clamp(max=n_in - 1), (src - lo).float()
+
+
+def bilinear_weights(coords: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """(len(coords), n_in): the interpolation weights of each output coordinate (fractional ones allowed)."""
+    lo, hi, frac = _taps(coords, n_in, n_out)
     w = torch.zeros(len(coords), n_in, device=coords.device)
     w.scatter_add_(1, lo[:, None], (1 - frac)[:, None])
     w.scatter_add_(1, hi[:, None], frac[:, None])
@@ -66,12 +70,13 @@ def _rows(fmap, chunk_bytes: int):
     t = fmap.tensor.float()  # (C, h, w)
     c, h, w = t.shape
     H, W = fmap.image_size
-    wx = bilinear_weights(torch.arange(W, device=t.device), w, W)  # (W, w)
-    tx = torch.einsum("chw,Ww->hWc", t, wx)  # (h, W, C): columns upsampled once
+    lo, hi, f = _taps(torch.arange(W, device=t.device), w, W)
+    tx = (t[:, :, lo] * (1 - f) + t[:, :, hi] * f).permute(1, 2, 0)  # (h, W, C): columns upsampled once
     step = max(1, chunk_bytes // (4 * W * c))
     for r0 in range(0, H, step):
-        wy = bilinear_weights(torch.arange(r0, min(H, r0 + step), device=t.device), h, H)  # (rows, h)
-        yield r0, F.normalize(torch.einsum("rh,hWc->rWc", wy, tx), dim=-1)  # (rows, W, C)
+        lo, hi, f = _taps(torch.arange(r0, min(H, r0 + step), device=t.device), h, H)
+        rows = tx[lo] * (1 - f)[:, None, None] + tx[hi] * f[:, None, None]  # (rows, W, C)
+        yield r0, F.normalize(rows, dim=-1)
 
 
 def similarity(fa, points_a, fb, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
@@ -187,24 +192,25 @@ def evaluate_pairs(pairs: Sequence[Pair], features, alpha: float = 0.1, mutual: 
 
     features: a mapping {image id: FeatureMap} or a function (ids, images, category) -> FeatureMaps, called once
     per category with that category's distinct images (so memory holds one category's maps at a time).
-    Returns plain data: "pairs" (one record per pair: name, category, pred, target, correct, score, mutual, info),
+    Returns plain data: "pairs" (one record per pair, in the order given: name, category, pred, target, correct,
+    score, mutual, info),
     "all" and "categories" (summarize() of the records).
     """
-    records = []
+    records: list = [None] * len(pairs)  # in the order of `pairs`
     for category in dict.fromkeys(p.category for p in pairs):
-        group = [p for p in pairs if p.category == category]
+        group = [(i, p) for i, p in enumerate(pairs) if p.category == category]
         images = {}
-        for p in group:
+        for _, p in group:
             images.setdefault(p.src_id, p.src), images.setdefault(p.trg_id, p.trg)
         if callable(features):
             fmaps = dict(zip(images, features(list(images), list(images.values()), category)))
         else:
             fmaps = features
-        for p in group:
+        for i, p in group:
             m = match(fmaps[p.src_id], fmaps[p.trg_id], p.src_kps, mutual=mutual)
-            records.append({"name": p.name, "category": category, "pred": m.points, "target": np.asarray(p.trg_kps),
-                            "correct": pck(m.points, p.trg_kps, p.trg_bbox, alpha), "score": m.score,
-                            "mutual": m.mutual, "info": p.info})
+            records[i] = {"name": p.name, "category": category, "pred": m.points, "target": np.asarray(p.trg_kps),
+                          "correct": pck(m.points, p.trg_kps, p.trg_bbox, alpha), "score": m.score,
+                          "mutual": m.mutual, "info": p.info}
     cats = {c: summarize([r["correct"] for r in records if r["category"] == c])
             for c in dict.fromkeys(r["category"] for r in records)}
     return {"pairs": records, "all": summarize([r["correct"] for r in records]), "categories": cats,

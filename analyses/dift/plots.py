@@ -36,10 +36,11 @@ def plot_matches(ax_a, ax_b, image_a, image_b, kps_a, pred, target=None, correct
     return _bare(ax_a), _bare(ax_b)
 
 
-def plot_similarity(ax, image_b, sim, best=None, alpha: float = 0.55):
-    """Image B under its cosine-similarity map `sim` (H, W); `best` (x, y) is marked."""
+def plot_similarity(ax, image_b, sim, best=None, alpha: float = 0.6, vmin=None, vmax=None):
+    """Image B under its cosine-similarity map `sim` (H, W), coloured over its own range unless vmin/vmax are
+    given; `best` (x, y) is marked. Returns the AxesImage (for a colorbar)."""
     ax.imshow(image_b)
-    im = ax.imshow(np.asarray(sim), cmap="magma", alpha=alpha, vmin=-1, vmax=1)
+    im = ax.imshow(np.asarray(sim), cmap="magma", alpha=alpha, vmin=vmin, vmax=vmax)
     if best is not None:
         ax.scatter([best[0]], [best[1]], s=60, marker="x", c="c", linewidths=1.5, zorder=3)
     _bare(ax)

@@ -270,6 +270,7 @@ def figure_examples(pairs, result):
     axes = fig.subplots(2, len(idx), squeeze=False)
     for col, i in enumerate(idx):
         p, r = pairs[i], result["pairs"][i]
+        assert r["name"] == p.name, (r["name"], p.name)
         plot_matches(axes[0, col], axes[1, col], p.src, p.trg, p.src_kps, r["pred"], r["target"], r["correct"],
                      p.info["names"])
         axes[0, col].set_title(f"{p.name}{' (mirrored)' if p.info['mirrored'] else ''}", fontsize=8)
@@ -296,9 +297,9 @@ def figure_similarity(pipe, pair, t: int, block: str, ensemble: int):
     axes[0].set_title("A", fontsize=8)
     for ax, name, sim in zip(axes[1:], names, sims):
         y, x = np.unravel_index(sim.argmax(), sim.shape)
-        im = plot_similarity(ax, pair.trg, sim, (x, y))
+        im = plot_similarity(ax, pair.trg, sim, (x, y), vmin=float(sims.min()), vmax=float(sims.max()))
         ax.set_title(f"B: similarity to A's {name}", fontsize=8)
-    fig.colorbar(im, ax=list(axes[1:]), shrink=0.8)
+    fig.colorbar(im, ax=list(axes[1:]), shrink=0.8, label="cosine")
     return fig
 
 
