@@ -232,7 +232,7 @@ def check_timestep(pipe, t) -> int:
 
 
 def noise_schedule(pipe):
-    """A DDPMScheduler with the pipeline scheduler's betas: only its add_noise is used; pipe.scheduler is not touched."""
+    """A DDPMScheduler with the pipeline scheduler's betas; only its add_noise is used, pipe.scheduler is untouched."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(dict(pipe.scheduler.config))

@@ -8,7 +8,8 @@
 
 The dataset is not shipped (download SPair-71k yourself). The layout read here:
     JPEGImages/<category>/<image>.jpg
-    ImageAnnotation/<category>/<image>.json      image_width, image_height, bndbox [x0, y0, x1, y1], kps {id: [x, y] | null}
+    ImageAnnotation/<category>/<image>.json      image_width, image_height, bndbox [x0, y0, x1, y1],
+                                                 kps {id: [x, y] or null}
     PairAnnotation/<split>/<pair>.json           split: trn | val | test; pair: "<id>-<src>-<trg>:<category>"
         src_imname, trg_imname, category, src_kps / trg_kps [[x, y], ...] (corresponding rows), kps_ids,
         src_bndbox / trg_bndbox [x0, y0, x1, y1], src_imsize / trg_imsize [w, h, 3], mirror, viewpoint_variation,

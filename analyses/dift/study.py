@@ -346,9 +346,15 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted) -> str:
     lines += [f"| {k} | {_pct(m['all']['per_point'])} | {_pct(m['all']['per_image'])} |" for k, m in methods.items()]
     lines += [f"| DIFT, prompt 'a {{shape}}' (t={best[0]}, {best[1]}) | {_pct(prompted['all']['per_point'])} | "
               f"{_pct(prompted['all']['per_image'])} |", ""]
+    strongest = max((k for k in methods if not k.startswith("DIFT")), key=lambda k: methods[k]["all"]["per_point"])
     lines += [f"Goal (PCK@0.1 >= 0.8 and >= 0.2 above every baseline): **{'met' if goal else 'not met'}** "
-              f"(DIFT {dift:.2f}, margin over the best baseline {margin:+.2f}).", "", "![baselines](dift_baselines.png)",
-              "", "| subset (points) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+              f"(DIFT {dift:.2f}, margin over the best baseline, {strongest}: {margin:+.2f})."]
+    if margin <= 0:
+        lines += ["", f"With these weights the UNet's features carry no more correspondence than {strongest} do: "
+                  "whatever the UNet has learnt does not yet tell corners, ends and sides of a shape apart across "
+                  "colours and backgrounds."]
+    lines += ["", "![baselines](dift_baselines.png)", "",
+              "| subset (points) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for name in subs[next(iter(subs))]:
         pts = subs[next(iter(subs))][name]["points"]
         lines.append(f"| {name} ({pts}) | " + " | ".join(_pct(s[name]["per_point"]) for s in subs.values()) + " |")

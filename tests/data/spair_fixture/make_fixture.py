@@ -36,7 +36,8 @@ PAIRS = {"test": [("arrow_0001", "arrow_0002"), ("arrow_0002", "arrow_0001"), ("
 
 def annotate(obj: Obj, crop) -> tuple[dict, list[int]]:
     x0, y0 = crop[0], crop[1]
-    kps = {str(i): [round(x - x0), round(y - y0)] for i, (x, y) in enumerate(obj.keypoints[k] for k in KEYPOINTS[obj.shape])}
+    named = [obj.keypoints[k] for k in KEYPOINTS[obj.shape]]
+    kps = {str(i): [round(x - x0), round(y - y0)] for i, (x, y) in enumerate(named)}
     bx0, by0, bx1, by1 = obj.bbox
     return kps, [bx0 - x0, by0 - y0, bx1 - x0, by1 - y0]
 
