@@ -317,6 +317,15 @@ def pair_angles(traj: Trajectory, runs: list[PairRun], ts: list[int], attribute:
     return spectra.principal_angles(U_s, U_t)[..., -1].mean(dim=(1, 2)).numpy()
 
 
+def _best(v: np.ndarray, ks, ts) -> str:
+    """The (t, k) cell with the most pairs both changed and kept, from verdicts v (pairs, ts, ks, 3)."""
+    both = v[..., 2].sum(0)  # (ts, ks)
+    if both.max() == 0:
+        return "No cell has a pair both changed and kept."
+    i, j = np.unravel_index(np.argmax(both), both.shape)
+    return f"Best cell for both: t={ts[i]}, k={ks[j]} with {both[i, j]}/{v.shape[0]}."
+
+
 def transfer_section(runs: list[PairRun], ks, ts, mode: str, attribute: str) -> str:
     v = np.stack([r.verdicts[mode] for r in runs if r.attribute == attribute])  # (pairs, ts, ks, 3)
     n = v.shape[0]
@@ -325,16 +334,12 @@ def transfer_section(runs: list[PairRun], ks, ts, mode: str, attribute: str) -> 
     for i, t in enumerate(ts):
         cells = [f"{v[:, i, j, 0].sum()}/{v[:, i, j, 1].sum()}/{v[:, i, j, 2].sum()}" for j in range(len(ks))]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    best = np.unravel_index(np.argmax(v[..., 2].mean(0)), v.shape[1:3])
-    lines.append(f"\nCells: changed / kept / both, out of {n} pairs. Best cell for both: t={ts[best[0]]}, "
-                 f"k={ks[best[1]]} with {v[:, best[0], best[1], 2].sum()}/{n}.")
+    lines.append(f"\nCells: changed / kept / both, out of {n} pairs. {_best(v, ks, ts)}")
     drawn = np.array([r.drawn for r in runs if r.attribute == attribute])
     if drawn.any():
         d = v[drawn]
-        best = np.unravel_index(np.argmax(d[..., 2].mean(0)), d.shape[1:3])
         lines.append(f"Over the {drawn.sum()} pairs whose source and target images both show their caption's "
-                     f"{attribute}: best cell for both t={ts[best[0]]}, k={ks[best[1]]} with "
-                     f"{d[:, best[0], best[1], 2].sum()}/{drawn.sum()}; changed anywhere in the grid in "
+                     f"{attribute}: {_best(d, ks, ts)} Changed anywhere in the grid in "
                      f"{d[..., 0].any(axis=(1, 2)).sum()}/{drawn.sum()} pairs.")
     else:
         lines.append(f"No pair has both images showing their caption's {attribute}: the model cannot yet draw these "
