@@ -7,7 +7,8 @@
 ``load(name_or_path, device=None, dtype=None, **kwargs)`` picks the pipeline class from the folder's
 ``model_index.json`` (SD 1.x / 2.x -> StableDiffusionPipeline, SDXL -> StableDiffusionXLPipeline), loads it in
 float32 on the CPU (float16 on a GPU) unless told otherwise, and leaves every other setting as diffusers made it.
-``BUILTIN`` maps the names of the shipped models to their folders.
+``BUILTIN`` maps the names of the shipped models to their folders. ``with_random_unet(pipe, seed)`` is the
+"untrained model" baseline of the sanity checks: the same pipeline with its UNet re-initialised from its config.
 """
 from __future__ import annotations
 
@@ -86,3 +87,18 @@ def load(name_or_path: str | os.PathLike = "shapes", device: str | torch.device 
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def with_random_unet(pipe, seed: int = 0):
+    """A new pipeline sharing every component of ``pipe`` but its UNet, re-initialised from the same config with
+    ``seed`` (diffusers' default init), on the same device and dtype. ``pipe`` itself is not changed."""
+    from diffusers import UNet2DConditionModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    unet = unet.to(pipe.unet.device, pipe.unet.dtype).eval()
+    parts = dict(pipe.components, unet=unet)
+    extra = {"requires_safety_checker": False} if "safety_checker" in parts else {}
+    other = type(pipe)(**parts, **extra)
+    other.set_progress_bar_config(disable=True)
+    return other

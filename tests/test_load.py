@@ -50,3 +50,14 @@ def test_unsupported_pipeline_class_names_the_supported_ones(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
     with pytest.raises(ValueError, match="DiTPipeline.*StableDiffusionPipeline.*StableDiffusionXLPipeline"):
         lab.load(tmp_path)
+
+
+def test_with_random_unet_changes_only_the_unet(shapes_pipe):
+    from lab.load import with_random_unet
+    before = shapes_pipe.unet.conv_in.weight.clone()
+    other = with_random_unet(shapes_pipe, seed=0)
+    assert other.unet is not shapes_pipe.unet and other.vae is shapes_pipe.vae
+    a = dict(shapes_pipe.unet.named_parameters())
+    b = dict(other.unet.named_parameters())
+    assert not torch.equal(a["conv_in.weight"], b["conv_in.weight"])
+    assert torch.equal(shapes_pipe.unet.conv_in.weight, before)  # the user's pipeline is untouched

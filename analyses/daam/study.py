@@ -23,6 +23,7 @@ import torch
 import lab
 from lab.hooks import select, trace
 from lab.plotting import save_figure
+from lab.load import with_random_unet
 from lab.sizes import pick, size
 from lab.world import parse
 
@@ -35,28 +36,9 @@ from .plot import layer_step_grid
 from .report import section
 
 
-def randomized(pipe, seed: int = 0):
-    """A new pipeline sharing every component of `pipe` but a UNet re-initialised from its config with `seed`."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    if (unet.device, unet.dtype) != (pipe.unet.device, pipe.unet.dtype):
-        unet = unet.to(pipe.unet.device, pipe.unet.dtype)
-    unet.eval()
-    parts = {k: v for k, v in pipe.components.items()}
-    parts["unet"] = unet
-    if "requires_safety_checker" in type(pipe).__init__.__code__.co_varnames:
-        parts["requires_safety_checker"] = False
-    new = type(pipe)(**parts)
-    new.set_progress_bar_config(disable=True)
-    return new
-
-
 def random_unet_rows(pipe, scenes, targets, steps, guidance, batch) -> list[dict]:
     """Noun IoU of DAAM on the re-initialised UNet, against the masks of the real model's images."""
-    rp = randomized(pipe)
+    rp = with_random_unet(pipe)
     by_image = {}
     for t in targets:
         by_image.setdefault(t.image, []).append(t)

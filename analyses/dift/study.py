@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.load import with_random_unet
 from lab.sizes import pick
 from lab.world import COLOURS, KEYPOINTS, SIZES, Obj, Scene, render
 
@@ -107,25 +108,6 @@ def grid(pipe, pairs, timesteps, blocks, ensemble: int = 8, prompt: str = "", se
     return out
 
 
-def random_unet_pipeline(pipe, seed: int = 0):
-    """A new pipeline sharing pipe's VAE, text encoder(s), tokenizer(s) and scheduler, with a freshly initialised
-    UNet of the same config (diffusers' default init): the 'no training' baseline. pipe itself is not changed."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    if (unet.device, unet.dtype) != (pipe.unet.device, pipe.unet.dtype):
-        unet = unet.to(pipe.unet.device, pipe.unet.dtype)
-    unet.eval()
-    parts = {k: v for k, v in pipe.components.items()}
-    parts["unet"] = unet
-    kwargs = {"requires_safety_checker": False} if "safety_checker" in parts else {}
-    other = type(pipe)(**parts, **kwargs)
-    other.set_progress_bar_config(disable=True)
-    return other
-
-
 def baselines(pipe, pairs, seed: int = 0, alpha: float = 0.1) -> dict:
     """{"pixels": ..., "VAE latents": ...}: evaluate_pairs() with the image's RGB in [-1, 1] (C=3, full resolution)
     and with its VAE latent mean (C=4, 1/8 resolution) as the feature maps."""
@@ -200,7 +182,7 @@ def run(out: Path, model: str = "shapes", config: dict | None = None) -> str:
         _log(f"{len(pairs)} pairs, timesteps {cfg['timesteps']}, blocks {cfg['blocks']}")
         trained = grid(pipe, pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
         _log("built-in UNet grid done")
-        random = grid(random_unet_pipeline(pipe), pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+        random = grid(with_random_unet(pipe), pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
         _log("re-randomised UNet grid done")
         best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
         prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
