@@ -148,6 +148,17 @@ def _as_tuple(value) -> tuple:
     return (value,) if isinstance(value, (str, int)) else tuple(value)
 
 
+def _keep_where(pts: list, attribute: str, wanted, allowed) -> list:
+    """The points whose `attribute` is one of `wanted` (a value or a tuple of them); None keeps all."""
+    if wanted is None:
+        return pts
+    wanted = _as_tuple(wanted)
+    bad = [w for w in wanted if w not in allowed]
+    if bad:
+        raise ValueError(f"unknown {attribute} {bad[0]!r}; {attribute}s: {', '.join(allowed)}")
+    return [p for p in pts if getattr(p, attribute) in wanted]
+
+
 def select(model, kind=None, block=None, resolution=None, pattern=None, image_size=None,
            vae_scale_factor: int | None = None) -> list[str]:
     """Full module paths of the points that match every filter given, in forward order.
@@ -163,18 +174,8 @@ def select(model, kind=None, block=None, resolution=None, pattern=None, image_si
     list of globs. A selection that matches nothing is an error that lists what is there.
     """
     pts = points(model, image_size, vae_scale_factor)
-    if kind is not None:
-        kinds = _as_tuple(kind)
-        bad = [k for k in kinds if k not in KINDS]
-        if bad:
-            raise ValueError(f"unknown kind {bad[0]!r}; kinds: {', '.join(KINDS)}")
-        pts = [p for p in pts if p.kind in kinds]
-    if block is not None:
-        blocks = _as_tuple(block)
-        bad = [b for b in blocks if b not in BLOCKS]
-        if bad:
-            raise ValueError(f"unknown block {bad[0]!r}; blocks: {', '.join(BLOCKS)}")
-        pts = [p for p in pts if p.block in blocks]
+    pts = _keep_where(pts, "kind", kind, KINDS)
+    pts = _keep_where(pts, "block", block, BLOCKS)
     if resolution is not None:
         if image_size is None:
             raise ValueError(f"resolution={resolution!r} needs image_size (pixels) to know each point's resolution")
