@@ -40,3 +40,15 @@ def test_quality_study_writes_its_figure_and_section(tmp_path):
     section = quality_study.run(tmp_path)
     assert (tmp_path / "samples.png").stat().st_size > 10_000
     assert "| one object | colour |" in section
+
+
+def test_save_figure_writes_an_ordinary_readable_file(tmp_path):
+    import os
+    from matplotlib.figure import Figure
+    from lab.plotting import save_figure
+    path = save_figure(Figure(figsize=(1, 1)), tmp_path / "sub" / "f.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert list((tmp_path / "sub").iterdir()) == [path]  # no temporary file left behind
