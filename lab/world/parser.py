@@ -107,22 +107,24 @@ def parse(image, min_area: int = 20, threshold: float = 90.0) -> Parsed:
     return Parsed(list(BACKGROUNDS)[bg_index], tuple(found))
 
 
-def match(scene: Scene, parsed: Parsed) -> list[Found | None]:
-    """For each captioned object, the parsed object that stands for it (nearest centre first, then attributes)."""
+def _pair(scene: Scene, parsed: Parsed, cost) -> list[Found | None]:
+    """Greedy pairing: each captioned object in turn takes the free parsed object of least cost(obj, found)."""
     out: list[Found | None] = []
-    taken: set[int] = set()
+    free = list(range(len(parsed.objects)))  # indices, so equal-looking objects are never confused
     for obj in scene.objects:
-        def cost(j: int) -> float:
-            f = parsed.objects[j]
-            return (f.colour != obj.colour) * 1000 + (f.shape != obj.shape) * 500 + np.hypot(f.x - obj.x, f.y - obj.y)
-        free = [j for j in range(len(parsed.objects)) if j not in taken]
         if not free:
             out.append(None)
             continue
-        j = min(free, key=cost)
-        taken.add(j)
+        j = min(free, key=lambda i: cost(obj, parsed.objects[i]))
+        free.remove(j)
         out.append(parsed.objects[j])
     return out
+
+
+def match(scene: Scene, parsed: Parsed) -> list[Found | None]:
+    """For each captioned object, the parsed object that stands for it (attributes first, then nearest centre)."""
+    return _pair(scene, parsed, lambda o, f: (f.colour != o.colour) * 1000 + (f.shape != o.shape) * 500
+                 + np.hypot(f.x - o.x, f.y - o.y))
 
 
 def _same(obj: Obj, f: Found | None, attribute: str) -> bool:
@@ -153,16 +155,8 @@ def _as_obj(f: Found) -> Obj:
 
 def _match_by_attributes(scene: Scene, parsed: Parsed) -> list[Found | None]:
     """Pair captioned and parsed objects by attribute agreement (positions in a generated image are the model's)."""
-    out: list[Found | None] = []
-    free = list(parsed.objects)
-    for obj in scene.objects:
-        if not free:
-            out.append(None)
-            continue
-        best = max(free, key=lambda f: 2 * (f.colour == obj.colour) + 2 * (f.shape == obj.shape) + (f.size == obj.size))
-        free.remove(best)
-        out.append(best)
-    return out
+    return _pair(scene, parsed, lambda o, f: -(2 * (f.colour == o.colour) + 2 * (f.shape == o.shape)
+                                                + (f.size == o.size)))
 
 
 __all__ = ["parse", "score", "match", "Parsed", "Found", "KEYPOINTS"]
