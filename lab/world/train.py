@@ -202,7 +202,7 @@ def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
 
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
-               init: Path | None = None) -> None:
+               init: Path | None = None, ema: float = 0.9995) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     device = _device()
@@ -256,8 +256,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        _ema_update(ema_unet, unet, min(0.9995, (1 + step) / (10 + step)))
-        _ema_update(ema_text, text, min(0.9995, (1 + step) / (10 + step)))
+        _ema_update(ema_unet, unet, min(ema, (1 + step) / (10 + step)))
+        _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
         losses.append(loss.item() if step % 50 == 0 else None)
         if step % 500 == 0:
             _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5))
@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", type=float, default=120.0)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--init", type=Path, default=None, help="start from this pipeline folder's weights")
+    p.add_argument("--ema", type=float, default=0.9995,
+                   help="EMA decay of the exported weights (about 1/(1-decay) steps of memory; lower it for short runs)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage == "vae":
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers)
     elif a.stage == "unet":
-        train_unet(a.run, a.variant, a.minutes, a.steps, a.batch or 128, a.lr or 5e-4, a.checkpoint_every, a.init)
+        train_unet(a.run, a.variant, a.minutes, a.steps, a.batch or 128, a.lr or 5e-4, a.checkpoint_every, a.init,
+                   a.ema)
     else:
         export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"))
 
