@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 MODELS = Path(__file__).resolve().parent / "models"
-BUILTIN = {"shapes": MODELS / "shapes"}
+BUILTIN = {"shapes": MODELS / "shapes", "shapes-zsnr": MODELS / "shapes-zsnr"}
 SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
 
 

@@ -25,7 +25,7 @@ import torch
 
 SPACINGS = ("leading", "linspace", "trailing")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # plus `trained_betas`
-DATA_DIR = Path(__file__).parent / "schedule_data"
+DATA_DIR = Path(__file__).parent.parent / "schedule_data"
 # Schedulers commonly swapped into SD pipelines; the installed diffusers decides which accept `timesteps=`.
 _COMMON_SCHEDULERS = (
     "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -315,23 +315,23 @@ def signal_leak(images: torch.Tensor, schedule: Any, *, draws: int = 64, t: int 
                       correlation=float((a * b).sum() / (a.norm() * b.norm())), t=t, draws=draws)
 
 
-def band_energy(x: torch.Tensor, bands: int = 3) -> torch.Tensor:
-    """(N, bands) fractions of each image's spatial energy in equal-width radial frequency bands (low to high).
+def band_power(x: torch.Tensor, bands: int = 3) -> torch.Tensor:
+    """(N, bands) spatial energy of each image in equal-width radial frequency bands (low to high), float64.
 
-        >>> band_energy(torch.ones(1, 3, 8, 8))
-        tensor([[1., 0., 0.]], dtype=torch.float64)
+        >>> band_power(torch.ones(1, 1, 4, 4))
+        tensor([[16.,  0.,  0.]], dtype=torch.float64)
 
     x: (N, C, H, W); channels are summed. The radius of frequency (fy, fx), in cycles per pixel, is
     sqrt(fy^2 + fx^2) / sqrt(0.5^2 + 0.5^2), so 0 is the mean (DC) and 1 the corner (Nyquist in both axes, a
-    checkerboard); band k holds radii in [k/bands, (k+1)/bands), the last also 1. Energy is |rfft2|^2 with the
-    half-spectrum columns counted twice, so it adds up to sum(x^2) (Parseval).
+    checkerboard); band k holds radii in [k/bands, (k+1)/bands), the last also 1. Energy is |rfft2|^2 / (H W) with
+    the half-spectrum columns counted twice, so the bands add up to sum(x^2) (Parseval).
     """
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W); got shape {tuple(x.shape)}")
     if bands < 1:
         raise ValueError(f"bands={bands} must be at least 1")
     N, C, H, W = x.shape
-    power = torch.fft.rfft2(x.detach().double()).abs().pow(2).sum(dim=1)  # (N, H, W//2+1)
+    power = torch.fft.rfft2(x.detach().double()).abs().pow(2).sum(dim=1) / (H * W)  # (N, H, W//2+1)
     weight = torch.full((W // 2 + 1,), 2.0, dtype=torch.float64)  # (W//2+1,) mirrored columns count twice
     weight[0] = 1.0
     if W % 2 == 0:
@@ -340,7 +340,16 @@ def band_energy(x: torch.Tensor, bands: int = 3) -> torch.Tensor:
     radius = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() / math.sqrt(0.5)  # (H, W//2+1) in [0, 1]
     band = (radius * bands).floor().long().clamp(max=bands - 1)  # (H, W//2+1)
     onehot = torch.nn.functional.one_hot(band, bands).double()  # (H, W//2+1, bands)
-    energy = torch.einsum("nhw,w,hwb->nb", power, weight, onehot)  # (N, bands)
+    return torch.einsum("nhw,w,hwb->nb", power, weight, onehot)  # (N, bands)
+
+
+def band_energy(x: torch.Tensor, bands: int = 3) -> torch.Tensor:
+    """(N, bands) fractions of each image's spatial energy in `band_power`'s frequency bands (low to high).
+
+        >>> band_energy(torch.ones(1, 3, 8, 8))
+        tensor([[1., 0., 0.]], dtype=torch.float64)
+    """
+    energy = band_power(x, bands)  # (N, bands)
     total = energy.sum(dim=1, keepdim=True)  # (N, 1)
     if (total == 0).any():
         raise ValueError(f"images {torch.nonzero(total[:, 0] == 0).flatten().tolist()} are all zero; "

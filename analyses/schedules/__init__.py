@@ -1,0 +1,27 @@
+"""Noise schedules: the maths of any diffusers scheduler (no weights needed), and what happens along a trajectory.
+
+    s = schedule_of(pipe.scheduler)             # or a config dict / JSON path / (SchedulerClass, config)
+    s.log_snr, s.terminal_snr                   # (T,) tensors and floats in a frozen `Schedule`
+    spaced_timesteps(10, "leading", steps_offset=1)  # tensor([901, 801, ..., 1]), as diffusers' DDIM/DDPM pick them
+    first_step_snr(s, 10); with_zero_terminal_snr(s); rescale_zero_terminal_snr(betas); rescale_cfg(guided, cond)
+    signal_leak(images, s); band_power(x); band_energy(x); beta_timesteps(n); uniform_timesteps(n)
+    run_with_timesteps(pipe, timesteps, prompt=...); published_schedules(); plot_snr(...); plot_spacings(...)
+    run = follow(pipe, prompt, seed, num_inference_steps)   # per step: x_t, x0-hat, their images, bands, step size
+
+Modules: `maths` (schedules, spacings, rescales, signal leak, frequency bands, timestep selection, plots),
+`trajectory` (`follow`), `study` (the experiment: ``python -m analyses.schedules``).
+"""
+from .maths import (BETA_SCHEDULES, DATA_DIR, SPACINGS, Schedule, SignalLeak, band_energy, band_power,
+                    beta_timesteps, betas_from_config, check_custom_timesteps, custom_timestep_schedulers,
+                    first_step_snr, plot_snr, plot_spacings, published_configs, published_schedules,
+                    rescale_cfg, rescale_zero_terminal_snr, run_with_timesteps, sampled_timesteps, schedule_of,
+                    signal_leak, spaced_timesteps, supports_custom_timesteps, uniform_timesteps,
+                    with_zero_terminal_snr)
+from .trajectory import Run, follow
+
+__all__ = ["BETA_SCHEDULES", "DATA_DIR", "SPACINGS", "Schedule", "SignalLeak", "band_energy", "band_power",
+           "beta_timesteps", "betas_from_config", "check_custom_timesteps", "custom_timestep_schedulers",
+           "first_step_snr", "plot_snr", "plot_spacings", "published_configs", "published_schedules", "rescale_cfg",
+           "rescale_zero_terminal_snr", "run_with_timesteps", "sampled_timesteps", "schedule_of", "signal_leak",
+           "spaced_timesteps", "supports_custom_timesteps", "uniform_timesteps", "with_zero_terminal_snr", "Run",
+           "follow"]
