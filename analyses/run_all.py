@@ -13,7 +13,8 @@ from pathlib import Path
 
 from lab.sizes import size
 
-STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study"]
+STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
+           "analyses.schedules.study"]
 
 
 def main(out: Path = Path("figures")) -> Path:
