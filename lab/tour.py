@@ -346,7 +346,7 @@ def text_explorer(pipe, prompt: str):
 
     box.observe(redraw, names="value")
     redraw()
-    return W.VBox([box, W.HBox([table, out])])
+    return W.VBox([box, W.HBox([table, out])]).add_class("lab-tour-text")
 
 
 def step_explorer(pipe, run: Trajectory):
@@ -374,7 +374,7 @@ def step_explorer(pipe, run: Trajectory):
     guidance.observe(redraw, names="value")
     button.on_click(rerun)
     redraw()
-    return W.VBox([W.HBox([step, guidance]), W.HBox([prompt, button]), out])
+    return W.VBox([W.HBox([step, guidance]), W.HBox([prompt, button]), out]).add_class("lab-tour-steps")
 
 
 def compare_explorer(a: Trajectory, b: Trajectory):
@@ -384,4 +384,4 @@ def compare_explorer(a: Trajectory, b: Trajectory):
     out = W.Output()
     step.observe(lambda change: _show(out, compare_figure(a, b, step.value)), names="value")
     _show(out, compare_figure(a, b, step.value))
-    return W.VBox([step, out])
+    return W.VBox([step, out]).add_class("lab-tour-compare")
