@@ -12,6 +12,8 @@ float32 on the CPU (float16 on a GPU) unless told otherwise, and leaves every ot
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -74,14 +76,26 @@ def load(name_or_path: str | os.PathLike = "shapes", device: str | torch.device 
         folder, index = found
         pipe_cls = _pipeline_class(index, str(folder))
         source = str(folder) if name_or_path in BUILTIN or Path(name_or_path).expanduser().exists() else name_or_path
+    kwargs = {_dtype_argument(): dtype, **kwargs}
+    if importlib.util.find_spec("accelerate") is None:
+        kwargs.setdefault("low_cpu_mem_usage", False)  # what diffusers falls back to anyway, without its warning
     if pipe_cls is None:
         from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
         _pipeline_class({"_class_name": type(pipe).__name__}, source)
     else:
-        pipe = pipe_cls.from_pretrained(source, torch_dtype=dtype, **kwargs)
+        pipe = pipe_cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+@functools.cache
+def _dtype_argument() -> str:
+    """``dtype`` where diffusers reads it (newer releases, which deprecate ``torch_dtype``), else ``torch_dtype``."""
+    import inspect
+
+    from diffusers import DiffusionPipeline
+    return "dtype" if 'kwargs.pop("dtype"' in inspect.getsource(DiffusionPipeline.from_pretrained) else "torch_dtype"
 
 
 def _looks_like_hub_id(name: str) -> bool:
