@@ -353,7 +353,7 @@ def step_explorer(pipe, run: Trajectory):
     """Step slider and guidance slider over a stored run; a button runs the model again for a new prompt/guidance."""
     import ipywidgets as W
     state = {"run": run}
-    step = W.IntSlider(value=0, min=0, max=run.steps - 1, description="step", continuous_update=False)
+    step = W.IntSlider(value=1, min=1, max=run.steps, description="step", continuous_update=False)  # 1-based
     guidance = W.FloatSlider(value=run.guidance, min=1.0, max=15.0, step=0.5, description="guidance",
                              continuous_update=False)
     prompt = W.Text(value=run.prompt, description="prompt")
@@ -361,7 +361,7 @@ def step_explorer(pipe, run: Trajectory):
     out = W.Output()
 
     def redraw(change=None):
-        _show(out, step_figure(state["run"], step.value, guidance.value, pipe))
+        _show(out, step_figure(state["run"], step.value - 1, guidance.value, pipe))
 
     def rerun(_):
         r = state["run"]
@@ -380,8 +380,8 @@ def step_explorer(pipe, run: Trajectory):
 def compare_explorer(a: Trajectory, b: Trajectory):
     """A step slider over two stored runs (compare_figure)."""
     import ipywidgets as W
-    step = W.IntSlider(value=a.steps // 2, min=0, max=a.steps - 1, description="step", continuous_update=False)
+    step = W.IntSlider(value=a.steps // 2 + 1, min=1, max=a.steps, description="step", continuous_update=False)
     out = W.Output()
-    step.observe(lambda change: _show(out, compare_figure(a, b, step.value)), names="value")
-    _show(out, compare_figure(a, b, step.value))
+    step.observe(lambda change: _show(out, compare_figure(a, b, step.value - 1)), names="value")
+    _show(out, compare_figure(a, b, step.value - 1))
     return W.VBox([step, out]).add_class("lab-tour-compare")

@@ -121,7 +121,7 @@ def test_tour_prompt_and_step(notebook):
     shown = nb.digest(picture)
     step = nb.widget("widget-slider", "step", within="lab-tour-steps")
     readout = step.locator(".widget-readout")
-    assert readout.inner_text().strip() == "0"
+    assert readout.inner_text().strip() == "1"
     nb.slide(step, "ArrowRight")
-    nb.wait_text(readout, "1")
-    nb.wait_changed(picture, shown, "the step figure after step 0 -> 1")
+    nb.wait_text(readout, "2")
+    nb.wait_changed(picture, shown, "the step figure after step 1 -> 2")
