@@ -53,7 +53,7 @@ def run(out: Path, model: str = "shapes") -> str:
     """Run the study; returns its REPORT section (Markdown)."""
     pipe = lab.load(model)
     save_figure(sample_grid(pipe, n=pick(4, 8, 8)), out / "samples.png")
-    result = evaluate(pipe, n=pick(4, 100, 200), steps=pick(10, 25, 25))
+    result = evaluate(pipe, n=pick(4, 60, 200), steps=pick(10, 25, 25))
     section = f"## Built-in model quality\n\n![samples](samples.png)\n\n{table(result)}\n"
     (out / "quality.md").write_text(section)
     return section

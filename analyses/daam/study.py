@@ -94,7 +94,7 @@ def run(out: Path, model: str = "shapes") -> str:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n, steps = pick(4, 200, 500), pick(6, 25, 25)
-    n_faith, guidance, batch = pick(4, 160, 400), 7.5, 8
+    n_faith, guidance, batch = pick(4, 80, 400), 7.5, 8
     t_start = time.perf_counter()
     pipe = lab.load(model)
     scenes = held_out_scenes(n)

@@ -154,8 +154,8 @@ def subsets(result: dict, alpha: float = 0.1) -> dict:
 def sizes() -> dict:
     """The study's size knobs for LAB_SIZE."""
     return {
-        "pairs": pick(6, 100, 300),
-        "timesteps": pick([100, 261], [0, 100, 261, 400, 600, 900], list(range(0, 1000, 50)) + [261]),
+        "pairs": pick(6, 60, 300),
+        "timesteps": pick([100, 261], [0, 100, 261, 500, 900], list(range(0, 1000, 50)) + [261]),
         "blocks": pick(["up_blocks.1", "up_blocks.2"], ["up_blocks.0", "up_blocks.1", "up_blocks.2"],
                        ["up_blocks.0", "up_blocks.1", "up_blocks.2"]),
         "ensemble": 8,

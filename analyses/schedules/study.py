@@ -47,8 +47,8 @@ class Config:
 
 
 def config() -> Config:
-    return Config(steps=pick(10, 25, 25), per_background=pick(3, 40, 100), trajectories=pick(2, 8, 16),
-                  timestep_steps=pick(5, 10, 10), timestep_images=pick(4, 100, 200), leak_images=pick(16, 200, 500))
+    return Config(steps=pick(10, 25, 25), per_background=pick(3, 24, 100), trajectories=pick(2, 6, 16),
+                  timestep_steps=pick(5, 10, 10), timestep_images=pick(4, 48, 200), leak_images=pick(16, 200, 500))
 
 
 def with_scheduler(pipe, scheduler):

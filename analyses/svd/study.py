@@ -56,8 +56,8 @@ def config() -> Config:
     return pick(
         small=Config(steps=6, guidance=7.5, pairs=1, ks=[1, 16], t_fractions=[0.34, 0.67], modes=["both"],
                      perturb_prompts=1, perturb_every=3, perturb_sizes=[0.25]),
-        default=Config(steps=20, guidance=7.5, pairs=5, ks=[0, 1, 2, 4, 8, 16],
-                       t_fractions=[0.1, 0.25, 0.5, 0.75, 1.0], modes=list(MODES), perturb_prompts=4, perturb_every=4,
+        default=Config(steps=20, guidance=7.5, pairs=5, ks=[0, 1, 4, 16],
+                       t_fractions=[0.1, 0.25, 0.5, 1.0], modes=list(MODES), perturb_prompts=4, perturb_every=4,
                        perturb_sizes=[0.05, 0.25]),
         full=Config(steps=25, guidance=7.5, pairs=20, ks=[0, 1, 2, 3, 4, 6, 8, 12, 16],
                     t_fractions=[0.04, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0], modes=list(MODES),
