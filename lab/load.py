@@ -110,7 +110,9 @@ def with_random_unet(pipe, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    unet = unet.to(pipe.unet.device, pipe.unet.dtype).eval()
+    unet = unet.to(pipe.unet.device).eval()
+    if unet.dtype != pipe.unet.dtype:  # only then: diffusers warns about any dtype cast through .to()
+        unet = unet.to(dtype=pipe.unet.dtype)
     parts = dict(pipe.components, unet=unet)
     extra = {"requires_safety_checker": False} if "safety_checker" in parts else {}
     other = type(pipe)(**parts, **extra)
