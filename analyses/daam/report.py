@@ -46,6 +46,39 @@ def difference(rows, tau, a="daam", b="gaussian prior") -> tuple[float, float, f
     return float(np.mean(d)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+def cross_validated(rows, metric: str = "layer_iou") -> tuple[dict, dict[int, str]]:
+    """Choose the best `metric` slice (a layer, say) on one half of the images and score it on the other (2-fold,
+    images split by parity), so the choice is never scored on the images it was chosen on.
+
+    Returns ({(image, obj): IoU of the slice chosen without that image}, {fold: slice chosen for it}).
+    """
+    scored, chosen = {}, {}
+    for fold in (0, 1):
+        train = [r for r in select_rows(rows, metric) if r["image"] % 2 != fold]
+        means = {k: np.mean([r["value"] for r in train if r["key"] == k]) for k in dict.fromkeys(r["key"] for r in train)}
+        if not means:
+            continue
+        chosen[fold] = max(means, key=means.get)
+        scored.update({(r["image"], r["obj"]): r["value"] for r in select_rows(rows, metric, chosen[fold])
+                       if r["image"] % 2 == fold})
+    return scored, chosen
+
+
+def cross_validated_difference(rows, tau: float = 0.4, metric: str = "layer_iou", baseline: str | None = None):
+    """(mean, low, high) of the cross-validated slice minus `baseline` (default: the best at tau), the chosen slices,
+    and the cross-validated mIoU (mean, low, high). Slices are scored at tau 0.4, so compare at tau 0.4."""
+    scored, chosen = cross_validated(rows, metric)
+    baseline = baseline or best_baseline(rows, tau)
+    pb = {(r["image"], r["obj"]): r["value"] for r in select_rows(rows, "noun_iou", baseline, tau)}
+    both = sorted(set(scored) & set(pb))
+    if not both:
+        return (float("nan"),) * 3, chosen, (float("nan"),) * 3, baseline
+    d = [scored[k] - pb[k] for k in both]
+    boots = bootstrap(d, [k[0] for k in both])
+    own = mean_ci([scored[k] for k in both], [k[0] for k in both])
+    return (float(np.mean(d)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))), chosen, own, baseline
+
+
 def best_baseline(rows, tau) -> str:
     means = {b: summary(rows, "noun_iou", b, tau)[0] for b in BASELINES}
     means = {b: m for b, m in means.items() if not math.isnan(m)}
@@ -117,7 +150,14 @@ def section(rows, info: dict) -> str:
               "tokens' maps before normalising (the reference code's `normalize=True`; `word_map(..., relative=True)`), "
               "which cancels what every word's map shares.", "",
               "The published method (`daam`) minus the best baseline (paired over the same objects):", "",
-              _table(["tau", "best baseline", "difference [95% CI]", "goal"], verdict), "",
+              _table(["tau", "best baseline", "difference [95% CI]", "goal"], verdict), ""]
+    cv, chosen, own, against = cross_validated_difference(rows, 0.4)
+    if chosen:
+        parts += [f"Not the published method, and not what the goal is judged on: one cross-attention layer alone, "
+                  f"chosen on half of the images and scored on the other half (2-fold, by image parity; chosen: "
+                  f"{', '.join(sorted(set(chosen.values())))}) reaches {fmt(*own)} mIoU at tau 0.4, "
+                  f"{fmt(*cv)} against the {against}.", ""]
+    parts += [
               "The random-UNet baseline (a sanity check in the spirit of Adebayo et al., 2018) re-initialises the UNet "
               "from its config with seed 0 and generates from the same seeds; its images are noise, so **its maps are "
               "scored against the masks of the real model's image for the same prompt and seed**. The whole-image "
