@@ -224,8 +224,8 @@ def examples_figure(results: dict):
         for c, (background, j) in enumerate([(b, j) for b in ("black", "white") for j in range(n)]):
             axes[r, c].imshow(results[arm, background][2][j])
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(arm.split(":")[0], fontsize=8)
-    fig.suptitle("left: prompts asking for black backgrounds; right: for white", fontsize=9)
+        axes[r, 0].set_ylabel(arm.split(" ")[0], fontsize=10)
+    fig.suptitle("left: prompts asking for black backgrounds; right: for white.   " + ";   ".join(arms), fontsize=9)
     return fig
 
 
@@ -314,6 +314,9 @@ def run(out: Path, model: str = "shapes", zsnr_model: str = "shapes-zsnr") -> st
         brightness_table(results) + "\n",
         "Brightness range (mean over white prompts minus mean over black prompts; the world's own renderings: "
         f"{truth_span:.3f}): " + "; ".join(f"{arm.split(' ')[0]} {v:.3f}" for arm, v in span.items()) + ".\n",
+        "Images darker than 0.9 for a white-background prompt / brighter than 0.1 for a black one: " + "; ".join(
+            f"{arm.split(' ')[0]} {np.mean(results[arm, 'white'][0] < 0.9):.0%} / "
+            f"{np.mean(results[arm, 'black'][0] > 0.1):.0%}" for arm in arms) + ".\n",
         f"_trajectories {t_traj:.0f} s, whole study {time.perf_counter() - t0:.0f} s on this machine._\n",
     ]
     section = "\n".join(parts)
