@@ -35,6 +35,19 @@ def test_shipped_weights_are_at_most_30_mb():
     assert size <= 30 * 2**20
 
 
+def test_zero_terminal_snr_twin_differs_only_in_its_recipe(shapes_pipe):
+    from analyses.schedules import schedule_of
+    zsnr = lab.load("shapes-zsnr")
+    config = zsnr.scheduler.config
+    assert (config.prediction_type, config.timestep_spacing, config.rescale_betas_zero_snr) == (
+        "v_prediction", "trailing", True)
+    assert schedule_of(zsnr.scheduler).terminal_snr == 0.0
+    assert zsnr.unet.config == shapes_pipe.unet.config
+    for a, b in zip(zsnr.vae.parameters(), shapes_pipe.vae.parameters()):  # one VAE, so one latent space
+        assert torch.equal(a, b)
+    assert not torch.equal(zsnr.unet.conv_in.weight, shapes_pipe.unet.conv_in.weight)
+
+
 def test_missing_model_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="not a local folder.*Hugging Face cache"):

@@ -77,7 +77,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
         return float("nan"), float("nan")
     p = k / n
     centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    return max(0.0, lo), min(1.0, hi)  # rounding can put an end a hair outside [0, 1] (printed as -0.0%)
 
 
 TARGETS = {("one object", "colour"): 0.95, ("one object", "shape"): 0.90, ("two objects", "objects"): 0.75,
