@@ -8,7 +8,8 @@
 ``model_index.json`` (SD 1.x / 2.x -> StableDiffusionPipeline, SDXL -> StableDiffusionXLPipeline), loads it in
 float32 on the CPU (float16 on a GPU) unless told otherwise, and leaves every other setting as diffusers made it.
 ``BUILTIN`` maps the names of the shipped models to their folders. ``with_random_unet(pipe, seed)`` is the
-"untrained model" baseline of the sanity checks: the same pipeline with its UNet re-initialised from its config.
+"untrained model" baseline of the sanity checks: the same pipeline with its UNet re-initialised from its config;
+``with_components(pipe, scheduler=...)`` is the same pipeline with other parts swapped in.
 """
 from __future__ import annotations
 
@@ -113,7 +114,13 @@ def with_random_unet(pipe, seed: int = 0):
     unet = unet.to(pipe.unet.device).eval()
     if unet.dtype != pipe.unet.dtype:  # only then: diffusers warns about any dtype cast through .to()
         unet = unet.to(dtype=pipe.unet.dtype)
-    parts = dict(pipe.components, unet=unet)
+    return with_components(pipe, unet=unet)
+
+
+def with_components(pipe, **replacements):
+    """A new pipeline of the same class sharing every component of ``pipe`` (nothing copied) except
+    ``replacements`` (e.g. ``scheduler=...``); ``pipe`` itself is not changed."""
+    parts = dict(pipe.components, **replacements)
     extra = {"requires_safety_checker": False} if "safety_checker" in parts else {}
     other = type(pipe)(**parts, **extra)
     other.set_progress_bar_config(disable=True)

@@ -135,7 +135,10 @@ def predict_x0(noisy: torch.Tensor, model_output: torch.Tensor, alpha: torch.Ten
         return (noisy - (1 - a).sqrt() * model_output) / a.sqrt()
     if prediction_type == "v_prediction":
         return a.sqrt() * noisy - (1 - a).sqrt() * model_output
-    raise ValueError(f"prediction_type {prediction_type!r} is not supported; supported: epsilon, v_prediction")
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"prediction_type {prediction_type!r} is not supported; supported: epsilon, v_prediction, "
+                     f"sample")
 
 
 @torch.no_grad()

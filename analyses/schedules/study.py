@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import lab
+from lab.load import with_components
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import render
@@ -53,7 +54,7 @@ def config() -> Config:
 
 def with_scheduler(pipe, scheduler):
     """The same pipeline (shared modules, nothing copied) with another scheduler; ``pipe`` itself is unchanged."""
-    return type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    return with_components(pipe, scheduler=scheduler)
 
 
 def on_background(scene: Scene, background: str) -> Scene:
@@ -273,7 +274,6 @@ def run(out: Path, model: str = "shapes", zsnr_model: str = "shapes-zsnr") -> st
     timestep_rows, _ = timestep_comparison(pipe, cfg)
 
     trailing = with_scheduler(pipe, DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing"))
-    zs = zpipe.scheduler.config
     arms = {"(a) SD schedule, leading": (pipe, {}),
             "(b) SD schedule, trailing": (trailing, {}),
             "(c) zero terminal SNR, v-prediction, trailing, CFG rescale 0.7": (zpipe, {"guidance_rescale": 0.7})}

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lab.tour import decode as _decode_unit, predict_x0
+
 from .maths import band_power, rescale_cfg
 
 # Arguments `follow` owns; a caller passing them would silently change what is recorded.
@@ -65,25 +67,9 @@ class Run:
         return out
 
 
-def _x0(sample: torch.Tensor, output: torch.Tensor, alpha: float, prediction_type: str) -> torch.Tensor:
-    a = torch.tensor(alpha, dtype=torch.float64)
-    s, o = sample.double(), output.double()
-    if prediction_type == "epsilon":
-        x0 = (s - (1 - a).sqrt() * o) / a.sqrt()
-    elif prediction_type == "v_prediction":
-        x0 = a.sqrt() * s - (1 - a).sqrt() * o
-    elif prediction_type == "sample":
-        x0 = o
-    else:
-        raise ValueError(f"prediction_type {prediction_type!r} is not supported; supported: epsilon, v_prediction, "
-                         f"sample")
-    return x0.float()
-
-
 def _decode(pipe, latents: torch.Tensor, batch: int = 8) -> np.ndarray:
     """(N, C, h, w) latents -> (N, H, W, 3) uint8 images, decoded as the pipeline decodes its output."""
-    from lab.tour import decode
-    return (decode(pipe, latents, batch=batch) * 255).round().astype(np.uint8)
+    return (_decode_unit(pipe, latents, batch=batch) * 255).round().astype(np.uint8)
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
@@ -144,15 +130,16 @@ def follow(pipe, prompt: str, seed: int = 0, num_inference_steps: int = 25, band
             guided, sample = output[0], sample[0]
         alpha = float(alphas_cumprod[min(max(int(round(t)), 0), T - 1)])
         xs.append(sample), ts.append(t), alphas.append(alpha)
-        x0s.append(_x0(sample, guided, alpha, sched.config.prediction_type))
+        x0s.append(predict_x0(sample, guided, alpha, sched.config.prediction_type))
     x0 = torch.stack(x0s)  # (steps, C, h, w)
     x_vp = torch.stack(xs + [latents[-1]])  # (steps + 1, C, h, w): the variance-preserving x_t, then the final latent
     image = (np.asarray(out.images[0]) * 255).round().astype(np.uint8)  # (H, W, 3)
     x0_images = _decode(pipe, x0)
     xt_images = _decode(pipe, x_vp) if decode else np.zeros((len(x_vp), *image.shape), np.uint8)
     final = _unit(image[None])  # (1, 3, H, W)
-    per_band = band_power(_unit(x0_images), bands)  # (steps, bands)
-    error = band_power(_unit(x0_images) - final, bands) / band_power(final, bands).clamp_min(1e-12)
+    x0_unit = _unit(x0_images)  # (steps, 3, H, W)
+    per_band = band_power(x0_unit, bands)  # (steps, bands)
+    error = band_power(x0_unit - final, bands) / band_power(final, bands).clamp_min(1e-12)
     size = (x_vp[1:] - x_vp[:-1]).pow(2).mean(dim=(1, 2, 3)).sqrt()  # (steps,)
     return Run(prompt=prompt, seed=seed, timesteps=torch.tensor(ts), alphas=torch.tensor(alphas),
                latents=x_vp, x0=x0, x0_images=x0_images,
