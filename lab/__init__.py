@@ -10,8 +10,21 @@
 Modules: ``lab.load`` (models), ``lab.hooks`` (named points, capture, intervention, caches), ``lab.world`` (the
 shapes world and its parser).
 """
+import logging
+
 from . import world
 from .load import BUILTIN, load
+
+
+class _QuietTorchvisionFallback(logging.Filter):
+    """transformers 5 announces, on importing diffusers, that its image processors fall back to PIL without
+    torchvision. The lab never uses them (and torchvision is not installed on purpose), so drop that one notice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_QuietTorchvisionFallback())
 
 __version__ = "0.1.0"
 __all__ = ["load", "BUILTIN", "world", "hooks", "__version__"]

@@ -76,3 +76,14 @@ def test_with_random_unet_changes_only_the_unet(shapes_pipe):
     b = dict(other.unet.named_parameters())
     assert not torch.equal(a["conv_in.weight"], b["conv_in.weight"])
     assert torch.equal(shapes_pipe.unet.conv_in.weight, before)  # the user's pipeline is untouched
+
+
+def test_importing_the_lab_then_diffusers_prints_no_torchvision_notice():
+    """transformers' PIL-fallback notice is noise here (the lab uses no image processor); other output stays."""
+    import subprocess
+    import sys
+    code = "import lab, diffusers; from diffusers import StableDiffusionPipeline; print('imported')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "imported" in out.stdout
+    assert "torchvision" not in out.stderr + out.stdout
