@@ -180,9 +180,12 @@ def test_capture_leaves_the_pipeline_as_it_was(pipe):
 
 
 def test_query_capture_refuses_what_exceeds_max_bytes(pipe):
-    with pytest.raises(MemoryError, match="query_steps"):
-        with daam.QueryTrace(pipe, daam.daam_layers(pipe), max_bytes=10_000):
-            pipe("a dog", num_inference_steps=2, output_type="np")
+    with daam.capture(pipe, "a dog") as cap:  # what the maps alone take: the queries of 20 steps take more
+        pipe("a dog", num_inference_steps=1, output_type="np")
+    maps_bytes = sum(t.numel() * 4 for t in cap.cache.values())
+    with pytest.raises(MemoryError, match="pass query_steps="):
+        with daam.capture(pipe, "a dog", queries=True, max_bytes=maps_bytes + 1000):
+            pipe("a dog", num_inference_steps=20, output_type="np")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pipe.unet.modules())
 
 

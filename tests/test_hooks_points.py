@@ -33,6 +33,8 @@ def _run_recording(unet, latent):
             out = out[0] if isinstance(out, tuple) else out
             if p_kinds[name] in ("attn1", "attn2"):
                 seen.append((name, args[0].shape[1]))  # (B, q, c): q queries
+            elif p_kinds[name] == "projection":
+                seen.append((name, (out.shape[1], out.shape[2])))  # (B, tokens, c)
             else:
                 seen.append((name, tuple(out.shape[-2:])))
         handles.append(modules[p.name].register_forward_hook(hook))
@@ -51,7 +53,10 @@ def test_names_are_real_module_paths(unet):
     modules = dict(unet.named_modules())
     pts = points(unet)
     assert pts and all(p.name in modules for p in pts)
-    assert {p.kind for p in pts} == {"attn1", "attn2", "block", "resnet", "transformer"}
+    assert {p.kind for p in pts} == {"attn1", "attn2", "block", "projection", "resnet", "transformer"}
+    attn = [p.name for p in pts if p.kind in ("attn1", "attn2")]
+    proj = [p.name for p in pts if p.kind == "projection"]
+    assert proj == [f"{a}.{x}" for a in attn for x in ("to_q", "to_k", "to_v", "to_out.0")]
 
 
 def test_points_are_listed_in_forward_order(unet):
@@ -64,6 +69,9 @@ def test_resolution_matches_the_tensors_of_a_non_square_image(unet):
     seen = dict(_run_recording(unet, latent))
     for p in points(unet, image_size=(latent[0] * 8, latent[1] * 8)):
         h, w = p.resolution
+        if p.kind == "projection":  # text tokens (7 here) for cross-attention keys and values, else h*w queries
+            assert seen[p.name] == (7 if p.reads_text() else h * w, p.channels), p.name
+            continue
         assert seen[p.name] == (h * w if p.kind in ("attn1", "attn2") else (h, w)), p.name
 
 

@@ -50,13 +50,51 @@ def test_model_is_restored_after_an_exception(pipe):
         tr.cache
 
 
-def test_tracing_a_traced_model_is_refused(pipe):
+def test_tracing_a_traced_attention_layer_is_refused(pipe):
     before = pipe.unet.attn_processors
     with trace(pipe, [ATTN2]):
         with pytest.raises(RuntimeError, match="already being traced"):
-            with trace(pipe.unet, ["mid_block"]):
+            with trace(pipe.unet, ["mid_block", ATTN2]):
                 pass
     assert_restored(pipe.unet, before)
+
+
+def test_nested_traces_on_other_points_each_keep_their_own(pipe):
+    before = pipe.unet.attn_processors
+    with trace(pipe, [ATTN2], keep=Keep(steps="sum")) as outer:
+        with trace(pipe, [f"{ATTN2}.to_q", "mid_block"], keep=Keep(steps=[1], branches=("cond",))) as inner:
+            generate(pipe, steps=3)
+    assert_restored(pipe.unet, before)
+    with trace(pipe, [ATTN2], keep=Keep(steps="sum")) as alone:
+        generate(pipe, steps=3)
+    torch.testing.assert_close(outer.cache[ATTN2], alone.cache[ATTN2])
+    assert inner.cache.meta["steps"] == [1] and inner.cache.meta["branches"] == ["cond"]
+    assert inner.cache[f"{ATTN2}.to_q"].shape[:3] == (1, 1, 1)  # (step, branch, batch, token, channel)
+
+
+def test_projections_are_what_the_layer_computes(pipe):
+    """to_q and to_k of a cross-attention layer, kept by a trace, give back the probabilities it captured."""
+    attn = dict(pipe.unet.named_modules())[ATTN2]
+    names = [ATTN2, f"{ATTN2}.to_q", f"{ATTN2}.to_k", f"{ATTN2}.to_out.0"]
+    with trace(pipe, names, keep=Keep(steps=[0])) as tr:
+        generate(pipe, steps=2)
+    c = tr.cache
+    assert c.axes[f"{ATTN2}.to_q"] == ("step", "branch", "batch", "token", "channel")
+    h, w = c.resolution(ATTN2)
+    q, k = c[f"{ATTN2}.to_q"][0, 1, 0], c[f"{ATTN2}.to_k"][0, 1, 0]  # cond branch: (h*w, c), (77, c)
+    assert q.shape == (h * w, attn.to_q.out_features) and k.shape == (77, attn.to_k.out_features)
+    d = q.shape[1] // attn.heads
+    q, k = q.view(-1, attn.heads, d).transpose(0, 1), k.view(-1, attn.heads, d).transpose(0, 1)  # (heads, n, d)
+    probs = (q @ k.transpose(1, 2) * attn.scale).softmax(-1)  # (heads, h*w, 77)
+    torch.testing.assert_close(probs, c[ATTN2][0, 1, 0], atol=1e-5, rtol=1e-4)
+    assert c[f"{ATTN2}.to_out.0"].shape[-2:] == (h * w, attn.to_out[0].out_features)
+
+
+def test_an_edit_on_a_projection_changes_the_image(pipe):
+    ref = generate(pipe, steps=2)
+    with trace(pipe, edits={f"{ATTN2}.to_v": lambda v, ctx: torch.zeros_like(v)}):
+        out = generate(pipe, steps=2)
+    assert (out - ref).abs().max().item() > 1e-4
 
 
 def test_a_trace_is_used_once(pipe):
@@ -222,3 +260,11 @@ def test_bad_keep_values_name_the_valid_ones(pipe):
     with pytest.raises(ValueError, match="only \\('cond',\\)"):
         with trace(pipe, [ATTN2], keep=Keep(branches=("uncond",))):
             generate(pipe, guidance_scale=1.0)
+
+
+def test_a_projection_a_fused_processor_skips_is_reported():
+    fused = tiny_pipeline("sd15")
+    fused.unet.fuse_qkv_projections()  # self-attention's to_q still exists, but the processor calls to_qkv
+    with pytest.raises(RuntimeError, match=r"to_q' never ran: .*FusedAttnProcessor2_0"):
+        with trace(fused, [f"{ATTN1}.to_q"]):
+            generate(fused, steps=1)

@@ -8,21 +8,21 @@
     daam.global_maps(run.cache, steps=range(10), resolution=8, heads=[0], branch="uncond")   # slices, no re-run
     daam.word_map(daam.open_vocab(run.queries, pipe, "a square"), pipe, "square")            # a word not in the prompt
 
-capture / generate / QueryTrace     capture.py: what to keep while generating (maps, and queries for open vocabulary)
+capture / generate                 capture.py: what to keep while generating (maps, and queries for open vocabulary)
 words / find / occurrences          words.py: word -> token positions via the tokenizer (multi-token, repeated words)
 global_maps / word_map / word_maps / expand / binarize / aggregate / layer_names   maps.py: the method and its slices
 open_vocab                          openvocab.py: maps for any text from the kept queries (OVAM)
 overlay / word_grid / layer_step_grid / view   plot.py: figures on a given Axes or Figure, no global matplotlib state
 python -m analyses.daam [out]       study.py: mIoU against the shapes world's parser, baselines, slices, faithfulness
 """
-from .capture import Capture, QueryTrace, Run, capture, daam_layers, generate, method_keep
+from .capture import Capture, Run, capture, daam_layers, generate, method_keep
 from .maps import (TAU, GlobalMaps, aggregate, binarize, block_of, expand, global_maps, layer_names, prompt_of,
                    token_total, word_map, word_maps)
 from .openvocab import encode, open_vocab
 from .words import Word, find, occurrences, tokenizer_of, words
 
 __all__ = [
-    "TAU", "Capture", "GlobalMaps", "QueryTrace", "Run", "Word", "aggregate", "binarize", "block_of", "capture",
+    "TAU", "Capture", "GlobalMaps", "Run", "Word", "aggregate", "binarize", "block_of", "capture",
     "daam_layers", "encode", "expand", "find", "generate", "global_maps", "layer_names", "method_keep",
     "occurrences", "open_vocab", "prompt_of", "token_total", "tokenizer_of", "word_map", "word_maps", "words",
 ]

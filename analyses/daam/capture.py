@@ -6,9 +6,9 @@
     run = generate(pipe, ["a red circle", "a blue square"], seed=0, steps=10, slices=True, queries=True)
     run.images, run.cache, run.queries                              # images (N, H, W, 3) uint8 and two Caches
 
-capture(pipe, prompt, slices, mid, queries, ...)  context manager over lab.hooks.trace (+ QueryTrace for queries)
+capture(pipe, prompt, slices, mid, queries, ...)  context manager over lab.hooks.trace: one trace keeps the maps,
+                                                   a nested one the queries (each layer's ``<layer>.to_q`` projection)
 generate(pipe, prompt, seed, steps, guidance, ...) -> Run    runs the pipeline under capture
-QueryTrace(pipe, layers, steps, branches)          keeps the input of each attn2's scores: the output of its to_q
 daam_layers(pipe, mid=False)                        the attn2 layers of the down and up blocks (and the mid block)
 
 Memory (fp32): slices=False keeps per layer 4 * batch * heads * queries * 77 bytes (steps summed, cond branch);
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from lab.hooks import Cache, Keep, select, trace
-from lab.hooks.points import points, unet_of
 
 from .words import tokenizer_of
 
@@ -55,8 +54,12 @@ class Capture:
         info = {"prompts": self.prompts, "layers": self.layers}
         self._trace = trace(pipe, self.layers, keep=keep or method_keep(slices), max_bytes=max_bytes,
                             meta={"daam": info, **(meta or {})})
-        self._queries = QueryTrace(pipe, self.layers, steps=query_steps, max_bytes=max_bytes,
-                                   meta={"daam": info}) if queries else None
+        self._queries = None
+        if queries:
+            if query_steps != "all" and (isinstance(query_steps, str) or not list(query_steps)):
+                raise ValueError(f"query_steps={query_steps!r}; give 'all' or a list of step indices")
+            self._queries = trace(pipe, [f"{n}.to_q" for n in self.layers], max_bytes=max_bytes,
+                                  keep=Keep(steps=query_steps, branches=("cond",)), meta={"daam": info})
         self.cache: Cache | None = None
         self.queries: Cache | None = None
 
@@ -76,9 +79,11 @@ class Capture:
                 self._queries.__exit__(exc_type, exc, tb)
         finally:
             self._trace.__exit__(exc_type, exc, tb)
+        if exc_type is MemoryError and self._queries is not None and self._queries.step >= 0:
+            raise MemoryError(f"{exc} For the queries: pass query_steps= a few step indices.") from exc
         if exc_type is None:
             self.cache = self._trace.cache
-            self.queries = self._queries.cache if self._queries is not None else None
+            self.queries = self._queries.cache if self._queries is not None else None  # (step, branch, batch, token, c)
             self._check_prompts()
         return False
 
@@ -147,144 +152,3 @@ def generate(pipe, prompt, seed: int | list[int] = 0, steps: int = 25, guidance:
                    **call_kwargs).images  # (N, H, W, 3) float in [0, 1]
     images = (np.asarray(out) * 255).round().astype(np.uint8)
     return Run(images, cap.cache, cap.queries, prompts)
-
-
-def guidance_layout(pipe) -> tuple[str, ...]:
-    """The branches of the UNet batch as diffusers builds it: ("uncond", "cond") with guidance, else ("cond",)."""
-    if pipe is None:
-        return ("cond",)
-    try:
-        cfg = bool(pipe.do_classifier_free_guidance)
-    except AttributeError:
-        cfg = (getattr(pipe, "_guidance_scale", None) or 0) > 1
-    return ("uncond", "cond") if cfg else ("cond",)
-
-
-class QueryTrace:
-    """Keep the queries of cross-attention layers (the output of ``<layer>.to_q``) at chosen steps of a pipeline call.
-
-        with QueryTrace(pipe, daam_layers(pipe)) as qt:
-            pipe("a dog", num_inference_steps=10)
-        qt.cache["up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q"]   # (step, branch, batch, query, channel)
-
-    lab.hooks addresses attention layers, not their projections, so this is its own small hook: a forward pre-hook on
-    the UNet counts steps and reads the batch layout, a forward hook on each to_q copies its output. Every hook is
-    removed on exit, also after an exception. The queries are those the layer's processor computes, so any processor
-    that calls ``attn.to_q`` works (a fused-QKV one does not, and is reported at exit).
-    """
-
-    def __init__(self, pipe, layers, steps="all", branches=("cond",), max_bytes: int = MAX_BYTES,
-                 meta: dict | None = None):
-        self.pipe = pipe
-        self.unet = unet_of(pipe)
-        self.layers = list(layers)
-        modules = dict(self.unet.named_modules())
-        bad = [n for n in self.layers if f"{n}.to_q" not in modules]
-        if bad:
-            raise ValueError(f"{bad[0]!r} has no to_q projection; give attn2 layers, e.g. "
-                             f"{', '.join(select(self.unet, kind='attn2')[:2])}")
-        self.modules = {n: modules[f"{n}.to_q"] for n in self.layers}
-        if steps != "all" and (isinstance(steps, str) or not list(steps)):
-            raise ValueError(f"steps={steps!r}; give 'all' or a list of step indices")
-        self.steps = steps if steps == "all" else sorted({int(s) for s in steps})
-        self.branches = (branches,) if isinstance(branches, str) else tuple(branches)
-        self.max_bytes, self.user_meta = int(max_bytes), dict(meta or {})
-        self.step, self.kept_steps, self.timesteps = -1, [], []
-        self.layout, self.batch, self.latent, self.total = None, None, None, None
-        self.parts: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
-        self._handles: list = []
-        self.cache: Cache | None = None
-
-    def __enter__(self) -> "QueryTrace":
-        try:
-            self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
-            for name, mod in self.modules.items():
-                self._handles.append(mod.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self._remove()
-        if exc_type is None:
-            self.cache = self._build()
-        return False
-
-    def _remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _wanted(self) -> bool:
-        return self.step >= 0 and (self.steps == "all" or self.step in self.steps)
-
-    def _on_unet(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
-        self.step += 1
-        layout = guidance_layout(self.pipe if self.pipe is not self.unet else None)
-        if self.step == 0:
-            self._setup(sample, layout)
-        self.timesteps.append(float(t.flatten()[0]) if torch.is_tensor(t) else float(t))
-        if self._wanted():
-            self.kept_steps.append(self.step)
-
-    def _setup(self, sample, layout) -> None:
-        if sample.shape[0] % len(layout):
-            raise ValueError(f"UNet batch {sample.shape[0]} does not split into branches {layout}")
-        self.layout, self.batch, self.latent = layout, sample.shape[0] // len(layout), tuple(sample.shape[-2:])
-        kept = [b for b in self.branches if b in layout]
-        if not kept:
-            raise ValueError(f"branches={self.branches} but this run has only {layout} (no guidance)")
-        self.kept = kept
-        sched = getattr(self.pipe, "scheduler", None)
-        self.total = getattr(self.pipe, "_num_timesteps", None) or (len(sched.timesteps) if sched is not None else None)
-        if self.steps != "all" and self.total is not None and max(self.steps) >= self.total:
-            raise ValueError(f"query steps {self.steps} out of range for {self.total} steps")
-        vsf = getattr(self.pipe, "vae_scale_factor", None) or 8
-        self.points = {p.name: p for p in points(self.unet, (self.latent[0] * vsf, self.latent[1] * vsf), vsf)}
-        n_steps = (self.total or 1) if self.steps == "all" else len(self.steps)
-        need = sum(4 * len(kept) * self.batch * p.resolution[0] * p.resolution[1] * p.channels
-                   for n, p in self.points.items() if n in self.modules) * n_steps
-        if need > self.max_bytes:
-            raise MemoryError(f"keeping the queries of {len(self.layers)} layers at {n_steps} steps would take "
-                              f"{need / 2**20:.0f} MiB, over max_bytes={self.max_bytes / 2**20:.0f} MiB; pass "
-                              "query_steps= a few step indices, fewer layers, or raise max_bytes")
-
-    def _hook(self, name: str):
-        def hook(module, args, output):
-            if not self._wanted():
-                return None
-            q = output.detach()  # (B, queries, heads*head_dim)
-            q = q.reshape(len(self.layout), self.batch, *q.shape[1:])  # (layout, batch, q, c)
-            q = q[[self.layout.index(b) for b in self.kept]]  # (branch, batch, q, c)
-            parts = self.parts[name]
-            if len(parts) == len(self.kept_steps):  # the layer ran twice in one step: keep the first
-                return None
-            parts.append(q.to("cpu", torch.float32))
-            return None
-
-        return hook
-
-    def _build(self) -> Cache:
-        tensors, axes, res, heads = {}, {}, {}, {}
-        for name, parts in self.parts.items():
-            if len(parts) != len(self.kept_steps):
-                raise RuntimeError(f"{name}.to_q ran at {len(parts)} of {len(self.kept_steps)} kept steps: its "
-                                   f"processor ({type(dict(self.unet.named_modules())[name].processor).__name__}) "
-                                   "does not call attn.to_q; set the default attention processor to keep queries")
-            if not parts:
-                continue
-            key = f"{name}.to_q"
-            tensors[key] = torch.stack(parts)  # (step, branch, batch, q, c)
-            axes[key] = ("step", "branch", "batch", "query", "channel")
-            res[key] = list(self.points[name].resolution)
-            heads[key] = self.points[name].heads
-        vsf = getattr(self.pipe, "vae_scale_factor", None) or 8
-        meta = {"kind": "queries", "steps": list(self.kept_steps), "timesteps": self.timesteps,
-                "branches": list(getattr(self, "kept", [])), "layout": list(self.layout or []),
-                "resolution": res, "heads": heads, "layers": {f"{n}.to_q": n for n in self.layers},
-                "latent_size": list(self.latent) if self.latent else None,
-                "image_size": [d * vsf for d in self.latent] if self.latent else None, **self.user_meta}
-        return Cache(tensors, axes, meta)

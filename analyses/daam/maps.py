@@ -80,7 +80,7 @@ def layer_names(cache, layers=None, blocks: Sequence[str] | str | None = DEFAULT
     """
     kinds = cache.meta.get("kinds") or {}
     captured = [n for n in cache if (kinds.get(n, "attn2") == "attn2" and "key" in cache.axes[n])
-                or n.endswith(".to_q")]  # attention maps, or the queries of a QueryTrace
+                or n.endswith(".to_q")]  # attention maps, or the queries (their to_q projections)
     names = list(captured)
     if layers is not None:
         globs = [layers] if isinstance(layers, str) else list(layers)

@@ -7,9 +7,11 @@
     tr.cache[names[0]].shape, tr.cache.axes[names[0]]                    # (branch, batch, query, key)
     tr.cache.save("run.safetensors"); Cache.load("run.safetensors")
 
-points(model, image_size)      every hookable point (Point: name, kind, block, block_index, resolution, heads, ...)
+points(model, image_size)      every hookable point (Point: name, kind, block, block_index, resolution, heads, ...):
+                               attention layers, their q/k/v/out projections, resnets, transformers, blocks
 select(model, kind, block, resolution, pattern, image_size)   names matching all filters
-trace(model, names, keep, edits, max_bytes, branches, meta)   context manager; .cache after the with-block
+trace(model, names, keep, edits, max_bytes, branches, meta)   context manager; .cache after the with-block;
+                               traces nest on different attention layers (each with its own Keep)
 Keep(steps, heads, tokens, branches)   what to keep: every step, chosen steps, or a sum/mean; heads or their mean
 Cache                          plain data: {name: tensor} + axes + meta; save/load as safetensors
 scale_tokens, replace_attention   ready edits: fn(probs, ctx) -> replacement

@@ -6,7 +6,8 @@
 
 Memory per captured attention point, in fp32 bytes: 4 * branches * batch * (heads, or 1 for heads="mean")
 * queries * (keys, or len(tokens)), times the number of steps for steps="all" (or len(steps) for a list),
-once for "sum"/"mean". A block/resnet/transformer point: 4 * branches * batch * channels * h * w, times steps.
+once for "sum"/"mean". A block/resnet/transformer point: 4 * branches * batch * channels * h * w, times steps; a
+projection point: 4 * branches * batch * tokens * channels, times steps.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class Store:
 def reduce(x: torch.Tensor, kind: str, keep: Keep, n_layout: int, branch_idx: list[int]) -> torch.Tensor:
     """One step's tensor, batch-major (B, ...), to what `keep` keeps: (branch, batch, [head,] query, key) or features.
 
-    x: attention probabilities (B, heads, q, k) or features (B, c, h, w) with B = n_layout * batch.
+    x: attention probabilities (B, heads, q, k), projections (B, tokens, c) or features (B, c, h, w), B = n_layout * batch.
     """
     x = x.detach()
     x = x.reshape(n_layout, x.shape[0] // n_layout, *x.shape[1:])  # (layout, batch, ...)
@@ -135,8 +136,10 @@ def reduce(x: torch.Tensor, kind: str, keep: Keep, n_layout: int, branch_idx: li
 
 def step_shape(kind: str, keep: Keep, n_branches: int, batch: int, heads: int | None, hw: tuple[int, int],
                keys: int | None, channels: int | None) -> tuple[int, ...]:
-    """Shape one step of a point adds to the store (no step axis)."""
+    """Shape one step of a point adds to the store (no step axis); for a projection `keys` is its token count."""
     q = hw[0] * hw[1]
+    if kind == "projection":
+        return (n_branches, batch, keys, channels)
     if kind in ATTENTION:
         k = len(keep.tokens) if (kind == "attn2" and keep.tokens is not None) else keys
         return (n_branches, batch, q, k) if keep.heads == "mean" else (n_branches, batch, heads, q, k)
@@ -144,8 +147,10 @@ def step_shape(kind: str, keep: Keep, n_branches: int, batch: int, heads: int | 
 
 
 def axes(kind: str, keep: Keep) -> tuple[str, ...]:
-    """Named axes of a point's kept tensor: ("step", "branch", "batch", "head", "query", "key") or features."""
+    """Named axes of a point's kept tensor: ("step", "branch", "batch", "head", "query", "key"), projections or features."""
     steps = () if keep.step_mode in ("sum", "mean") else ("step",)
+    if kind == "projection":
+        return (*steps, "branch", "batch", "token", "channel")
     if kind in ATTENTION:
         return (*steps, "branch", "batch", *(() if keep.heads == "mean" else ("head",)), "query", "key")
     return (*steps, "branch", "batch", "channel", "height", "width")

@@ -4,8 +4,10 @@
     names = select(unet, kind="attn2", block="up")       # list[str] of full module paths
     check_names(unet, ["up_blocks.1.attentions.0.transformer_blocks.0.attn2"])
 
-Kinds: ``attn1`` (self-attention), ``attn2`` (cross-attention), ``resnet`` (a ResnetBlock2D), ``transformer`` (a
-Transformer2DModel, ``...attentions.j``: output (batch, channel, h, w)) and ``block`` (``down_blocks.i``, ``mid_block``,
+Kinds: ``attn1`` (self-attention), ``attn2`` (cross-attention), ``projection`` (an attention layer's ``to_q``,
+``to_k``, ``to_v`` or ``to_out.0``: output (batch, token, channel), the tokens being the h*w queries, or for the
+keys and values of ``attn2`` the text tokens), ``resnet`` (a ResnetBlock2D), ``transformer`` (a Transformer2DModel,
+``...attentions.j``: output (batch, channel, h, w)) and ``block`` (``down_blocks.i``, ``mid_block``,
 ``up_blocks.i``; output hidden states). Resolution is the spatial size (h, w) of a point's tensors for an image of
 ``image_size`` pixels: latent = image // vae_scale_factor, halved (rounding up) by each down block's downsampler.
 """
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-KINDS = ("attn1", "attn2", "block", "resnet", "transformer")
+KINDS = ("attn1", "attn2", "block", "projection", "resnet", "transformer")
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # in the order an attention layer calls them
 BLOCKS = ("down", "mid", "up")
 
 
@@ -38,6 +41,10 @@ class Point:
     heads: int | None
     head_dim: int | None
     channels: int | None = None
+
+    def reads_text(self) -> bool:
+        """True for the key and value projections of cross-attention, whose tokens are the text's, not h*w."""
+        return self.kind == "projection" and self.name.endswith((".attn2.to_k", ".attn2.to_v"))
 
 
 def unet_of(model) -> nn.Module:
@@ -138,8 +145,13 @@ def _transformer_points(tname: str, tmod: nn.Module, block: str, index: int, r) 
             if attn is None or not hasattr(attn, "processor"):
                 continue
             inner = attn.to_q.out_features
-            pts.append(Point(f"{tname}.transformer_blocks.{k}.{kind}", kind, block, index, r, attn.heads,
-                             inner // attn.heads, inner))
+            aname = f"{tname}.transformer_blocks.{k}.{kind}"
+            modules = dict(attn.named_modules())
+            for proj in PROJECTIONS:  # they run inside the layer, so before it ends
+                if isinstance(modules.get(proj), nn.Linear):
+                    pts.append(Point(f"{aname}.{proj}", "projection", block, index, r, attn.heads, inner // attn.heads,
+                                     modules[proj].out_features))
+            pts.append(Point(aname, kind, block, index, r, attn.heads, inner // attn.heads, inner))
     pts.append(Point(tname, "transformer", block, index, r, None, None, getattr(tmod, "out_channels", None)))
     return pts
 
@@ -167,8 +179,9 @@ def select(model, kind=None, block=None, resolution=None, pattern=None, image_si
         select(unet, kind=("attn1", "attn2"), block="up")
         select(unet, kind="attn2", resolution=16, image_size=512)   # the 16x16 cross-attention layers
         select(unet, pattern="up_blocks.1.*")                       # glob over full names
+        select(unet, kind="projection", pattern="*.attn2.to_q")     # the queries of every cross-attention layer
 
-    kind: one of or a tuple of 'attn1', 'attn2', 'block', 'resnet', 'transformer'; block: 'down' | 'mid' | 'up'
+    kind: one of or a tuple of 'attn1', 'attn2', 'block', 'projection', 'resnet', 'transformer'; block: 'down' | 'mid' | 'up'
     or a tuple; resolution: a tuple (h, w), an int for square, or a list of those, e.g. [16, 32] (needs
     image_size); pattern: a glob or
     list of globs. A selection that matches nothing is an error that lists what is there.

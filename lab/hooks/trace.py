@@ -5,10 +5,12 @@
     tr.cache["up_blocks.1.attentions.0.transformer_blocks.0.attn2"]   # (branch, batch, query, key)
 
 How: a forward pre-hook on the UNet counts its calls (one per denoising step) and reads the timestep; the chosen
-attention layers get the one CaptureProcessor (every other layer keeps its own processor); block, resnet and
-transformer points get forward hooks. On exit, also after an exception, every hook is removed and every layer has its
-original processor object back. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
-do_classifier_free_guidance is on) is read at each step; a bare UNet is traced with an explicit `branches=`.
+attention layers get the one CaptureProcessor (every other layer keeps its own processor); block, resnet,
+transformer and projection points get forward hooks. On exit, also after an exception, every hook is removed and
+every layer has its original processor object back. Traces nest when they touch different attention layers (e.g. one
+keeps maps, an inner one keeps the queries, ``<layer>.to_q``, at other steps). The guidance layout of the batch
+([uncond, cond] halves when the pipeline's do_classifier_free_guidance is on) is read at each step; a bare UNet is
+traced with an explicit `branches=`.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .points import check_names, points, unet_of
 from .processor import CaptureProcessor
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
-_TRACED: "weakref.WeakSet" = weakref.WeakSet()
+_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # UNet -> attention layers under a trace
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
 
     keep: what to keep (Keep(); see lab.hooks.keep for the memory each choice costs). edits: {name: fn}; fn(probs, ctx)
     for attention points gets probabilities (batch, heads, query, key), fn(output, ctx) for others gets the hidden
-    states (batch, channel, h, w); it returns None to observe or a same-shaped replacement (what is kept is then the
+    states (batch, channel, h, w), or (batch, token, channel) for a projection; it returns None to observe or a same-shaped replacement (what is kept is then the
     replacement). max_bytes: the most the kept tensors may take; a run that would keep more is refused at its first
     step (before any denoising). branches: the guidance layout of the batch, e.g. ("uncond", "cond"); by default read
     from the pipeline at each step, ("cond",) for a bare UNet. meta: extra metadata for the cache (e.g. {"seed": 0}).
@@ -104,6 +106,7 @@ class Trace:
         self._cache: Cache | None = None
         self._used = False
         self._handles: list = []
+        self._layers: set[str] = set()
         self._processor = CaptureProcessor(self._on_probs, self._wants)
         self.step, self.slot, self.timestep = -1, None, None
         self.timesteps: list[float] = []
@@ -116,12 +119,16 @@ class Trace:
         if self._used:
             raise RuntimeError("this trace was already used; call trace(...) again for another run")
         self._used = True
-        if self.unet in _TRACED:
-            raise RuntimeError("this UNet is already being traced; a trace cannot be nested in another on the same "
-                               "model: capture every point in one trace, or finish the first with-block")
-        _TRACED.add(self.unet)
+        hooked = list(dict.fromkeys(self.names + list(self.edits)))
+        layers = {n for n in hooked if self.kinds[n] in ATTENTION}
+        busy = sorted(layers & _TRACED.setdefault(self.unet, set()))
+        if busy:
+            raise RuntimeError(f"{busy[0]!r} is already being traced by an enclosing trace; traces can be nested "
+                               "only on different attention layers: capture these points in that trace, or finish "
+                               "its with-block first")
+        self._layers = layers
+        _TRACED[self.unet] |= layers
         try:
-            hooked = list(dict.fromkeys(self.names + list(self.edits)))
             modules = dict(self.unet.named_modules())
             self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
             for name in hooked:
@@ -130,7 +137,7 @@ class Trace:
             encoder = getattr(self.pipe, "text_encoder", None) or getattr(self.pipe, "text_encoder_2", None)
             if isinstance(encoder, torch.nn.Module):
                 self._handles.append(encoder.register_forward_pre_hook(self._on_text, with_kwargs=True))
-            self._processor.install(self.unet, [n for n in hooked if self.kinds[n] in ATTENTION])
+            self._processor.install(self.unet, [n for n in hooked if n in layers])
         except BaseException:
             self._cleanup()
             raise
@@ -147,7 +154,8 @@ class Trace:
             handle.remove()
         self._handles.clear()
         self._processor.uninstall()
-        _TRACED.discard(self.unet)
+        if self.unet in _TRACED:
+            _TRACED[self.unet] -= self._layers
 
     @property
     def cache(self) -> Cache:
@@ -241,7 +249,7 @@ class Trace:
         total = 0
         for name in self.names:
             p = self.points[name]
-            keys = self.n_keys if p.kind == "attn2" else p.resolution[0] * p.resolution[1]
+            keys = self.n_keys if p.kind == "attn2" or p.reads_text() else p.resolution[0] * p.resolution[1]
             shape = step_shape(p.kind, keep, n_branches, self.batch, p.heads, p.resolution, keys, p.channels)
             total += nbytes(shape, torch.float32 if keep.step_mode in ("sum", "mean") else keep.dtype)
         return total
@@ -307,6 +315,11 @@ class Trace:
         for name in self.names:
             t = self.stores[name].result() if name in self.stores else None
             if t is None:
+                if self.steps_seen and self.kinds[name] == "projection":
+                    layer = dict(self.unet.named_modules())[name.rsplit(".to_", 1)[0]]
+                    raise RuntimeError(f"{name!r} never ran: its layer's processor ({type(layer.processor).__name__})"
+                                       " does not call it (a fused QKV projection?); set diffusers' default "
+                                       "attention processor to capture projections")
                 continue
             if filled is not None and self.stores[name].n_slots is not None and filled != list(range(t.shape[0])):
                 t = t[filled]
