@@ -6,7 +6,11 @@
     python -m lab.world.train export --run runs/shapes --out lab/models/shapes
 
 Every stage stops after ``--minutes`` or ``--steps`` and checkpoints as it goes (``--checkpoint-every`` seconds);
-running it again continues from the checkpoint. A GPU is used when there is one. The ``vae`` stage also renders
+running it again continues from the checkpoint. A GPU is used when there is one. On a CPU the UNet stage can run
+data-parallel, one single-threaded process per core, each with its own ``--batch`` of samples (gradients averaged with
+gloo), which on 2 cores trains about twice the samples per second of one process with 2 threads:
+
+    python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2 The ``vae`` stage also renders
 the training scenes and stores their latents, so the UNet stages only read tensors.
 """
 from __future__ import annotations
@@ -115,6 +119,35 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
             e.lerp_(p, 1 - decay)
+
+
+def _data_parallel() -> tuple[int, int]:
+    """(rank, world size); with WORLD_SIZE > 1 (``--processes``) joins the process group (gloo: CPU processes)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def _process(rank: int, world: int, port: int, kwargs: dict) -> None:
+    """One of ``--processes`` data-parallel workers: one thread, pinned to core `rank` where the OS allows."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if hasattr(os, "sched_setaffinity") and rank < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {rank})
+    train_unet(**kwargs)
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients over the processes: one all-reduce of all of them, flattened."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g)
+        offset += g.numel()
 
 
 def _device() -> torch.device:
@@ -227,7 +260,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
         step = s["step"]
     alphas = sched.alphas_cumprod.to(device)
-    clock, gen = Clock(minutes, steps, every), torch.Generator(device).manual_seed(1000 + step)
+    rank, world = _data_parallel()  # every process starts from the same weights and takes the same averaged steps
+    clock, gen = Clock(minutes, steps, every), torch.Generator(device).manual_seed(1000 + step + 7919 * rank)
 
     def save() -> None:
         _save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -235,7 +269,7 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
                "scaling_factor": data["scaling_factor"]}, ckpt)
 
     losses = []
-    while not clock.done(step):
+    while not _agreed(clock.done(step), world):
         idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
         x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
         drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% empty captions
@@ -253,19 +287,35 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         _ema_update(ema_unet, unet, min(ema, (1 + step) / (10 + step)))
         _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
         losses.append(loss.item() if step % 50 == 0 else None)
-        if step % 500 == 0:
-            _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5))
+        if step % 500 == 0 and rank == 0:
+            _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5),
+                 processes=world)
             losses = []
-        if clock.checkpoint_due():
+        if clock.checkpoint_due() and rank == 0:
             save()
-    save()
-    _log(run, stage=f"unet-{variant}", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2))
+    if rank == 0:
+        save()
+        _log(run, stage=f"unet-{variant}", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2),
+             processes=world, batch_per_process=batch)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _agreed(flag: bool, world: int) -> bool:
+    """`flag` as process 0 sees it, so that every process stops at the same step (their clocks differ slightly)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    torch.distributed.broadcast(t, 0)
+    return bool(t.item())
 
 
 def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
@@ -302,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", type=float, default=120.0)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--init", type=Path, default=None, help="start from this pipeline folder's weights")
+    p.add_argument("--processes", type=int, default=1,
+                   help="UNet stage on a CPU: data-parallel processes, one per core (each takes --batch samples)")
     p.add_argument("--ema", type=float, default=0.9995,
                    help="EMA decay of the exported weights (about 1/(1-decay) steps of memory; lower it for short runs)")
     a = p.parse_args(argv)
@@ -312,8 +364,18 @@ def main(argv: list[str] | None = None) -> None:
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers)
     elif a.stage == "unet":
-        train_unet(a.run, a.variant, a.minutes, a.steps, a.batch or 128, a.lr or 5e-4, a.checkpoint_every, a.init,
-                   a.ema)
+        kwargs = dict(run=a.run, variant=a.variant, minutes=a.minutes, steps=a.steps, batch=a.batch or 128,
+                      lr=a.lr or 5e-4, every=a.checkpoint_every, init=a.init, ema=a.ema)
+        if a.processes > 1:
+            if _device().type == "cuda":
+                raise SystemExit("--processes is for CPU cores; on a GPU raise --batch instead")
+            import socket
+            with socket.socket() as sock:  # a free port for the processes to meet on
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            torch.multiprocessing.spawn(_process, args=(a.processes, port, kwargs), nprocs=a.processes)
+        else:
+            train_unet(**kwargs)
     else:
         export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"))
 
