@@ -288,8 +288,9 @@ def run(out: Path, model: str = "shapes", zsnr_model: str = "shapes-zsnr") -> st
     parts = [
         "## Noise schedules: zero terminal SNR, spacing, and the trajectory\n",
         f"Models `{model}` (SD's schedule: scaled_linear 0.00085-0.012, epsilon, DDIM leading) and `{zsnr_model}` "
-        f"(the same betas rescaled to zero terminal SNR, v-prediction, trailing; trained on the same world for the "
-        f"same number of steps from the same start, see its model card). Size `{size()}`.\n",
+        f"(the same betas rescaled to zero terminal SNR, v-prediction, trailing; trained on the same world from the "
+        f"same start). Their training budgets are in their model cards: where they differ, arms (b) and (c) below "
+        f"differ in more than the schedule, while (a) and (b) are one model. Size `{size()}`.\n",
         "### Schedules and where sampling starts\n", "![schedules](schedules_snr.png)\n",
         schedules_table(schedules) + "\n",
         "With leading spacing SD samples from t = 901 at 10 steps (steps_offset 1), so the first latent it "
