@@ -53,6 +53,25 @@ def test_run_writes_figures_and_a_report_section(pipe, tmp_path):
     for name in ("dift_grid.png", "dift_baselines.png", "dift_examples.png", "dift_similarity.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert section.startswith("## DIFT") and "| pixels |" in section and "Goal" in section
+    assert "| features | alpha 0.1 | alpha 0.2 | alpha 0.3 | alpha 0.5 |" in section and "cells of up_blocks.1" in section
+
+
+def test_pck_curve_rises_with_alpha_and_matches_the_evaluation():
+    import torch
+
+    from analyses.dift.features import FeatureMap
+    from analyses.dift.match import evaluate_pairs
+    from analyses.dift.study import pck_curve
+    pairs = world_pairs(3)
+    fmaps = {}
+    for p in pairs:  # features: the images themselves, so the curve is a pixel-matching one
+        for key, img in ((p.src_id, p.src), (p.trg_id, p.trg)):
+            fmaps[key] = FeatureMap(torch.from_numpy(np.asarray(img, np.float32)).permute(2, 0, 1), (128, 128),
+                                    (128, 128), {})
+    result = evaluate_pairs(pairs, fmaps, alpha=0.1)
+    curve = pck_curve(result, pairs, alphas=(0.1, 0.3, 10.0))
+    assert curve[0.1] == result["all"]["per_point"]
+    assert curve[0.1] <= curve[0.3] <= curve[10.0] == 1.0  # ten boxes reach across the whole 128 px image
 
 
 def test_a_click_on_image_a_shows_its_match_in_b(pipe):

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.hooks import points
 from lab.load import with_random_unet
 from lab.sizes import pick
 from lab.world import COLOURS, KEYPOINTS, SIZES, Obj, Scene, render
 
 from .features import FeatureMap, block_features, condition, encode, prepare
-from .match import Pair, evaluate_pairs, summarize
+from .match import Pair, evaluate_pairs, pck, summarize, threshold
 
 BACKGROUND_NAMES = ("black", "grey", "white")
 SHAPE_CYCLE = ("arrow", "circle", "square", "arrow", "triangle", "hexagon", "trapezoid")  # arrows twice as often
@@ -149,6 +150,21 @@ def subsets(result: dict, alpha: float = 0.1) -> dict:
     out["mirrored tip/tail: by meaning"] = {"per_point": float(np.mean(meaning)) if n else float("nan"), "points": n}
     out["mirrored tip/tail: by geometry"] = {"per_point": float(np.mean(geometry)) if n else float("nan"), "points": n}
     return out
+
+
+def pck_curve(result: dict, pairs, alphas=(0.1, 0.2, 0.3, 0.5)) -> dict[float, float]:
+    """PCK per point at each alpha, from the predictions an evaluate_pairs result already holds."""
+    out = {}
+    for alpha in alphas:
+        hits = [pck(r["pred"], r["target"], p.trg_bbox, alpha) for r, p in zip(result["pairs"], pairs)]
+        out[alpha] = float(np.concatenate(hits).mean())
+    return out
+
+
+def threshold_scale(pairs, feature_cell: float, alpha: float = 0.1) -> tuple[float, float]:
+    """Mean PCK@alpha threshold over the target keypoints: in pixels, and in feature-map cells of `feature_cell` px."""
+    px = float(np.mean([threshold(p.trg_bbox, alpha) for p in pairs for _ in p.trg_kps]))
+    return px, px / feature_cell
 
 
 def sizes() -> dict:
@@ -331,6 +347,16 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted) -> str:
     strongest = max((k for k in methods if not k.startswith("DIFT")), key=lambda k: methods[k]["all"]["per_point"])
     lines += [f"Goal (PCK@0.1 >= 0.8 and >= 0.2 above every baseline): **{'met' if goal else 'not met'}** "
               f"(DIFT {dift:.2f}, margin over the best baseline, {strongest}: {margin:+.2f})."]
+    res = {q.name: q.resolution for q in points(pipe, image_size=128)}[best[1]]  # the block's output (h, w)
+    cell = 128 / res[0]  # pixels per feature cell
+    px, cells = threshold_scale(pairs, cell)
+    curves = {k: pck_curve(m, pairs) for k, m in methods.items()}
+    alphas = next(iter(curves.values()))
+    lines += ["", f"How strict PCK@0.1 is here: the threshold averages {px:.1f} px, {cells:.2f} cells of "
+              f"{best[1]}'s {res[0]}x{res[1]} feature map (by our estimate about three cells for a typical "
+              "SPair-71k object at DIFT's 768 px input). PCK per point at looser thresholds:", "",
+              "| features | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
+    lines += [f"| {k} | " + " | ".join(_pct(v) for v in c.values()) + " |" for k, c in curves.items()]
     if margin <= 0:
         lines += ["", f"With these weights the UNet's features carry no more correspondence than {strongest} do: "
                   "whatever the UNet has learnt does not yet tell corners, ends and sides of a shape apart across "
