@@ -7,11 +7,7 @@ quality table of ``lab.world.quality``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-import matplotlib
-import numpy as np
 
 import lab
 from lab.plotting import save_figure
@@ -60,5 +56,5 @@ def run(out: Path, model: str = "shapes") -> str:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")
-    print(run(out))
+    from analyses.run_all import run_one
+    run_one(run)

@@ -2,7 +2,8 @@
 
     python -m analyses.run_all [OUT_DIR]          # LAB_SIZE=full for full size, LAB_SIZE=small for a smoke run
 
-Each study is a module with ``run(out_dir) -> str`` that writes its figures and returns its REPORT section.
+Each study is a module with ``run(out_dir) -> str`` that writes its figures and returns its REPORT section; its
+command line (``python -m analyses.daam [OUT_DIR]`` and so on) is ``run_one(run)``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ from lab.sizes import size
 
 STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
            "analyses.schedules.study"]
+
+
+def run_one(run, argv: list[str] | None = None) -> str:
+    """One study's command line: run it into OUT_DIR (argv[1], default figures/) and print its REPORT section."""
+    argv = sys.argv if argv is None else argv
+    out = Path(argv[1]) if len(argv) > 1 else Path("figures")
+    out.mkdir(parents=True, exist_ok=True)
+    section = run(out)
+    print(section)
+    return section
 
 
 def main(out: Path = Path("figures")) -> Path:

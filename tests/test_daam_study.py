@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from analyses import daam
 from analyses.daam.faithfulness import condition_masks, region_edit
 from analyses.daam.metrics import bootstrap, gaussian_prior, iou, mass_inside, mean_ci
 from lab.hooks import scale_tokens, select, trace

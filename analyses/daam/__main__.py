@@ -1,7 +1,6 @@
-"""python -m analyses.daam [out]: run the DAAM study (see analyses.daam.study)."""
-import sys
-from pathlib import Path
+"""python -m analyses.daam [OUT_DIR]: run the DAAM study (LAB_SIZE=small | default | full) and print its section."""
+from analyses.run_all import run_one
 
 from .study import run
 
-print(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")))
+run_one(run)

@@ -13,7 +13,6 @@ background words look, open-vocabulary maps, and faithfulness (silencing a noun 
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -132,4 +131,5 @@ def run(out: Path, model: str = "shapes") -> str:
 
 
 if __name__ == "__main__":
-    print(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")))
+    from analyses.run_all import run_one
+    run_one(run)

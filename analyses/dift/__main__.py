@@ -1,7 +1,6 @@
 """python -m analyses.dift [OUT_DIR]: run the DIFT study (LAB_SIZE=small | default | full) and print its section."""
-import sys
-from pathlib import Path
+from analyses.run_all import run_one
 
 from .study import run
 
-print(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")))
+run_one(run)

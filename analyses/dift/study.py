@@ -373,4 +373,5 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted) -> str:
 
 
 if __name__ == "__main__":
-    print(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("figures")))
+    from analyses.run_all import run_one
+    run_one(run)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -325,10 +324,6 @@ def run(out: Path, model: str = "shapes", zsnr_model: str = "shapes-zsnr") -> st
     return section
 
 
-def main(argv: list[str]) -> None:
-    out = Path(argv[1]) if len(argv) > 1 else Path("figures")
-    print(run(out))
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from analyses.run_all import run_one
+    run_one(run)

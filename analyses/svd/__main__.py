@@ -1,6 +1,6 @@
-"""python -m analyses.svd [OUT_DIR]: run the latent-SVD study (LAB_SIZE=small | default | full)."""
-import sys
+"""python -m analyses.svd [OUT_DIR]: run the latent-SVD study (LAB_SIZE=small | default | full) and print its section."""
+from analyses.run_all import run_one
 
-from .study import main
+from .study import run
 
-main(sys.argv)
+run_one(run)

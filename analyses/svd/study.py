@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,10 +442,6 @@ def run(out: Path, model: str = "shapes") -> str:
     return section
 
 
-def main(argv: list[str]) -> None:
-    out = Path(argv[1]) if len(argv) > 1 else Path("figures")
-    print(run(out))
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from analyses.run_all import run_one
+    run_one(run)
