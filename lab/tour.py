@@ -54,8 +54,8 @@ def token_table(rows: list[Token], padding_shown: int = 2) -> str:
     lines = [f"{'pos':>4}  {'token':<18} {'id':>6}  role"] + [
         f"{r.position:>4}  {r.text:<18} {r.id:>6}  {r.role}" for r in shown]
     if len(pads) > padding_shown:
-        lines.append(f"   ... {len(pads) - padding_shown} more padding tokens (id {pads[0].id}) up to position "
-                     f"{rows[-1].position}")
+        rest = pads[padding_shown:]
+        lines.append(f"{'...':>4}  {len(rest)} more padding, positions {rest[0].position}-{rest[-1].position}")
     return "\n".join(lines)
 
 

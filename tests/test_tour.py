@@ -29,6 +29,8 @@ def test_tokens_have_start_end_and_padding(pipe):
     assert {r.id for r in rows if r.role == "padding"} == {49407}
     table = tour.token_table(rows)
     assert "<|startoftext|>" in table and "49406" in table and "49407" in table
+    assert table.splitlines()[-1].split() == ["...", "70", "more", "padding,", "positions", "7-76"]
+    assert max(len(line) for line in table.splitlines()) <= 40  # fits the tour's narrow output without wrapping
 
 
 def test_similarity_is_cosine(pipe):
