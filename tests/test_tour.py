@@ -58,7 +58,7 @@ def test_capture_shapes_per_step(run):
 def test_guided_prediction_recomputes_from_stored_branches(run):
     g = run.guided(1, 2.0)
     assert torch.allclose(g, run.eps_uncond[1] + 2.0 * (run.eps_cond[1] - run.eps_uncond[1]))
-    assert torch.allclose(run.guided(1, 1.0), run.eps_cond[1])
+    assert torch.allclose(run.guided(1, 1.0), run.eps_cond[1], atol=1e-5)  # u + (c - u) rounds
 
 
 def test_divergence_is_zero_for_identical_prompts(pipe, run):
