@@ -6,7 +6,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from tiny_models import one_thread, tiny_pipeline  # noqa: F401  (one_thread: autouse for this module)
 
 from analyses.schedules import band_power, follow
-from analyses.schedules.study import with_scheduler
+from lab.load import with_components
 
 
 def scheduler_x0(pipe) -> list[torch.Tensor]:
@@ -41,9 +41,9 @@ def test_x0_equals_the_schedulers_prediction(scheduler):
     pipe = tiny_pipeline("sd21")
     call = {}
     if scheduler == "euler":
-        pipe = with_scheduler(pipe, EulerDiscreteScheduler.from_config(pipe.scheduler.config))
+        pipe = with_components(pipe, scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config))
     else:  # v-prediction on a zero-terminal-SNR schedule, with CFG rescale: every branch of the x0 formula
-        pipe = with_scheduler(pipe, DDIMScheduler.from_config(
+        pipe = with_components(pipe, scheduler=DDIMScheduler.from_config(
             pipe.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True,
             timestep_spacing="trailing"))
         call = {"guidance_rescale": 0.7}

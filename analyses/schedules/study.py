@@ -51,11 +51,6 @@ def config() -> Config:
                   timestep_steps=pick(5, 10, 10), timestep_images=pick(4, 48, 200), leak_images=pick(16, 200, 500))
 
 
-def with_scheduler(pipe, scheduler):
-    """The same pipeline (shared modules, nothing copied) with another scheduler; ``pipe`` itself is unchanged."""
-    return with_components(pipe, scheduler=scheduler)
-
-
 def on_background(scene: Scene, background: str) -> Scene:
     """The scene with its background replaced, and its caption saying so."""
     return dataclasses.replace(scene, background=background,
@@ -160,7 +155,7 @@ def rate_cell(verdicts: list[dict], key: str) -> str:
 def timestep_comparison(pipe, cfg: Config) -> tuple[str, dict]:
     """Uniform vs Beta(a, a) timesteps with the same number of Euler steps, on unseen one-object captions."""
     from diffusers import EulerDiscreteScheduler
-    euler = with_scheduler(pipe, EulerDiscreteScheduler.from_config(pipe.scheduler.config))
+    euler = with_components(pipe, scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config))
     scenes = [make_scene(SEED_BASE + 60_000 + i, "test", n_objects=1) for i in range(cfg.timestep_images)]
     T = pipe.scheduler.config.num_train_timesteps
     choices = {"uniform": uniform_timesteps(cfg.timestep_steps, T),
@@ -272,7 +267,8 @@ def run(out: Path, model: str = "shapes", zsnr_model: str = "shapes-zsnr") -> st
 
     timestep_rows, _ = timestep_comparison(pipe, cfg)
 
-    trailing = with_scheduler(pipe, DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing"))
+    trailing = with_components(pipe, scheduler=DDIMScheduler.from_config(pipe.scheduler.config,
+                                                                          timestep_spacing="trailing"))
     arms = {"(a) SD schedule, leading": (pipe, {}),
             "(b) SD schedule, trailing": (trailing, {}),
             "(c) zero terminal SNR, v-prediction, trailing, CFG rescale 0.7": (zpipe, {"guidance_rescale": 0.7})}

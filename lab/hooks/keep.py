@@ -120,7 +120,8 @@ class Store:
 def reduce(x: torch.Tensor, kind: str, keep: Keep, n_layout: int, branch_idx: list[int]) -> torch.Tensor:
     """One step's tensor, batch-major (B, ...), to what `keep` keeps: (branch, batch, [head,] query, key) or features.
 
-    x: attention probabilities (B, heads, q, k), projections (B, tokens, c) or features (B, c, h, w), B = n_layout * batch.
+    x: attention probabilities (B, heads, q, k), projections (B, tokens, c) or features (B, c, h, w), where
+    B = n_layout * batch.
     """
     x = x.detach()
     x = x.reshape(n_layout, x.shape[0] // n_layout, *x.shape[1:])  # (layout, batch, ...)
@@ -147,7 +148,8 @@ def step_shape(kind: str, keep: Keep, n_branches: int, batch: int, heads: int | 
 
 
 def axes(kind: str, keep: Keep) -> tuple[str, ...]:
-    """Named axes of a point's kept tensor: ("step", "branch", "batch", "head", "query", "key"), projections or features."""
+    """Named axes of a point's kept tensor: ("step", "branch", "batch", "head", "query", "key") for attention,
+    (..., "token", "channel") for projections, (..., "channel", "height", "width") for features."""
     steps = () if keep.step_mode in ("sum", "mean") else ("step",)
     if kind == "projection":
         return (*steps, "branch", "batch", "token", "channel")

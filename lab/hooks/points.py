@@ -181,8 +181,8 @@ def select(model, kind=None, block=None, resolution=None, pattern=None, image_si
         select(unet, pattern="up_blocks.1.*")                       # glob over full names
         select(unet, kind="projection", pattern="*.attn2.to_q")     # the queries of every cross-attention layer
 
-    kind: one of or a tuple of 'attn1', 'attn2', 'block', 'projection', 'resnet', 'transformer'; block: 'down' | 'mid' | 'up'
-    or a tuple; resolution: a tuple (h, w), an int for square, or a list of those, e.g. [16, 32] (needs
+    kind: one of or a tuple of 'attn1', 'attn2', 'block', 'projection', 'resnet', 'transformer'; block: 'down' |
+    'mid' | 'up' or a tuple; resolution: a tuple (h, w), an int for square, or a list of those, e.g. [16, 32] (needs
     image_size); pattern: a glob or
     list of globs. A selection that matches nothing is an error that lists what is there.
     """
