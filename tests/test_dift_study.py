@@ -54,6 +54,7 @@ def test_run_writes_figures_and_a_report_section(pipe, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
     assert section.startswith("## DIFT") and "| pixels |" in section and "Goal" in section
     assert "| features | alpha 0.1 | alpha 0.2 | alpha 0.3 | alpha 0.5 |" in section and "cells of up_blocks.1" in section
+    assert "| B differs from A only in |" in section and "| background |" in section
 
 
 def test_pck_curve_rises_with_alpha_and_matches_the_evaluation():
@@ -88,3 +89,22 @@ def test_a_click_on_image_a_shows_its_match_in_b(pipe):
     assert view.fa.meta["t"] == 50 and view.fa.meta["block"] == "up_blocks.2" and view.query == (x, y)
     new_pair(view)
     assert view.pair_index == 1 and view.query is None and view.pair.name.startswith("001")
+
+
+def test_one_factor_pairs_change_b_in_that_factor_only():
+    from analyses.dift.study import FACTORS, one_factor_pairs
+    pairs = world_pairs(len(SHAPE_CYCLE))
+    for factor in FACTORS:
+        for p, q in zip(pairs, one_factor_pairs(pairs, factor)):
+            a, b = q.info["src_obj"], q.info["trg_obj"]
+            same = {"colour": a.colour == b.colour, "size": a.size == b.size, "position": (a.x, a.y) == (b.x, b.y),
+                    "background": q.info["src_background"] == q.info["trg_background"]}
+            if factor == "size":  # a grown object near the border moves just enough to stay inside the image
+                same["position"] = True
+            assert [k for k, v in same.items() if not v] == [factor], (p.name, factor)
+            assert a.shape == b.shape and a.direction == b.direction and q.src is p.src
+            if factor in ("colour", "background"):  # nothing moved: the answer is where the point was
+                np.testing.assert_allclose(q.trg_kps, q.src_kps)
+            assert q.trg.shape == (128, 128, 3) and q.info["factor"] == factor
+    with pytest.raises(ValueError, match="'shape'.*colour, size, position, background"):
+        one_factor_pairs(pairs, "shape")

@@ -6,16 +6,19 @@ Pairs of single-object scenes share a shape with named keypoints and differ in c
 size, position and background; arrow pairs are half mirrored (pointing opposite ways), where the right answer follows
 meaning (tip to tip), not geometry (tip to the point on the same side, the tail). PCK@0.1 is measured over a grid of
 timesteps and up-blocks, against three baselines: raw pixels, VAE latents, and the same UNet with re-randomised
-weights (over the same grid, its best cell).
+weights (over the same grid, its best cell). Then, at DIFT's best cell, pairs whose B is A changed in one factor only
+show which difference breaks matching.
 
 world_pairs(n, seed) -> list[Pair]            grid(pipe, pairs, timesteps, blocks, ...) -> {(t, block): evaluation}
 baselines(pipe, pairs) -> {name: evaluation}  subsets(evaluation) -> {subset: PCK}   run(out) -> str
+one_factor_pairs(pairs, factor) -> list[Pair]  by_factor(pipe, pairs, t, block) -> {factor: {method: PCK}}
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +77,49 @@ def _world_pair(i: int, seed: int) -> Pair:
     names = list(KEYPOINTS[shape])
     ka, kb = a.keypoints, b.keypoints
     info = {"shape": shape, "same_colour": same, "mirrored": da is not None and da != db, "names": names,
-            "trg_named": kb, "src_obj": a, "trg_obj": b}
+            "trg_named": kb, "src_obj": a, "trg_obj": b, "src_background": ba, "trg_background": bb}
     return Pair(name=f"{i:03d}-{shape}", category=shape, src=render(Scene((a,), ba)), trg=render(Scene((b,), bb)),
                 src_id=f"{i}a", trg_id=f"{i}b", src_kps=np.array([ka[k] for k in names]),
                 trg_kps=np.array([kb[k] for k in names]), trg_bbox=b.bbox, info=info)
+
+
+FACTORS = ("colour", "size", "position", "background")
+
+
+def one_factor_pairs(pairs, factor: str) -> list[Pair]:
+    """The same pairs with B replaced by A changed in one factor only: B's colour (or, for a same-colour pair, the
+    next colour of the world), B's size (moved just enough to stay inside the image if it must), B's position or B's
+    background. Arrows keep A's direction. It tells which
+    difference breaks matching; A images (src_id) are unchanged, B images get ids ending in the factor.
+
+        one_factor_pairs(world_pairs(60), "background")[0].info["factor"]      # 'background'
+    """
+    if factor not in FACTORS:
+        raise ValueError(f"factor={factor!r}; one of {', '.join(FACTORS)}")
+    out = []
+    for p in pairs:
+        a, b, bg = p.info["src_obj"], p.info["trg_obj"], p.info["src_background"]
+        if factor == "colour":
+            others = [c for c in COLOURS if c != a.colour]
+            b2 = replace(a, colour=b.colour if b.colour != a.colour else others[0])
+        elif factor == "size":
+            b2 = _inside(replace(a, size=b.size, radius=b.radius))
+        elif factor == "position":
+            b2 = _inside(replace(a, x=b.x, y=b.y))
+        else:
+            b2, bg = a, p.info["trg_background"]
+        kb = b2.keypoints
+        info = {**p.info, "trg_obj": b2, "trg_named": kb, "trg_background": bg, "mirrored": False,
+                "same_colour": b2.colour == a.colour, "factor": factor}
+        out.append(replace(p, name=f"{p.name}-{factor}", trg=render(Scene((b2,), bg)), trg_id=f"{p.trg_id}-{factor}",
+                           trg_kps=np.array([kb[k] for k in p.info["names"]]), trg_bbox=b2.bbox, info=info))
+    return out
+
+
+def _inside(obj: Obj) -> Obj:
+    """obj moved the least needed to keep 3 px between it and the image border."""
+    lo, hi = obj.radius + 3, 128 - obj.radius - 3
+    return replace(obj, x=float(np.clip(obj.x, lo, hi)), y=float(np.clip(obj.y, lo, hi)))
 
 
 def _images(pairs) -> dict:
@@ -152,6 +194,16 @@ def subsets(result: dict, alpha: float = 0.1) -> dict:
     return out
 
 
+def by_factor(pipe, pairs, t: int, block: str, ensemble: int = 8, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """{factor: {method: summarize()}} for DIFT at (t, block), pixels and VAE latents on one_factor_pairs() of each
+    FACTOR. All factors share one featurisation: A images once, every changed B once."""
+    changed = [q for f in FACTORS for q in one_factor_pairs(pairs, f)]
+    methods = {"DIFT": grid(pipe, changed, [t], [block], ensemble, seed=seed)[(t, block)],
+               **baselines(pipe, changed, seed)}
+    return {f: {m: summarize([r["correct"] for r in res["pairs"] if r["info"]["factor"] == f])
+                for m, res in methods.items()} for f in FACTORS}
+
+
 def pck_curve(result: dict, pairs, alphas=(0.1, 0.2, 0.3, 0.5)) -> dict[float, float]:
     """PCK per point at each alpha, from the predictions an evaluate_pairs result already holds."""
     out = {}
@@ -202,7 +254,9 @@ def run(out: Path, model: str = "shapes", config: dict | None = None) -> str:
         _log("re-randomised UNet grid done")
         best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
         prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
-        return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted)
+        factors = by_factor(pipe, pairs, best[0], best[1], cfg["ensemble"])
+        _log("one-factor pairs done")
+        return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted, factors)
     finally:
         torch.set_num_threads(threads)
 
@@ -305,7 +359,7 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{x:.2f}"
 
 
-def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted) -> str:
+def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors) -> str:
     """Write the figures into `out` and return the Markdown section."""
     from lab.plotting import save_figure
 
@@ -367,9 +421,27 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted) -> str:
         pts = subs[next(iter(subs))][name]["points"]
         lines.append(f"| {name} ({pts}) | " + " | ".join(_pct(s[name]["per_point"]) for s in subs.values()) + " |")
     lines += ["", "Mirrored arrows: 'by meaning' counts a tip (tail) matched to B's tip (tail); 'by geometry' counts "
-              "it matched to the point on the same side of the shape (B's tail for A's tip).", "",
+              "it matched to the point on the same side of the shape (B's tail for A's tip).", ""]
+    lines += factor_section(factors, best)
+    lines += ["",
               "![examples](dift_examples.png)", "", "![similarity](dift_similarity.png)", ""]
     return "\n".join(lines)
+
+
+def factor_section(factors: dict, best) -> list[str]:
+    """The REPORT lines for by_factor(): which single difference between A and B breaks matching."""
+    methods = list(next(iter(factors.values())))
+    lines = ["Which difference breaks matching: the same A images, each B now A changed in one factor only (colour, "
+             "size, position or background; arrows not mirrored). PCK@0.1 per point:", "",
+             "| B differs from A only in | " + " | ".join(
+                 f"DIFT (t={best[0]}, {best[1]})" if m == "DIFT" else m for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    lines += [f"| {f} | " + " | ".join(_pct(r[m]["per_point"]) for m in methods) + " |" for f, r in factors.items()]
+    dift = {f: r["DIFT"]["per_point"] for f, r in factors.items()}
+    worst = min(dift, key=dift.get)
+    lines += ["", f"For DIFT the hardest single change is the {worst} ({_pct(dift[worst])}); "
+              f"the easiest is the {max(dift, key=dift.get)} ({_pct(max(dift.values()))})."]
+    return lines
 
 
 if __name__ == "__main__":
