@@ -412,9 +412,8 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors
               "| features | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     lines += [f"| {k} | " + " | ".join(_pct(v) for v in c.values()) + " |" for k, c in curves.items()]
     if margin <= 0:
-        lines += ["", f"With these weights the UNet's features carry no more correspondence than {strongest} do: "
-                  "whatever the UNet has learnt does not yet tell corners, ends and sides of a shape apart across "
-                  "colours and backgrounds."]
+        lines += ["", f"On these pairs the UNet's features carry no more correspondence than {strongest} do; the "
+                  "one-factor pairs below show which of the differences between A and B is to blame."]
     lines += ["", "![baselines](dift_baselines.png)", "",
               "| subset (points) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for name in subs[next(iter(subs))]:
@@ -439,8 +438,12 @@ def factor_section(factors: dict, best) -> list[str]:
     lines += [f"| {f} | " + " | ".join(_pct(r[m]["per_point"]) for m in methods) + " |" for f, r in factors.items()]
     dift = {f: r["DIFT"]["per_point"] for f, r in factors.items()}
     worst = min(dift, key=dift.get)
-    lines += ["", f"For DIFT the hardest single change is the {worst} ({_pct(dift[worst])}); "
-              f"the easiest is the {max(dift, key=dift.get)} ({_pct(max(dift.values()))})."]
+    best_f = max(dift, key=dift.get)
+    lines += ["", f"For DIFT the hardest single change is the {worst} ({_pct(dift[worst])}); the easiest is the "
+              f"{best_f} ({_pct(dift[best_f])}). Where a change leaves DIFT far above pixels, the features are "
+              "invariant to it (pixels cannot match a recoloured or moved shape's corners); where DIFT falls to the "
+              "pixels' level, the features of a shape's points depend on that factor, and pairs that differ in it "
+              "fail."]
     return lines
 
 
