@@ -27,7 +27,7 @@ import torch
 from lab.hooks import points
 from lab.load import with_random_unet
 from lab.sizes import pick
-from lab.world import COLOURS, KEYPOINTS, SIZES, Obj, Scene, render
+from lab.world import COLOURS, IMAGE_SIZE, KEYPOINTS, SIZES, Obj, Scene, render
 
 from .features import FeatureMap, block_features, condition, encode, prepare
 from .match import Pair, evaluate_pairs, pck, summarize, threshold
@@ -40,7 +40,7 @@ GEOMETRIC_TWIN = {"tip": "tail", "tail": "tip"}  # a mirrored arrow's keypoint a
 def _obj(rng, shape: str, colour: str, size: str, direction: str | None, far_from=None) -> Obj:
     radius = SIZES[size] * float(rng.uniform(0.92, 1.08))
     for _ in range(100):
-        x, y = rng.uniform(radius + 3, 128 - radius - 3, size=2)
+        x, y = rng.uniform(*_centre_bounds(radius), size=2)
         if far_from is None or np.hypot(x - far_from.x, y - far_from.y) > 20:
             break
     return Obj(shape, colour, size, float(x), float(y), radius, direction)
@@ -89,8 +89,8 @@ FACTORS = ("colour", "size", "position", "background")
 def one_factor_pairs(pairs, factor: str) -> list[Pair]:
     """The same pairs with B replaced by A changed in one factor only: B's colour (or, for a same-colour pair, the
     next colour of the world), B's size (moved just enough to stay inside the image if it must), B's position or B's
-    background. Arrows keep A's direction. It tells which
-    difference breaks matching; A images (src_id) are unchanged, B images get ids ending in the factor.
+    background. Arrows keep A's direction. It tells which difference breaks matching; A images (src_id) are
+    unchanged, B images get ids ending in the factor.
 
         one_factor_pairs(world_pairs(60), "background")[0].info["factor"]      # 'background'
     """
@@ -116,9 +116,14 @@ def one_factor_pairs(pairs, factor: str) -> list[Pair]:
     return out
 
 
+def _centre_bounds(radius: float) -> tuple[float, float]:
+    """Where an object's centre may lie (in x and in y) to keep 3 px between it and the image border."""
+    return radius + 3, IMAGE_SIZE - radius - 3
+
+
 def _inside(obj: Obj) -> Obj:
-    """obj moved the least needed to keep 3 px between it and the image border."""
-    lo, hi = obj.radius + 3, 128 - obj.radius - 3
+    """obj moved the least needed to keep it within _centre_bounds."""
+    lo, hi = _centre_bounds(obj.radius)
     return replace(obj, x=float(np.clip(obj.x, lo, hi)), y=float(np.clip(obj.y, lo, hi)))
 
 
@@ -422,8 +427,7 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors
     lines += ["", "Mirrored arrows: 'by meaning' counts a tip (tail) matched to B's tip (tail); 'by geometry' counts "
               "it matched to the point on the same side of the shape (B's tail for A's tip).", ""]
     lines += factor_section(factors, best)
-    lines += ["",
-              "![examples](dift_examples.png)", "", "![similarity](dift_similarity.png)", ""]
+    lines += ["", "![examples](dift_examples.png)", "", "![similarity](dift_similarity.png)", ""]
     return "\n".join(lines)
 
 

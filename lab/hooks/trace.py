@@ -72,8 +72,9 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
     for attention points gets probabilities (batch, heads, query, key), fn(output, ctx) for others gets the hidden
     states (batch, channel, h, w), or (batch, token, channel) for a projection; it returns None to observe or a
     same-shaped replacement (what is kept is then the replacement). max_bytes: the most the kept tensors may take; a
-    run that would keep more is refused at its first step (before any denoising). branches: the guidance layout of the batch, e.g. ("uncond", "cond"); by default read
-    from the pipeline at each step, ("cond",) for a bare UNet. meta: extra metadata for the cache (e.g. {"seed": 0}).
+    run that would keep more is refused at its first step (before any denoising). branches: the guidance layout of
+    the batch, e.g. ("uncond", "cond"); by default read from the pipeline at each step, ("cond",) for a bare UNet.
+    meta: extra metadata for the cache (e.g. {"seed": 0}).
     """
     return Trace(model, names, keep, edits, max_bytes, branches, meta)
 
