@@ -260,8 +260,11 @@ def run(out: Path, model: str = "shapes", config: dict | None = None) -> str:
         best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
         prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
         factors = by_factor(pipe, pairs, best[0], best[1], cfg["ensemble"])
-        _log("one-factor pairs done")
-        return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted, factors)
+        worst = min(factors, key=lambda f: factors[f]["DIFT"]["per_point"])
+        hardest = grid(pipe, one_factor_pairs(pairs, worst), cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+        _log(f"one-factor pairs done (hardest, {worst}, over the grid)")
+        return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted, factors,
+                      (worst, hardest))
     finally:
         torch.set_num_threads(threads)
 
@@ -275,15 +278,20 @@ def _heat(result: dict, timesteps, blocks) -> np.ndarray:
     return np.array([[result[(t, b)]["all"]["per_point"] for t in timesteps] for b in blocks])  # (blocks, t)
 
 
-def figure_grid(trained, random, timesteps, blocks):
+def figure_grid(trained, random, timesteps, blocks, hardest=None):
+    """PCK@0.1 heat maps over (block, t): the study's pairs for the built-in and the re-randomised UNet, and with
+    hardest=(factor, grid()) the built-in UNet on pairs that differ in that one factor only."""
     from matplotlib.figure import Figure
 
     from .plots import plot_grid
 
-    fig = Figure(figsize=(2.2 + 0.75 * len(timesteps) * 2, 0.6 + 0.55 * len(blocks)), layout="constrained")
-    axes = fig.subplots(1, 2, squeeze=False)[0]
-    im = plot_grid(axes[0], _heat(trained, timesteps, blocks), timesteps, blocks, title="built-in UNet: PCK@0.1")
-    plot_grid(axes[1], _heat(random, timesteps, blocks), timesteps, blocks, title="re-randomised UNet: PCK@0.1")
+    panels = [(trained, "built-in UNet: PCK@0.1"), (random, "re-randomised UNet: PCK@0.1")]
+    if hardest is not None:
+        panels.append((hardest[1], f"built-in UNet, {hardest[0]} only"))
+    fig = Figure(figsize=(2.2 + 0.75 * len(timesteps) * len(panels), 0.6 + 0.55 * len(blocks)), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (result, title) in zip(axes, panels):
+        im = plot_grid(ax, _heat(result, timesteps, blocks), timesteps, blocks, title=title)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
     return fig
 
@@ -364,8 +372,9 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{x:.2f}"
 
 
-def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors) -> str:
-    """Write the figures into `out` and return the Markdown section."""
+def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors, hardest=None) -> str:
+    """Write the figures into `out` and return the Markdown section. hardest: (factor, grid() of the built-in UNet on
+    the pairs that differ in that factor only)."""
     from lab.plotting import save_figure
 
     ts, blocks = cfg["timesteps"], cfg["blocks"]
@@ -374,7 +383,7 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors
     methods = {f"DIFT (t={best[0]}, {best[1]})": trained[best], "pixels": base["pixels"],
                "VAE latents": base["VAE latents"], f"random UNet (best: t={rbest[0]}, {rbest[1]})": random[rbest]}
     subs = {k: subsets(v) for k, v in methods.items()}
-    save_figure(figure_grid(trained, random, ts, blocks), out / "dift_grid.png")
+    save_figure(figure_grid(trained, random, ts, blocks, hardest), out / "dift_grid.png")
     save_figure(figure_bars(subs), out / "dift_baselines.png")
     save_figure(figure_examples(pairs, trained[best]), out / "dift_examples.png")
     mirrored = next((p for p in pairs if p.info["mirrored"]), pairs[0])
@@ -426,13 +435,14 @@ def report(out: Path, pipe, pairs, cfg, trained, random, base, prompted, factors
         lines.append(f"| {name} ({pts}) | " + " | ".join(_pct(s[name]["per_point"]) for s in subs.values()) + " |")
     lines += ["", "Mirrored arrows: 'by meaning' counts a tip (tail) matched to B's tip (tail); 'by geometry' counts "
               "it matched to the point on the same side of the shape (B's tail for A's tip).", ""]
-    lines += factor_section(factors, best)
+    lines += factor_section(factors, best, hardest)
     lines += ["", "![examples](dift_examples.png)", "", "![similarity](dift_similarity.png)", ""]
     return "\n".join(lines)
 
 
-def factor_section(factors: dict, best) -> list[str]:
-    """The REPORT lines for by_factor(): which single difference between A and B breaks matching."""
+def factor_section(factors: dict, best, hardest=None) -> list[str]:
+    """The REPORT lines for by_factor(): which single difference between A and B breaks matching; with hardest
+    (factor, grid()), whether any cell of the grid survives that factor."""
     methods = list(next(iter(factors.values())))
     lines = ["Which difference breaks matching: the same A images, each B now A changed in one factor only (colour, "
              "size, position or background; arrows not mirrored). PCK@0.1 per point:", "",
@@ -448,6 +458,15 @@ def factor_section(factors: dict, best) -> list[str]:
               "invariant to it (pixels cannot match a recoloured or moved shape's corners); where DIFT falls to the "
               "pixels' level, the features of a shape's points depend on that factor, and pairs that differ in it "
               "fail."]
+    if hardest is not None:
+        factor, cells = hardest
+        top = max(cells, key=lambda k: cells[k]["all"]["per_point"])
+        score = cells[top]["all"]["per_point"]
+        verdict = (f"no cell of the grid matches across a {factor} change at the goal's 0.8" if score < 0.8 else
+                   f"a {factor} change can be matched across at that cell")
+        lines += ["", "Is that a choice of timestep or block? The grid figure's right panel repeats the grid on the "
+                  f"pairs that differ only in the {factor}: its best cell (t={top[0]}, {top[1]}) reaches "
+                  f"{_pct(score)}, so {verdict}."]
     return lines
 
 
