@@ -160,25 +160,8 @@ def _autocast(device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------------- stages
-def edge_map(x: torch.Tensor, step: float = 0.1) -> torch.Tensor:
-    """(B, 1, H, W) 1.0 where a pixel's 3x3 neighbourhood spans more than ``step`` in any channel (images in [-1, 1])."""
-    spread = F.max_pool2d(x, 3, 1, 1) + F.max_pool2d(-x, 3, 1, 1)
-    return (spread.amax(dim=1, keepdim=True) > step).float()
-
-
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, edge_weight: float = 0.0) -> torch.Tensor:
-    """Mean of squared error + 0.5 absolute error, each pixel weighted 1 + edge_weight on the target's edges
-    (normalised by the mean weight, so edge_weight 0 is the plain mean and the loss keeps its scale)."""
-    error = (recon - x) ** 2 + 0.5 * (recon - x).abs()  # (B, 3, H, W)
-    weight = 1.0 + edge_weight * edge_map(x)  # (B, 1, H, W)
-    return (weight * error).mean() / weight.mean()
-
-
 def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float,
-              lr: float = 2e-4, init: Path | None = None, edge_weight: float = 0.0) -> None:
-    """Train the VAE (or, with ``init``, fine-tune a shipped model's decoder). ``edge_weight`` w weighs each pixel's
-    reconstruction error by 1 + w on the target's edges (see ``edge_map``): a small hexagon and a small circle differ
-    by under 2 px at the corners, an error the plain mean hardly sees."""
+              lr: float = 2e-4, init: Path | None = None) -> None:
     from diffusers import AutoencoderKL
     device = _device()
     run.mkdir(parents=True, exist_ok=True)
@@ -205,7 +188,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
         with _autocast(device):
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
-        rec = reconstruction_loss(recon.float(), x, edge_weight)
+        rec = F.mse_loss(recon.float(), x) + 0.5 * F.l1_loss(recon.float(), x)
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
@@ -374,13 +357,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="UNet stage on a CPU: data-parallel processes, one per core (each takes --batch samples)")
     p.add_argument("--ema", type=float, default=0.9995,
                    help="EMA decay of the exported weights (about 1/(1-decay) steps of memory; lower it for short runs)")
-    p.add_argument("--edge-weight", type=float, default=0.0,
-                   help="VAE stage: extra weight of reconstruction errors on the target's edges (sharper small shapes)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage == "vae":
         train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
-                  a.lr or 2e-4, a.init, a.edge_weight)
+                  a.lr or 2e-4, a.init)
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers)
     elif a.stage == "unet":
