@@ -62,7 +62,10 @@ def test_follow_runs_sdxl_and_leaves_it_unhooked():
 
 
 def test_band_error_falls_to_the_final_image(shapes_pipe):
-    run = follow(shapes_pipe, "a large blue square on a black background", seed=0, num_inference_steps=8)
+    # grey, not black or white: DDIM's last step (to alpha-bar 0.99915, not 1) moves the latent by ~7% (0.03 x the
+    # guided noise prediction); on black or white the decoder turns that into up to ~30% of the final image's low-band
+    # energy (measured on the 31,090-step weights), on grey into almost nothing
+    run = follow(shapes_pipe, "a large blue square on a grey background", seed=0, num_inference_steps=8)
     assert float(run.band_error[-1, 0]) < 0.05  # the last x0-hat has the output's outline
     assert (run.band_error[0] > run.band_error[-1]).all()
     assert all(0 <= s <= run.steps for s in run.settled())
