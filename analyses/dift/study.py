@@ -7,7 +7,7 @@ size, position and background; arrow pairs are half mirrored (pointing opposite 
 meaning (tip to tip), not geometry (tip to the point on the same side, the tail). PCK@0.1 is measured over a grid of
 timesteps and up-blocks, against three baselines: raw pixels, VAE latents, and the same UNet with re-randomised
 weights (over the same grid, its best cell). Then, at DIFT's best cell, pairs whose B is A changed in one factor only
-show which difference breaks matching.
+show which difference breaks matching, and the whole grid is repeated on the hardest factor's pairs.
 
 world_pairs(n, seed) -> list[Pair]            grid(pipe, pairs, timesteps, blocks, ...) -> {(t, block): evaluation}
 baselines(pipe, pairs) -> {name: evaluation}  subsets(evaluation) -> {subset: PCK}   run(out) -> str
