@@ -209,6 +209,11 @@ def by_factor(pipe, pairs, t: int, block: str, ensemble: int = 8, seed: int = 0)
                 for m, res in methods.items()} for f in FACTORS}
 
 
+def hardest_factor(factors: dict) -> str:
+    """The factor of a by_factor() result whose one-factor pairs DIFT matches worst."""
+    return min(factors, key=lambda f: factors[f]["DIFT"]["per_point"])
+
+
 def pck_curve(result: dict, pairs, alphas=(0.1, 0.2, 0.3, 0.5)) -> dict[float, float]:
     """PCK per point at each alpha, from the predictions an evaluate_pairs result already holds."""
     out = {}
@@ -260,7 +265,7 @@ def run(out: Path, model: str = "shapes", config: dict | None = None) -> str:
         best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
         prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
         factors = by_factor(pipe, pairs, best[0], best[1], cfg["ensemble"])
-        worst = min(factors, key=lambda f: factors[f]["DIFT"]["per_point"])
+        worst = hardest_factor(factors)
         hardest = grid(pipe, one_factor_pairs(pairs, worst), cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
         _log(f"one-factor pairs done (hardest, {worst}, over the grid)")
         return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted, factors,
@@ -451,7 +456,7 @@ def factor_section(factors: dict, best, hardest=None) -> list[str]:
              "|---|" + "---|" * len(methods)]
     lines += [f"| {f} | " + " | ".join(_pct(r[m]["per_point"]) for m in methods) + " |" for f, r in factors.items()]
     dift = {f: r["DIFT"]["per_point"] for f, r in factors.items()}
-    worst = min(dift, key=dift.get)
+    worst = hardest_factor(factors)
     best_f = max(dift, key=dift.get)
     lines += ["", f"For DIFT the hardest single change is the {worst} ({_pct(dift[worst])}); the easiest is the "
               f"{best_f} ({_pct(dift[best_f])}). Where a change leaves DIFT far above pixels, the features are "
