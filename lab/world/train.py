@@ -18,6 +18,7 @@ The ``vae`` stage also renders the training scenes and stores their latents, so 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -64,6 +65,7 @@ def scheduler_config(variant: str) -> dict:
     return base | dict(prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True)
 
 
+@functools.cache
 def tokenizer(folder: Path = TOKENIZER):
     from transformers import CLIPTokenizer
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
@@ -117,9 +119,21 @@ def _log(run: Path, **row) -> None:
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p, 1 - decay)
+    with torch.no_grad():  # one fused call rather than a kernel per parameter (which dominated small GPU steps)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+
+
+def _save_folders(out: Path, **models) -> None:
+    """`save_pretrained` each model into out/<name>, replacing the old files only once the new ones are written."""
+    import shutil
+    for name, model in models.items():
+        tmp = out / f"{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / name / f.name)
+        tmp.rmdir()
 
 
 def _data_parallel() -> tuple[int, int]:
@@ -225,18 +239,47 @@ def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], de
     _log(run, stage="latents", n=len(latents), scaling_factor=round(scaling, 5))
 
 
+def _latent_chunk(seeds: range) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk of training scenes as (images, caption token ids), tokenised in the worker."""
+    images, captions = _render_chunk(seeds)
+    ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="np").input_ids
+    return images, ids.astype(np.int32)
+
+
+@torch.no_grad()
 def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
-    """Render the training scenes and encode them with an existing pipeline's VAE (to continue its UNet)."""
+    """Render the training scenes and encode them with an existing pipeline's VAE (to continue its UNet).
+
+    Scenes stream from the workers to the encoder a chunk at a time, so only the latents are ever held: 400,000
+    scenes take 0.8 GB rather than 20 GB of images. The VAE runs on the GPU when there is one.
+    """
     from diffusers import AutoencoderKL
     run.mkdir(parents=True, exist_ok=True)
-    images, captions = make_dataset(n_scenes, workers)
-    vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae")
-    encode_latents(run, vae, images, captions, torch.device("cpu"), scaling=vae.config.scaling_factor)
-    _save({"model": vae.state_dict(), "step": 0}, run / "vae.ckpt")
+    device, t0 = _device(), time.time()
+    chunks = [range(i, min(i + 1000, n_scenes)) for i in range(0, n_scenes, 1000)]
+    means, ids = [], []
+    with Pool(workers) as pool:  # started before CUDA is, so the forked workers inherit none of it
+        vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(device).eval()
+        for images, chunk_ids in pool.imap(_latent_chunk, chunks):
+            x = to_unit(torch.from_numpy(images).to(device).permute(0, 3, 1, 2))  # (B, 3, 128, 128)
+            means.append(vae.encode(x).latent_dist.mean.float().cpu())
+            ids.append(torch.from_numpy(chunk_ids))
+            if len(means) % 20 == 0:
+                print(f"encoded {sum(len(m) for m in means)}/{n_scenes}", flush=True)
+    scaling = vae.config.scaling_factor
+    _save({"latents": (torch.cat(means) * scaling).half(), "ids": torch.cat(ids), "scaling_factor": scaling},
+          run / "latents.pt")
+    _save({"model": vae.cpu().state_dict(), "step": 0}, run / "vae.ckpt")
+    _log(run, stage="latents", n=n_scenes, scaling_factor=round(scaling, 5), seconds=round(time.time() - t0, 1))
 
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
-               init: Path | None = None, ema: float = 0.9995) -> None:
+               init: Path | None = None, ema: float = 0.9995, lr_final: float | None = None,
+               ema_out: Path | None = None) -> None:
+    """Train the UNet and text encoder; with `lr_final`, the learning rate falls from `lr` to it along a cosine
+    over this run's minutes (or steps, whichever ends it first). With `ema_out`, every checkpoint also writes the
+    EMA weights (what `export` ships) there as diffusers/transformers folders, small enough to fetch from a
+    remote machine."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     device = _device()
@@ -253,7 +296,7 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         text.load_state_dict(CLIPTextModel.from_pretrained(str(init), subfolder="text_encoder").state_dict())
     ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text.state_dict())
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
     step, ckpt = 0, run / f"unet-{variant}.ckpt"
     if ckpt.exists():
         s = torch.load(ckpt, map_location=device)
@@ -264,10 +307,21 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     rank, world = _data_parallel()  # every process starts from the same weights and takes the same averaged steps
     clock, gen = Clock(minutes, steps, every), torch.Generator(device).manual_seed(1000 + step + 7919 * rank)
 
+    first_step = step
+
     def save() -> None:
         _save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
                "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "variant": variant,
                "scaling_factor": data["scaling_factor"]}, ckpt)
+        if ema_out is not None:
+            _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text)
+
+    def learning_rate() -> float:
+        warm = lr * min(1.0, (step + 1) / 500)
+        if lr_final is None:
+            return warm
+        done = max((time.time() - clock.start) / clock.limit, (step - first_step) / max(1, steps - first_step))
+        return lr_final + (warm - lr_final) * 0.5 * (1 + np.cos(np.pi * min(1.0, done)))
 
     losses = []
     while not _agreed(clock.done(step), world):
@@ -281,7 +335,7 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 500)
+            g["lr"] = learning_rate()
         with _autocast(device):
             cond = text(tok)[0]  # (B, 77, 64)
             pred = unet(xt, t, cond).sample
@@ -298,7 +352,7 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         losses.append(loss.item() if step % 50 == 0 else None)
         if step % 500 == 0 and rank == 0:
             _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5),
-                 processes=world)
+                 processes=world, lr=float(f"{learning_rate():.3g}"))
             losses = []
         if clock.checkpoint_due() and rank == 0:
             save()
@@ -355,6 +409,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", type=Path, default=None, help="start from this pipeline folder's weights")
     p.add_argument("--processes", type=int, default=1,
                    help="UNet stage on a CPU: data-parallel processes, one per core (each takes --batch samples)")
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="UNet stage: fall from --lr to this along a cosine over the run (default: constant --lr)")
+    p.add_argument("--ema-out", type=Path, default=None,
+                   help="UNet stage: also write the EMA weights as unet/ and text_encoder/ folders here at every checkpoint")
     p.add_argument("--ema", type=float, default=0.9995,
                    help="EMA decay of the exported weights (about 1/(1-decay) steps of memory; lower it for short runs)")
     a = p.parse_args(argv)
@@ -366,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         make_latents(a.run, a.init, a.scenes, a.workers)
     elif a.stage == "unet":
         kwargs = dict(run=a.run, variant=a.variant, minutes=a.minutes, steps=a.steps, batch=a.batch or 128,
-                      lr=a.lr or 5e-4, every=a.checkpoint_every, init=a.init, ema=a.ema)
+                      lr=a.lr or 5e-4, every=a.checkpoint_every, init=a.init, ema=a.ema, lr_final=a.lr_final,
+                      ema_out=a.ema_out)
         if a.processes > 1:
             if _device().type == "cuda":
                 raise SystemExit("--processes is for CPU cores; on a GPU raise --batch instead")
