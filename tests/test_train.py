@@ -41,3 +41,40 @@ def test_two_processes_train_together_and_stop_at_one_step(tmp_path):
     done = [row for row in _log(run) if row.get("done")]
     assert len(done) == 1 and done[0]["processes"] == 2 and done[0]["step"] == 2  # only process 0 writes
     assert np.isfinite(ckpt["unet"]["conv_in.weight"].numpy()).all()
+
+
+def test_lr_final_falls_along_a_cosine_and_ema_out_writes_loadable_folders(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+    (tmp_path / "run").mkdir()
+    run, out = _tiny_run(tmp_path / "run"), tmp_path / "out"
+    main(["unet", "--run", str(run), "--steps", "4", "--batch", "2", "--lr", "1e-3", "--lr-final", "1e-5",
+          "--ema", "0.9", "--ema-out", str(out)])
+    ckpt = torch.load(run / "unet-sd.ckpt")
+    # the last step (index 3 of 4) took the cosine 3/4 of the way from the warmed-up lr (4/500 of 1e-3) to 1e-5
+    warm, final = 1e-3 * 4 / 500, 1e-5
+    expected = final + (warm - final) * 0.5 * (1 + np.cos(np.pi * 3 / 4))
+    assert abs(ckpt["opt"]["param_groups"][0]["lr"] - expected) < 1e-12
+    unet = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+    text = CLIPTextModel.from_pretrained(str(out / "text_encoder"))
+    for written, trained in ((unet.state_dict(), ckpt["ema_unet"]), (text.state_dict(), ckpt["ema_text"])):
+        assert written.keys() == trained.keys()
+        assert all(torch.equal(written[k], trained[k]) for k in written)
+    assert sorted(p.name for p in out.iterdir()) == ["text_encoder", "unet"]  # no half-written folder left behind
+
+
+def test_latents_stage_streams_scenes_into_the_shipped_vaes_latent_space(tmp_path):
+    from diffusers import AutoencoderKL
+    from lab.load import BUILTIN
+    from lab.world import render
+    from lab.world.train import to_unit
+    main(["latents", "--run", str(tmp_path), "--init", str(BUILTIN["shapes"]), "--scenes", "3", "--workers", "1"])
+    data = torch.load(tmp_path / "latents.pt")
+    vae = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae")
+    scene = make_scene(2, "train")
+    with torch.no_grad():
+        x = to_unit(torch.from_numpy(render(scene)).permute(2, 0, 1)[None])
+        expected = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    assert data["latents"].shape == (3, 4, 16, 16) and data["scaling_factor"] == vae.config.scaling_factor
+    torch.testing.assert_close(data["latents"][2:].float(), expected, atol=2e-3, rtol=2e-3)  # stored as float16
+    assert data["ids"][2].tolist() == tokenizer()(scene.caption, padding="max_length", max_length=77).input_ids

@@ -144,7 +144,12 @@ def section(rows, info: dict) -> str:
     for tau in TAUS:
         best = best_baseline(rows, tau)
         d = difference(rows, tau, "daam", best)
-        met = "n/a" if math.isnan(d[0]) else ("met" if d[0] >= GOAL else "NOT met")
+        if math.isnan(d[0]):
+            met = "n/a"
+        elif d[1] >= GOAL:  # d = (estimate, low, high)
+            met = "met"
+        else:  # at 200 captions the interval is about +-0.03 wide: say when only the estimate clears the goal
+            met = "met by the estimate, not by the interval" if d[0] >= GOAL else "NOT met"
         verdict.append([str(tau), best, fmt(*d), f">= {GOAL}: {met}"])
     parts += ["", "`daam, relative` is not the published method: each word's map is divided by the sum of all prompt "
               "tokens' maps before normalising (the reference code's `normalize=True`; `word_map(..., relative=True)`), "

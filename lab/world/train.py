@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import time
 from multiprocessing import Pool
@@ -321,7 +322,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         if lr_final is None:
             return warm
         done = max((time.time() - clock.start) / clock.limit, (step - first_step) / max(1, steps - first_step))
-        return lr_final + (warm - lr_final) * 0.5 * (1 + np.cos(np.pi * min(1.0, done)))
+        # math, not numpy: a numpy float in the optimiser's state would stop torch.load (weights only) resuming it
+        return lr_final + (warm - lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     losses = []
     while not _agreed(clock.done(step), world):
@@ -412,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr-final", type=float, default=None,
                    help="UNet stage: fall from --lr to this along a cosine over the run (default: constant --lr)")
     p.add_argument("--ema-out", type=Path, default=None,
-                   help="UNet stage: also write the EMA weights as unet/ and text_encoder/ folders here at every checkpoint")
+                   help="UNet stage: also write the EMA weights as unet/ and text_encoder/ folders here at each "
+                        "checkpoint")
     p.add_argument("--ema", type=float, default=0.9995,
                    help="EMA decay of the exported weights (about 1/(1-decay) steps of memory; lower it for short runs)")
     a = p.parse_args(argv)

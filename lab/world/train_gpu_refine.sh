@@ -16,7 +16,7 @@ python3 -m lab.world.train latents --run "$run" --init "$model" --scenes "$scene
 left=$(( total - ($(date +%s) - start) - 45 ))   # what is left for the UNet, less loading and the last save
 minutes=$(python3 -c "print(max(0.5, $left / 60))")
 echo "latents: $(( $(date +%s) - start )) s; UNet minutes: $minutes"
-python3 -m lab.world.train unet --run "$run" --variant "$variant" --init "$model" --batch 512 --lr 3e-4 --lr-final 1e-5 \
-  --ema 0.9995 --minutes "$minutes" --checkpoint-every 45 --ema-out "$out"
+python3 -m lab.world.train unet --run "$run" --variant "$variant" --init "$model" --batch 512 --lr 3e-4 \
+  --lr-final 1e-5 --ema 0.9995 --minutes "$minutes" --checkpoint-every 45 --ema-out "$out"
 cp "$run/log.jsonl" "$out/log.jsonl"
 echo "total: $(( $(date +%s) - start )) s"
