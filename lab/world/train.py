@@ -14,6 +14,9 @@ gloo); on the project's 2-core machine that trained about 90 samples per second 
     python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2
 
 The ``vae`` stage also renders the training scenes and stores their latents, so the UNet stages only read tensors.
+To go on from a shipped model instead, ``latents --init lab/models/shapes`` encodes scenes with its VAE and
+``unet --init lab/models/shapes`` starts from its weights; ``lab/world/train_gpu_refine.sh`` is that recipe for one
+GPU (``--lr-final`` anneals the learning rate, ``--ema-out`` keeps a fetchable copy of the weights).
 """
 from __future__ import annotations
 
