@@ -339,8 +339,9 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        rate = learning_rate() if lr_final is None else _agreed(learning_rate(), world)  # the cosine reads the clock
         for g in opt.param_groups:
-            g["lr"] = learning_rate()
+            g["lr"] = rate
         with _autocast(device):
             cond = text(tok)[0]  # (B, 77, 64)
             pred = unet(xt, t, cond).sample
@@ -369,13 +370,14 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         torch.distributed.destroy_process_group()
 
 
-def _agreed(flag: bool, world: int) -> bool:
-    """`flag` as process 0 sees it, so that every process stops at the same step (their clocks differ slightly)."""
+def _agreed(value: float, world: int) -> float:
+    """`value` as process 0 has it. Whatever is read off a clock goes through here, so that every process stops
+    at the same step and takes it at the same learning rate (their clocks differ slightly)."""
     if world == 1:
-        return flag
-    t = torch.tensor([float(flag)])
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
     torch.distributed.broadcast(t, 0)
-    return bool(t.item())
+    return type(value)(t.item())
 
 
 def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
