@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# How the shipped models were trained: one GPU, one fixed time budget, both variants side by side.
+# How the shipped models were first trained (session 1): one GPU, one fixed time budget, both variants side by side.
+# (They went on with lab/world/train_cpu.sh, train_cpu_continue.sh and train_gpu_refine.sh; see the model cards.)
 #   bash lab/world/train_gpu.sh RUN_DIR EXPORT_DIR [TOTAL_SECONDS]
 # Stage 1 renders the scenes and trains the VAE; stage 2 trains the SD-recipe UNet and the zero-terminal-SNR
 # v-prediction UNet at once, sharing the GPU, on the same latents for the same time; stage 3 exports both.
