@@ -15,7 +15,6 @@ one_factor_pairs(pairs, factor) -> list[Pair]  by_factor(pipe, pairs, t, block) 
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import replace
@@ -243,35 +242,27 @@ def sizes() -> dict:
 def run(out: Path, model: str = "shapes", config: dict | None = None) -> str:
     """Run the study; writes dift_grid.png, dift_baselines.png, dift_examples.png, dift_similarity.png and returns
     the REPORT section (Markdown). config overrides sizes() (keys pairs, timesteps, blocks, ensemble).
-
-    Torch runs on at most half the machine's cores meanwhile (restored after): on a small shared machine two
-    OpenMP threads fighting a background job are many times slower than one.
     """
     import lab
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) // 2)))
-    try:
-        torch.manual_seed(0)
-        pipe = lab.load(model)
-        cfg = {**sizes(), **(config or {})}
-        cfg["timesteps"] = sorted(set(cfg["timesteps"]))
-        pairs = world_pairs(cfg["pairs"])
-        _log(f"{len(pairs)} pairs, timesteps {cfg['timesteps']}, blocks {cfg['blocks']}")
-        trained = grid(pipe, pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
-        _log("built-in UNet grid done")
-        random = grid(with_random_unet(pipe), pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
-        _log("re-randomised UNet grid done")
-        best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
-        prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
-        factors = by_factor(pipe, pairs, best[0], best[1], cfg["ensemble"])
-        worst = hardest_factor(factors)
-        hardest = grid(pipe, one_factor_pairs(pairs, worst), cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
-        _log(f"one-factor pairs done (hardest, {worst}, over the grid)")
-        return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted, factors,
-                      (worst, hardest))
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    pipe = lab.load(model)
+    cfg = {**sizes(), **(config or {})}
+    cfg["timesteps"] = sorted(set(cfg["timesteps"]))
+    pairs = world_pairs(cfg["pairs"])
+    _log(f"{len(pairs)} pairs, timesteps {cfg['timesteps']}, blocks {cfg['blocks']}")
+    trained = grid(pipe, pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+    _log("built-in UNet grid done")
+    random = grid(with_random_unet(pipe), pairs, cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+    _log("re-randomised UNet grid done")
+    best = max(trained, key=lambda k: trained[k]["all"]["per_point"])
+    prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg["ensemble"], prompt="a {category}")[best]
+    factors = by_factor(pipe, pairs, best[0], best[1], cfg["ensemble"])
+    worst = hardest_factor(factors)
+    hardest = grid(pipe, one_factor_pairs(pairs, worst), cfg["timesteps"], cfg["blocks"], cfg["ensemble"])
+    _log(f"one-factor pairs done (hardest, {worst}, over the grid)")
+    return report(Path(out), pipe, pairs, cfg, trained, random, baselines(pipe, pairs), prompted, factors,
+                  (worst, hardest))
 
 
 def _log(message: str) -> None:
