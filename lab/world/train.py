@@ -75,6 +75,12 @@ def tokenizer(folder: Path = TOKENIZER):
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
 
 
+def token_ids(captions: list[str]) -> np.ndarray:
+    """(N, 77) int32 CLIP token ids of the captions, padded and cut to 77 as the pipeline does."""
+    ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="np").input_ids
+    return ids.astype(np.int32)
+
+
 # ---------------------------------------------------------------------------------------------------- data
 def _render_chunk(seeds: range) -> tuple[np.ndarray, list[str]]:
     scenes = [make_scene(s, "train") for s in seeds]
@@ -221,36 +227,35 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
     _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
     if init is None:
-        encode_latents(run, vae, images, captions, device)
+        chunk, ids = (512 if device.type == "cuda" else 32), token_ids(captions)
+        encode_latents(run, vae, ((images[i:i + chunk], ids[i:i + chunk]) for i in range(0, len(ids), chunk)), device)
 
 
 @torch.no_grad()
-def encode_latents(run: Path, vae, images: torch.Tensor, captions: list[str], device: torch.device,
-                   scaling: float | None = None) -> None:
-    """Store every training scene's latent (posterior mean), the scaling factor and the caption token ids."""
+def encode_latents(run: Path, vae, chunks, device: torch.device, scaling: float | None = None) -> None:
+    """Store every training scene's latent (posterior mean), the scaling factor (by default 1 / the latents' std)
+    and the caption token ids. chunks yields (uint8 images (B, 3, H, W), token ids (B, 77)), a chunk at a time."""
     vae.eval()
-    means = []
-    chunk = 512 if device.type == "cuda" else 32
-    for i in range(0, len(images), chunk):
-        x = to_unit(images[i:i + chunk].to(device))
+    means, ids, t0 = [], [], time.time()
+    for images, chunk_ids in chunks:
+        x = to_unit(torch.as_tensor(images).to(device))
         means.append(vae.encode(x).latent_dist.mean.float().cpu())
-        if device.type == "cpu" and i % 1024 == 0:
-            print(f"encoded {i + len(x)}/{len(images)}", flush=True)
+        ids.append(torch.as_tensor(chunk_ids))
+        if len(means) % 20 == 0:
+            print(f"encoded {sum(len(m) for m in means)}", flush=True)
     latents = torch.cat(means)  # (N, 4, 16, 16)
     scaling = scaling or float(1.0 / latents.std())
-    ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    _save({"latents": (latents * scaling).half(), "ids": ids.int(), "scaling_factor": scaling}, run / "latents.pt")
-    _log(run, stage="latents", n=len(latents), scaling_factor=round(scaling, 5))
+    _save({"latents": (latents * scaling).half(), "ids": torch.cat(ids).int(), "scaling_factor": scaling},
+          run / "latents.pt")
+    _log(run, stage="latents", n=len(latents), scaling_factor=round(scaling, 5), seconds=round(time.time() - t0, 1))
 
 
 def _latent_chunk(seeds: range) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk of training scenes as (images, caption token ids), tokenised in the worker."""
+    """A chunk of training scenes as (uint8 images (B, 3, H, W), caption token ids), tokenised in the worker."""
     images, captions = _render_chunk(seeds)
-    ids = tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="np").input_ids
-    return images, ids.astype(np.int32)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), token_ids(captions)
 
 
-@torch.no_grad()
 def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
     """Render the training scenes and encode them with an existing pipeline's VAE (to continue its UNet).
 
@@ -259,22 +264,11 @@ def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
     """
     from diffusers import AutoencoderKL
     run.mkdir(parents=True, exist_ok=True)
-    device, t0 = _device(), time.time()
     chunks = [range(i, min(i + 1000, n_scenes)) for i in range(0, n_scenes, 1000)]
-    means, ids = [], []
     with Pool(workers) as pool:  # started before CUDA is, so the forked workers inherit none of it
-        vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(device).eval()
-        for images, chunk_ids in pool.imap(_latent_chunk, chunks):
-            x = to_unit(torch.from_numpy(images).to(device).permute(0, 3, 1, 2))  # (B, 3, 128, 128)
-            means.append(vae.encode(x).latent_dist.mean.float().cpu())
-            ids.append(torch.from_numpy(chunk_ids))
-            if len(means) % 20 == 0:
-                print(f"encoded {sum(len(m) for m in means)}/{n_scenes}", flush=True)
-    scaling = vae.config.scaling_factor
-    _save({"latents": (torch.cat(means) * scaling).half(), "ids": torch.cat(ids), "scaling_factor": scaling},
-          run / "latents.pt")
+        vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(_device())
+        encode_latents(run, vae, pool.imap(_latent_chunk, chunks), _device(), scaling=vae.config.scaling_factor)
     _save({"model": vae.cpu().state_dict(), "step": 0}, run / "vae.ckpt")
-    _log(run, stage="latents", n=n_scenes, scaling_factor=round(scaling, 5), seconds=round(time.time() - t0, 1))
 
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
@@ -289,7 +283,7 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     device = _device()
     data = torch.load(run / "latents.pt")
     latents, ids = data["latents"].to(device), data["ids"].long().to(device)  # (N, 4, 16, 16), (N, 77)
-    empty = tokenizer()([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)  # (1, 77)
+    empty = torch.from_numpy(token_ids([""])).long().to(device)  # (1, 77)
     sched = DDPMScheduler(**{k: v for k, v in scheduler_config(variant).items() if k not in ("set_alpha_to_one",)})
     unet = UNet2DConditionModel(**unet_config()).to(device)
     text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
