@@ -1,6 +1,8 @@
 """The shapes world: determinism, ground truth that agrees with the pixels, captions, splits and the parser."""
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage
 
 from lab.world import (BACKGROUNDS, COLOURS, HELDOUT_PAIRS, HELDOUT_RELATIONS, SHAPES, make_scene, masks, parse,
                        render, score)
@@ -108,3 +110,29 @@ def test_parser_rejects_non_rgb_input():
 def test_bad_split_names_the_valid_ones():
     with pytest.raises(ValueError, match="'train', 'test', 'heldout'"):
         make_scene(0, "validation")
+
+
+def _soften(image: np.ndarray, sigma: float) -> np.ndarray:
+    return np.clip(np.round(ndimage.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
+
+
+def test_parser_tells_soft_edged_hexagons_from_circles():
+    """A decoder rounds corners. Blurred by 1.25 px, a thresholded small hexagon is as round as a circle; the parser
+    compares the soft edges with equally soft templates and still tells them apart."""
+    scenes = [s for s in (make_scene(seed, "test", n_objects=1) for seed in range(400))
+              if s.objects[0].shape in ("hexagon", "circle")][:50]
+    read = [parse(_soften(render(s), 1.25)).objects for s in scenes]
+    assert [[f.shape for f in r] for r in read] == [[s.objects[0].shape] for s in scenes]
+
+
+def test_parser_reads_the_built_in_vaes_round_trips(shapes_pipe):
+    """Round trips through the shipped VAE keep each object's identity; the parser must read them as the scenes
+    they came from (measured: 95.7% of 1,200 scenes; benchmarks/parser.md)."""
+    scenes = [make_scene(seed, "test") for seed in range(96)]
+    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        vae = shapes_pipe.vae
+        y = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
+    images = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    right = sum(score(s, parse(im))["shape"] for s, im in zip(scenes, images))
+    assert right >= 0.92 * len(scenes)

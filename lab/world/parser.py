@@ -8,18 +8,22 @@
 API: ``parse(image) -> Parsed``; ``score(scene, parsed) -> dict`` of per-attribute verdicts; ``match(scene, parsed)``.
 
 Method: the background is the palette colour nearest the border's median; foreground pixels are those far from it;
-connected components are objects. Each object's colour is the palette colour nearest its median pixel; its shape
-and size come from fitting every shape's template into the component's bounding box and keeping the best IoU.
+connected components are objects (and their masks). Each object's colour is the palette colour nearest its median
+pixel. Its shape and size come from its coverage, how far each pixel near it has moved from the background towards
+its colour: every shape's template is posed by the coverage's area and centroid, softened by a few blurs, and the
+nearest wins. Soft edges are compared with soft templates, so a decoder's rounded corners do not turn a hexagon
+into a circle (``benchmarks/parser.md`` measures this on blurred renders and VAE round trips).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .scenes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, KEYPOINTS, POLYGONS, SHAPES, SIZE_THRESHOLD, Obj, Scene, draw_mask,
+from .scenes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, KEYPOINTS, POLYGONS, SHAPES, SIZE_THRESHOLD, Obj, Scene, coverage,
                      relation_of)
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (colours, 3)
@@ -35,7 +39,7 @@ class Found:
     x: float
     y: float
     radius: float
-    fit: float  # IoU of the best template with the component, 0..1
+    fit: float  # soft IoU of the best template with the object's coverage, 0..1
     mask: np.ndarray  # (H, W) bool
 
 
@@ -48,35 +52,71 @@ class Parsed:
 _TEMPLATES: list[tuple[str, str | None]] = [(s, None) for s in SHAPES if s != "arrow"] + [("arrow", "right"), ("arrow", "left")]
 
 
-def _extent(shape: str) -> tuple[float, float, float, float]:
-    """(u_min, u_max, v_min, v_max) of a unit shape."""
+def _unit_moments(shape: str, direction: str | None) -> tuple[float, float, float]:
+    """(area, centroid u, centroid v) of a unit shape (circumradius 1), mirrored for a left arrow."""
     if shape == "circle":
-        return -1.0, 1.0, -1.0, 1.0
-    us, vs = np.array(POLYGONS[shape]).T
-    return us.min(), us.max(), vs.min(), vs.max()
+        return math.pi, 0.0, 0.0
+    u, v = np.array(POLYGONS[shape]).T
+    if direction == "left":
+        u = -u[::-1]
+        v = v[::-1]
+    cross = u * np.roll(v, -1) - np.roll(u, -1) * v  # shoelace
+    area = cross.sum() / 2
+    cu = ((u + np.roll(u, -1)) * cross).sum() / (6 * area)
+    cv = ((v + np.roll(v, -1)) * cross).sum() / (6 * area)
+    return abs(area), cu, cv
 
 
-def _fit(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[str, str | None, float, float, float, float]:
-    """Best (shape, direction, x, y, radius, iou) for one component: each template is drawn exactly as the world
-    draws shapes, scaled into the component's bounding box, and compared in a window around it."""
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    side = int(max(x1 - x0, y1 - y0)) + 8
-    wx, wy = int(x0) - 4, int(y0) - 4  # window origin
-    window = np.zeros((side, side), bool)
-    sub = mask[max(wy, 0):wy + side, max(wx, 0):wx + side]
-    window[max(-wy, 0):max(-wy, 0) + sub.shape[0], max(-wx, 0):max(-wx, 0) + sub.shape[1]] = sub
-    best = ("circle", None, 0.0, 0.0, 0.0, -1.0)
-    for shape, direction in _TEMPLATES:
-        u0, u1, v0, v1 = _extent(shape)
-        if direction == "left":
-            u0, u1 = -u1, -u0
-        r = 0.5 * ((x1 - x0) / (u1 - u0) + (y1 - y0) / (v1 - v0))
-        cx, cy = x0 - u0 * r, y0 - v0 * r
-        tmpl = draw_mask(Obj(shape, "red", "small", cx - wx, cy - wy, r, direction), side)
-        iou = (tmpl & window).sum() / max((tmpl | window).sum(), 1)
-        if iou > best[-1]:
-            best = (shape, direction, float(cx), float(cy), float(r), float(iou))
-    return best
+_MOMENTS = {t: _unit_moments(*t) for t in _TEMPLATES}
+_BLURS = (0.0, 0.6, 1.2, 1.8)  # Gaussian sigmas (pixels at 128 px) a template is softened by to meet the image
+
+
+def _fit(alpha: np.ndarray, wx: int, wy: int, scale: float) -> tuple[str, str | None, float, float, float, float]:
+    """Best (shape, direction, x, y, radius, fit) for one object's coverage ``alpha`` (a window whose origin is
+    (wx, wy) in the image).
+
+    Each template is posed by the coverage's moments, which blurring leaves unchanged: its area gives the radius and
+    its centroid the centre. The template is drawn as the world draws it, softened by each of a few Gaussian blurs,
+    and the shape whose best version is nearest the coverage (least squared difference) wins. So an image whose
+    edges and corners are soft, as a decoder's are, is compared with equally soft templates rather than thresholded
+    into a rounder mask. ``fit`` is the soft IoU of the winner with the coverage, 0..1.
+    """
+    total = float(alpha.sum())
+    ys, xs = np.indices(alpha.shape)
+    mx, my = (alpha * xs).sum() / total, (alpha * ys).sum() / total  # centroid, window pixels
+    best = ("circle", None, 0.0, 0.0, 0.0, math.inf, 0.0)
+    for (shape, direction), (area, cu, cv) in _MOMENTS.items():
+        r = math.sqrt(total / area)
+        cx, cy = mx - cu * r + 0.5, my - cv * r + 0.5  # pixel i covers [i, i + 1): its centre is i + 0.5
+        tmpl = coverage(Obj(shape, "red", "small", cx, cy, r, direction), alpha.shape[0])
+        for sigma in _BLURS:
+            soft = ndimage.gaussian_filter(tmpl, sigma * scale, mode="constant") if sigma else tmpl
+            err = float(((soft - alpha) ** 2).sum())
+            if err < best[5]:
+                fit = float(np.minimum(soft, alpha).sum() / max(np.maximum(soft, alpha).sum(), 1e-6))
+                best = (shape, direction, cx + wx, cy + wy, r, err, fit)
+    shape, direction, x, y, r, _, fit = best
+    return shape, direction, x, y, r, fit
+
+
+def _coverage(img: np.ndarray, background: np.ndarray, colour: np.ndarray, mask: np.ndarray, margin: int
+              ) -> tuple[np.ndarray, int, int]:
+    """(alpha, wx, wy): how much of each pixel near the component ``mask`` is the object's colour rather than the
+    background, in [0, 1], in a square window with origin (wx, wy); pixels farther than ``margin`` from the
+    component (other objects, stray smudges) count as background."""
+    ys, xs = np.nonzero(mask)
+    side = int(max(xs.max() - xs.min(), ys.max() - ys.min())) + 1 + 2 * margin
+    wx, wy = int(xs.min()) - margin, int(ys.min()) - margin
+    h, w = mask.shape
+    ys0, xs0, ys1, xs1 = max(wy, 0), max(wx, 0), min(wy + side, h), min(wx + side, w)
+    near = ndimage.binary_dilation(mask[ys0:ys1, xs0:xs1], iterations=margin)
+    step = colour - background
+    a = ((img[ys0:ys1, xs0:xs1] - background) @ step) / max(float(step @ step), 1e-6)
+    alpha = np.zeros((side, side), np.float32)
+    alpha[ys0 - wy:ys1 - wy, xs0 - wx:xs1 - wx] = np.clip(a, 0, 1) * near
+    if alpha.sum() < 0.5 * mask.sum():  # a blob of mixed colours that its median colour does not describe
+        alpha[ys0 - wy:ys1 - wy, xs0 - wx:xs1 - wx] = mask[ys0:ys1, xs0:xs1]
+    return alpha, wx, wy
 
 
 def parse(image, min_area: int = 20, threshold: float = 90.0) -> Parsed:
@@ -86,7 +126,8 @@ def parse(image, min_area: int = 20, threshold: float = 90.0) -> Parsed:
         raise ValueError(f"parse expects an (H, W, 3) RGB image, got shape {img.shape}")
     img = img.astype(np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])  # (4*side, 3)
-    bg_index = int(np.argmin(np.linalg.norm(_BG - np.median(border, axis=0), axis=1)))
+    background = np.median(border, axis=0)  # this image's own background, which a model may draw a shade off
+    bg_index = int(np.argmin(np.linalg.norm(_BG - background, axis=1)))
     distance = np.linalg.norm(img - _BG[bg_index], axis=-1)  # (H, W)
     fg = distance > threshold
     labels, n = ndimage.label(fg)
@@ -100,9 +141,10 @@ def parse(image, min_area: int = 20, threshold: float = 90.0) -> Parsed:
         core = ndimage.binary_erosion(mask, iterations=2)
         pixels = img[core] if core.sum() >= 5 else img[mask]
         colour = list(COLOURS)[int(np.argmin(np.linalg.norm(_PALETTE - np.median(pixels, axis=0), axis=1)))]
-        shape, direction, x, y, r, iou = _fit(mask, ys, xs)
+        alpha, wx, wy = _coverage(img, background, np.median(pixels, axis=0), mask, margin=max(2, round(3 * scale)))
+        shape, direction, x, y, r, fit = _fit(alpha, wx, wy, scale)
         size = "large" if r / scale > SIZE_THRESHOLD else "small"
-        found.append(Found(colour, shape, size, direction, x, y, r, iou, mask))
+        found.append(Found(colour, shape, size, direction, x, y, r, fit, mask))
     found.sort(key=lambda f: f.x)
     return Parsed(list(BACKGROUNDS)[bg_index], tuple(found))
 
