@@ -398,7 +398,7 @@ def run(out: Path, model: str = "shapes") -> str:
         "## SVD of the latent trajectory (our versions of Wang et al. 2025 and Wang & Vastola)\n",
         f"Model `{model}`, {cfg.steps} {traj.meta['scheduler']} steps, guidance {cfg.guidance}, seeds from {cfg.seed}, "
         f"size `{size()}`. Latents {tuple(latents.shape[2:])} (C, h, w); each channel is an h x w matrix. "
-        f"The built-in model's weights are being retrained: every number describes the weights on disk at this run.\n",
+        "Every number describes the weights on disk at this run.\n",
         f"### Trajectory geometry and spectra ({n_gen} unedited generations)\n",
         "![spectra](svd_spectra.png)\n\n![geometry](svd_geometry.png)\n",
         geometry_section(stats, k) + "\n",
