@@ -1,6 +1,7 @@
 """The built-in model's quality table and generation speed (issue 2's targets).
 
-    python benchmarks/bench_model.py [--n 200] [--steps 25] [--guidance 7.5] [--model shapes] [--out benchmarks/model.md]
+    python benchmarks/bench_model.py [--n 200] [--steps 25] [--guidance 7.5] [--model shapes]
+                                     [--out benchmarks/model.md]
 
 Quality: lab.world.quality.evaluate (captions of unseen scenes, images parsed by the world's parser).
 Speed: one image (batch 1, 25 steps, guidance on) timed after a warm-up, median of 5, on this machine's threads.

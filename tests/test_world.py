@@ -113,7 +113,8 @@ def test_bad_split_names_the_valid_ones():
 
 
 def _soften(image: np.ndarray, sigma: float) -> np.ndarray:
-    return np.clip(np.round(ndimage.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
+    soft = ndimage.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0))
+    return np.clip(np.round(soft), 0, 255).astype(np.uint8)
 
 
 def test_parser_tells_soft_edged_hexagons_from_circles():

@@ -43,7 +43,8 @@ def method_keep(slices: bool) -> Keep:
 
 
 class Capture:
-    """Context manager from ``capture(...)``; after the with-block ``.cache`` holds the maps, ``.queries`` the queries."""
+    """Context manager from ``capture(...)``; after the with-block ``.cache`` holds the maps and ``.queries`` the
+    queries."""
 
     def __init__(self, pipe, prompt=None, slices: bool = False, mid: bool = False, queries: bool = False,
                  query_steps="all", layers=None, keep: Keep | None = None, max_bytes: int = MAX_BYTES,

@@ -228,7 +228,8 @@ def binarize(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
 
 
 def token_total(g: GlobalMaps, tokenizer) -> torch.Tensor:
-    """(h, w) sum of the maps of every prompt token (start and end tokens excluded): the denominator of relative maps."""
+    """(h, w) sum of the maps of every prompt token (start and end tokens excluded): the denominator of relative
+    maps."""
     tokenizer = tokenizer_of(tokenizer)
     n = min(len(tokenizer.tokenize(g.prompt)), max_position(tokenizer))
     if n == 0:

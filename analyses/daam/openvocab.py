@@ -1,7 +1,7 @@
 """Open-vocabulary attention maps (OVAM, Marcos-Manchón et al., CVPR 2024): maps for any text, after generation.
 
     run = generate(pipe, "a red circle on a white background", queries=True)
-    g = open_vocab(run.queries, pipe, "a hexagon")         # GlobalMaps of the new text's tokens, as if it were the prompt
+    g = open_vocab(run.queries, pipe, "a hexagon")   # GlobalMaps of the new text's tokens, as if it were the prompt
     word_map(g, pipe, "hexagon")                          # (H, W) in [0, 1]
 
 The queries each cross-attention layer computed during generation are kept (capture(queries=True)); afterwards any
@@ -29,7 +29,8 @@ def encode(pipe, text: str) -> torch.Tensor:
 
 @torch.no_grad()
 def layer_scores(attn, queries: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities (steps, heads, q, keys) of `attn` for kept queries (steps, q, heads*d) and text states."""
+    """Attention probabilities (steps, heads, q, keys) of `attn` for kept queries (steps, q, heads*d) and text
+    states."""
     if attn.norm_cross:
         states = attn.norm_encoder_hidden_states(states)
     key = attn.to_k(states.to(attn.to_k.weight.dtype))  # (1, keys, heads*d)

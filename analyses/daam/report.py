@@ -55,7 +55,8 @@ def cross_validated(rows, metric: str = "layer_iou") -> tuple[dict, dict[int, st
     scored, chosen = {}, {}
     for fold in (0, 1):
         train = [r for r in select_rows(rows, metric) if r["image"] % 2 != fold]
-        means = {k: np.mean([r["value"] for r in train if r["key"] == k]) for k in dict.fromkeys(r["key"] for r in train)}
+        keys = dict.fromkeys(r["key"] for r in train)
+        means = {k: np.mean([r["value"] for r in train if r["key"] == k]) for k in keys}
         if not means:
             continue
         chosen[fold] = max(means, key=means.get)
@@ -76,7 +77,8 @@ def cross_validated_difference(rows, tau: float = 0.4, metric: str = "layer_iou"
     d = [scored[k] - pb[k] for k in both]
     boots = bootstrap(d, [k[0] for k in both])
     own = mean_ci([scored[k] for k in both], [k[0] for k in both])
-    return (float(np.mean(d)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))), chosen, own, baseline
+    interval = (float(np.mean(d)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+    return interval, chosen, own, baseline
 
 
 def best_baseline(rows, tau) -> str:
@@ -152,8 +154,8 @@ def section(rows, info: dict) -> str:
             met = "met by the estimate, not by the interval" if d[0] >= GOAL else "NOT met"
         verdict.append([str(tau), best, fmt(*d), f">= {GOAL}: {met}"])
     parts += ["", "`daam, relative` is not the published method: each word's map is divided by the sum of all prompt "
-              "tokens' maps before normalising (the reference code's `normalize=True`; `word_map(..., relative=True)`), "
-              "which cancels what every word's map shares.", "",
+              "tokens' maps before normalising (the reference code's `normalize=True`; "
+              "`word_map(..., relative=True)`), which cancels what every word's map shares.", "",
               "The published method (`daam`) minus the best baseline (paired over the same objects):", "",
               _table(["tau", "best baseline", "difference [95% CI]", "goal"], verdict), ""]
     cv, chosen, own, against = cross_validated_difference(rows, 0.4)
@@ -184,7 +186,8 @@ def section(rows, info: dict) -> str:
     parts += [_table(["slice", "which", "mIoU"], slice_lines), ""]
     ts = info.get("timesteps") or []
     if ts:
-        parts += [f"Step i runs at timestep {', '.join(f'{i}: {int(t)}' for i, t in list(enumerate(ts))[::max(1, len(ts) // 5)])} "
+        shown = list(enumerate(ts))[::max(1, len(ts) // 5)]
+        parts += [f"Step i runs at timestep {', '.join(f'{i}: {int(t)}' for i, t in shown)} "
                   "(step 0 is the noisiest).", ""]
     parts += ["### Adjectives and binding; relation and background words", "",
               "For each object drawn as captioned in an image where the parser matched at least one other captioned "

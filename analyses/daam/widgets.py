@@ -42,7 +42,8 @@ class Explorer:
     def __init__(self, cache, tokenizer, image, batch: int = 0, cmap: str = CMAP):
         import ipywidgets as W
 
-        self.cache, self.tokenizer, self.image, self.batch, self.cmap = cache, tokenizer_of(tokenizer), image, batch, cmap
+        self.cache, self.tokenizer, self.image = cache, tokenizer_of(tokenizer), image
+        self.batch, self.cmap = batch, cmap
         self.prompt = prompt_of(cache, batch)
         self.words = list(dict.fromkeys(w.text.lower() for w in words(self.tokenizer, self.prompt) if w.kept))
         if not self.words:

@@ -230,7 +230,8 @@ def brightness_table(results: dict) -> str:
     for (arm, background), value in results.items():
         b, verdicts = value[0], value[1]
         p5, p95 = np.percentile(b, [5, 95])
-        cells = ["", "", ""] if verdicts is None else [rate_cell(verdicts, k) for k in ("background", "colour", "shape")]
+        keys = ("background", "colour", "shape")
+        cells = ["", "", ""] if verdicts is None else [rate_cell(verdicts, k) for k in keys]
         rows.append(f"| {arm} | {background} | {b.mean():.3f} ({b.std():.3f}) | {p5:.2f}-{p95:.2f} | "
                     + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -100,7 +100,8 @@ def follow(pipe, prompt: str, seed: int = 0, num_inference_steps: int = 25, band
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         out = output[0] if isinstance(output, tuple) else output.sample
-        calls.append((sample.detach().float().cpu(), float(torch.as_tensor(t).flatten()[0]), out.detach().float().cpu()))
+        t_value = float(torch.as_tensor(t).flatten()[0])
+        calls.append((sample.detach().float().cpu(), t_value, out.detach().float().cpu()))
 
     def on_step_end(_pipe, i, t, kwargs):
         ends.append(len(calls))

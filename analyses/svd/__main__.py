@@ -1,4 +1,5 @@
-"""python -m analyses.svd [OUT_DIR]: run the latent-SVD study (LAB_SIZE=small | default | full) and print its section."""
+"""python -m analyses.svd [OUT_DIR]: run the latent-SVD study (LAB_SIZE=small | default | full) and print its
+section."""
 from analyses.run_all import run_one
 
 from .study import run

@@ -2,7 +2,8 @@
 
     cache = tr.cache
     cache["mid_block.attentions.0.transformer_blocks.0.attn2"]   # torch.Tensor
-    cache.axes["mid_block.attentions.0.transformer_blocks.0.attn2"]  # ("step", "branch", "batch", "head", "query", "key")
+    cache.axes["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    # -> ("step", "branch", "batch", "head", "query", "key")
     cache.meta["prompt"], cache.meta["timesteps"], cache.resolution(name)   # (h, w): queries are h*w
     cache.take(name, step=3, branch="cond", batch=0)                 # index axes by name (step by its step index)
     cache.save("run.safetensors"); Cache.load("run.safetensors")

@@ -265,17 +265,19 @@ class Trace:
         if k.step_mode in ("all", "list"):
             options.append(f"steps='sum' or 'mean' ({human(per_step)})")
         if k.heads == "all" and any(self.kinds[n] in ATTENTION for n in self.names):
-            options.append(f"heads='mean' ({human(need * self._step_bytes(_with(k, heads='mean'), len(self.kept_branches)) / per_step)})")
+            mean_heads = need * self._step_bytes(_with(k, heads="mean"), len(self.kept_branches)) / per_step
+            options.append(f"heads='mean' ({human(mean_heads)})")
         if k.tokens is None and any(self.kinds[n] == "attn2" for n in self.names):
             options.append("tokens=[...] (only the cross-attention keys you need)")
         if len(self.kept_branches) > 1:
             options.append(f"branches=('cond',) ({human(need / len(self.kept_branches))})")
         raise MemoryError(
             f"keeping {len(self.names)} points with {k}{' ' + when if when else ''} would take {human(need)}, over "
-            f"max_bytes={human(self.max_bytes)}. Reduce it: {'; '.join(options + ['fewer points'])}; or raise max_bytes."
+            f"max_bytes={human(self.max_bytes)}. Reduce it: {'; '.join(options + ['fewer points'])}; "
+            "or raise max_bytes."
         )
 
-    # --- per hooked module ----------------------------------------------------------------------------------------------
+    # --- per hooked module --------------------------------------------------------------------------------------------
     def _ctx(self, name: str) -> Context:
         p = self.points.get(name) if self.step >= 0 else None
         return Context(name, self.step, self.timestep, self.layout, self.batch, p.resolution if p else None)
@@ -309,10 +311,11 @@ class Trace:
 
         return hook
 
-    # --- the result -------------------------------------------------------------------------------------------------------
+    # --- the result ---------------------------------------------------------------------------------------------------
     def _build_cache(self) -> Cache:
         tensors, axes_, res = {}, {}, {}
-        filled = [self.step_slots.get(s, s) for s in self.steps_seen] if self.keep.step_mode in ("all", "list") else None
+        by_slot = self.keep.step_mode in ("all", "list")
+        filled = [self.step_slots.get(s, s) for s in self.steps_seen] if by_slot else None
         for name in self.names:
             t = self.stores[name].result() if name in self.stores else None
             if t is None:

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .scenes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, KEYPOINTS, POLYGONS, SHAPES, SIZE_THRESHOLD, Obj, Scene, coverage,
-                     relation_of)
+from .scenes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, KEYPOINTS, POLYGONS, SHAPES, SIZE_THRESHOLD, Obj, Scene,
+                     coverage, relation_of)
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (colours, 3)
 _BG = np.array(list(BACKGROUNDS.values()), dtype=np.float32)    # (backgrounds, 3)
@@ -49,7 +49,8 @@ class Parsed:
     objects: tuple[Found, ...]  # left to right
 
 
-_TEMPLATES: list[tuple[str, str | None]] = [(s, None) for s in SHAPES if s != "arrow"] + [("arrow", "right"), ("arrow", "left")]
+_TEMPLATES: list[tuple[str, str | None]] = ([(s, None) for s in SHAPES if s != "arrow"]
+                                            + [("arrow", "right"), ("arrow", "left")])
 
 
 def _unit_moments(shape: str, direction: str | None) -> tuple[float, float, float]:
@@ -180,8 +181,9 @@ def score(scene: Scene, parsed: Parsed) -> dict[str, bool]:
     and shape), count (as many objects as captioned), background, relation (for two objects), all.
     """
     by_attributes = _match_by_attributes(scene, parsed)
-    verdict = {a: all(_same(o, f, a) for o, f in zip(scene.objects, by_attributes)) for a in ("colour", "shape", "size")}
-    verdict["objects"] = all(_same(o, f, "colour") and _same(o, f, "shape") for o, f in zip(scene.objects, by_attributes))
+    pairs = list(zip(scene.objects, by_attributes))
+    verdict = {a: all(_same(o, f, a) for o, f in pairs) for a in ("colour", "shape", "size")}
+    verdict["objects"] = all(_same(o, f, "colour") and _same(o, f, "shape") for o, f in pairs)
     verdict["count"] = len(parsed.objects) == len(scene.objects)
     verdict["background"] = parsed.background == scene.background
     if scene.relation is not None:

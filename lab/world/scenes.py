@@ -88,7 +88,8 @@ class Obj:
     def keypoints(self) -> dict[str, tuple[float, float]]:
         """Named keypoints in pixel (x, y); an arrow's 'tip' is where it points, mirrored or not."""
         sign = -1.0 if self.direction == "left" else 1.0
-        return {k: (self.x + sign * u * self.radius, self.y + v * self.radius) for k, (u, v) in KEYPOINTS[self.shape].items()}
+        return {k: (self.x + sign * u * self.radius, self.y + v * self.radius)
+                for k, (u, v) in KEYPOINTS[self.shape].items()}
 
     @property
     def bbox(self) -> tuple[int, int, int, int]:

@@ -180,7 +180,9 @@ def _device() -> torch.device:
 
 
 def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -416,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="UNet stage: also write the EMA weights as unet/ and text_encoder/ folders here at each "
                         "checkpoint")
     p.add_argument("--ema", type=float, default=0.9995,
-                   help="EMA decay of the exported weights (about 1/(1-decay) steps of memory; lower it for short runs)")
+                   help="EMA decay of the exported weights "
+                        "(about 1/(1-decay) steps of memory; lower it for short runs)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage == "vae":
