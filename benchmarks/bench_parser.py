@@ -23,13 +23,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 import lab
 from lab.world import make_scene, render
 from lab.world import parser as current
-from lab.world.quality import wilson
+from lab.world.quality import round_trip, wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,15 +53,9 @@ def image_sets(n: int) -> tuple[list, dict[str, np.ndarray]]:
         out = ndimage.gaussian_filter(images.astype(np.float32), (0, sigma, sigma, 0))
         return np.clip(np.round(out + rng.normal(0, noise, out.shape) if noise else out), 0, 255).astype(np.uint8)
 
-    vae = lab.load("shapes").vae
-    trips = []
-    with torch.no_grad():
-        for i in range(0, n, 64):
-            x = torch.from_numpy(renders[i:i + 64]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample
-            trips.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
     return scenes, {"renders": renders, "blur 0.75": blur(renders, 0.75), "blur 1.25": blur(renders, 1.25),
-                    "blur 1.0 + noise 10": blur(renders, 1.0, noise=10.0), "VAE round trip": np.concatenate(trips)}
+                    "blur 1.0 + noise 10": blur(renders, 1.0, noise=10.0),
+                    "VAE round trip": round_trip(lab.load("shapes"), renders)}
 
 
 def judge(module, scenes, images) -> tuple[int, int, Counter, float]:

@@ -1,11 +1,11 @@
 """The shapes world: determinism, ground truth that agrees with the pixels, captions, splits and the parser."""
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from lab.world import (BACKGROUNDS, COLOURS, HELDOUT_PAIRS, HELDOUT_RELATIONS, SHAPES, make_scene, masks, parse,
                        render, score)
+from lab.world.quality import round_trip
 from lab.world.scenes import coverage
 
 
@@ -130,10 +130,6 @@ def test_parser_reads_the_built_in_vaes_round_trips(shapes_pipe):
     """Round trips through the shipped VAE keep each object's identity; the parser must read them as the scenes
     they came from (measured: 95.7% of 1,200 scenes; benchmarks/parser.md)."""
     scenes = [make_scene(seed, "test") for seed in range(96)]
-    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        vae = shapes_pipe.vae
-        y = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
-    images = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    images = round_trip(shapes_pipe, np.stack([render(s) for s in scenes]))
     right = sum(score(s, parse(im))["shape"] for s, im in zip(scenes, images))
     assert right >= 0.92 * len(scenes)

@@ -141,8 +141,9 @@ def parse(image, min_area: int = 20, threshold: float = 90.0) -> Parsed:
             continue
         core = ndimage.binary_erosion(mask, iterations=2)
         pixels = img[core] if core.sum() >= 5 else img[mask]
-        colour = list(COLOURS)[int(np.argmin(np.linalg.norm(_PALETTE - np.median(pixels, axis=0), axis=1)))]
-        alpha, wx, wy = _coverage(img, background, np.median(pixels, axis=0), mask, margin=max(2, round(3 * scale)))
+        drawn = np.median(pixels, axis=0)  # the object's colour as drawn
+        colour = list(COLOURS)[int(np.argmin(np.linalg.norm(_PALETTE - drawn, axis=1)))]
+        alpha, wx, wy = _coverage(img, background, drawn, mask, margin=max(2, round(3 * scale)))
         shape, direction, x, y, r, fit = _fit(alpha, wx, wy, scale)
         size = "large" if r / scale > SIZE_THRESHOLD else "small"
         found.append(Found(colour, shape, size, direction, x, y, r, fit, mask))

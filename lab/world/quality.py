@@ -5,9 +5,10 @@
     >>> result = evaluate(lab.load("shapes"), n=8, steps=25)        # doctest: +SKIP
     >>> print(table(result))                                        # doctest: +SKIP
 
-``generate(pipe, scenes, steps, guidance, seed, batch)`` returns uint8 images; ``evaluate`` returns per-scene verdicts
-grouped by kind of prompt (one object, two objects, held-out compositions) plus seconds per image; ``table`` renders
-them as Markdown with 95% Wilson intervals.
+``generate(pipe, scenes, steps, guidance, seed, batch)`` returns uint8 images; ``round_trip(pipe, images)`` passes
+images through the pipeline's VAE and back (what its decoder alone does to a scene); ``evaluate`` returns per-scene
+verdicts grouped by kind of prompt (one object, two objects, held-out compositions) plus seconds per image; ``table``
+renders them as Markdown with 95% Wilson intervals.
 """
 from __future__ import annotations
 
@@ -35,6 +36,17 @@ def generate(pipe, scenes: list[Scene], steps: int = 25, guidance: float = 7.5, 
                       generator=gens, height=chunk[0].size, width=chunk[0].size, output_type="np",
                       **call_kwargs).images  # (B, H, W, 3) float in [0, 1]
         out.append((images * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def round_trip(pipe, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """(N, H, W, 3) uint8 images encoded by the pipeline's VAE (posterior mean) and decoded again, as uint8."""
+    vae, out = pipe.vae, []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu()
+        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
 
 
