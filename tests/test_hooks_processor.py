@@ -5,7 +5,45 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 
 from tiny_models import one_thread  # noqa: F401 (autouse fixture)
 
-from lab.hooks import CaptureProcessor
+from lab.hooks.processor import CaptureProcessor
+
+
+class Subscriber:
+    """What a trace tells the processor, for one lone layer: keep (and optionally edit) every call, batch 'cond'."""
+
+    def __init__(self, replace=None, keep=True, edit=False):
+        self.replace, self.keep, self.editing = replace, keep, edit or replace is not None
+        self.edits = {"attn"} if self.editing else set()
+        self.kept_branches = ["cond"]
+        self.seen = []
+
+    def rows(self):
+        return ("cond",), 1
+
+    def edits_now(self, name):
+        return self.editing
+
+    def keeps_now(self, name):
+        return self.keep
+
+    def keeps_head_mean(self, name):
+        return False
+
+    def edit(self, name, probs):
+        return self.replace
+
+    def record(self, name, probs, have, heads_averaged):
+        self.seen.append((name, tuple(probs.shape), probs))
+
+
+def _run(attn, sub, *args, **kw):
+    proc = CaptureProcessor()
+    proc.subscribe(sub, torch.nn.ModuleDict({"attn": attn}), ["attn"], sub.edits)
+    try:
+        with torch.no_grad():
+            return attn(*args, **kw)
+    finally:
+        proc.unsubscribe(sub)
 
 CASES = {
     "self": dict(query_dim=16, heads=2, dim_head=8),
@@ -41,21 +79,18 @@ def test_capture_output_equals_the_original_processor(case, original):
     hidden, kw = _inputs(case)
     with torch.no_grad():
         want = attn(hidden, **kw)
-    seen = []
-    proc = CaptureProcessor(lambda name, probs: seen.append((name, probs.shape)), lambda name: True)
-    holder = torch.nn.ModuleDict({"attn": attn})
     orig = attn.processor
-    proc.install(holder, ["attn"])
-    try:
-        with torch.no_grad():
-            got = attn(hidden, **kw)
-    finally:
-        proc.uninstall()
-    assert attn.processor is orig
-    assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    observer, editor = Subscriber(), Subscriber(edit=True)  # the editor returns None: the eager math, unchanged
+    observed = _run(attn, observer, hidden, **kw)
+    eager = _run(attn, editor, hidden, **kw)
+    assert attn.processor is orig and not attn.to_q._forward_hooks
+    assert torch.equal(observed, want)  # observing runs the layer's own processor
+    assert torch.allclose(eager, want, atol=1e-6), (eager - want).abs().max()
     queries = hidden[0].numel() // CASES[case]["query_dim"]
     keys = kw["encoder_hidden_states"].shape[1] if "encoder_hidden_states" in kw else queries
-    assert seen == [("attn", (2, CASES[case]["heads"], queries, keys))]  # (batch, heads, query, key)
+    shape = (2, CASES[case]["heads"], queries, keys)  # (batch, heads, query, key)
+    assert [s[:2] for s in observer.seen] == [("attn", shape)] == [s[:2] for s in editor.seen]
+    torch.testing.assert_close(observer.seen[0][2], editor.seen[0][2].float(), atol=1e-6, rtol=1e-5)
 
 
 def test_a_replacement_from_the_callback_is_used():
@@ -63,11 +98,7 @@ def test_a_replacement_from_the_callback_is_used():
     attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
     hidden = torch.randn(1, 9, 16)
     uniform = torch.full((1, 2, 9, 9), 1 / 9)
-    proc = CaptureProcessor(lambda name, probs: uniform, lambda name: True)
-    proc.install(torch.nn.ModuleDict({"a": attn}), ["a"])
-    with torch.no_grad():
-        out = attn(hidden)
-    proc.uninstall()
+    out = _run(attn, Subscriber(replace=uniform), hidden)
     values = attn.to_v(hidden).mean(1, keepdim=True)  # uniform attention: every query gets the mean value
     assert torch.allclose(out, attn.to_out[0](values).expand_as(out), atol=1e-6)
 
@@ -82,9 +113,6 @@ def test_steps_not_wanted_use_the_original_processor(monkeypatch):
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(AttnProcessor2_0, "__call__", spy)
-    proc = CaptureProcessor(lambda name, probs: pytest.fail("must not be called"), lambda name: False)
-    proc.install(torch.nn.ModuleDict({"a": attn}), ["a"])
-    with torch.no_grad():
-        attn(torch.randn(1, 9, 16))
-    proc.uninstall()
-    assert calls == [1]
+    sub = Subscriber(keep=False)
+    _run(attn, sub, torch.randn(1, 9, 16))
+    assert calls == [1] and sub.seen == []

@@ -24,12 +24,31 @@ def assert_restored(unet, processors_before):
         assert not m._forward_hooks and not m._forward_pre_hooks, f"hook left on {name!r}"
 
 
-def test_capture_does_not_change_the_image(pipe):
+@pytest.mark.parametrize("keep", [Keep(steps="all"), Keep(steps="sum", heads="mean", branches=("cond",))])
+def test_observing_gives_a_bit_identical_image(pipe, keep):
     ref = generate(pipe, steps=3)  # original processors: AttnProcessor2_0 everywhere
     names = select(pipe, kind=("attn1", "attn2", "block"))
-    with trace(pipe, names, keep=Keep(steps="all")):
+    with trace(pipe, names, keep=keep):
         out = generate(pipe, steps=3)
-    assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(out, ref)
+
+
+def test_observed_probabilities_are_the_eager_ones(pipe):
+    """The probabilities computed beside the layer's own processor equal those of diffusers' AttnProcessor math."""
+    seen = {}
+
+    def spy(probs, ctx):
+        seen[ctx.step] = probs.detach().clone()  # (B, heads, q, k) from the eager path
+
+    with trace(pipe, [], edits={ATTN1: spy}):
+        generate(pipe, steps=2)
+    with trace(pipe, [ATTN1], keep=Keep(steps="all")) as tr:
+        generate(pipe, steps=2)
+    got = tr.cache[ATTN1]  # (step, branch, batch, heads, q, k), branches cond then uncond
+    for step in (0, 1):
+        want = seen[step].reshape(2, 1, *seen[step].shape[1:])  # (layout uncond/cond, batch, heads, q, k)
+        torch.testing.assert_close(got[step, 0], want[1], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got[step, 1], want[0], atol=1e-6, rtol=1e-5)
 
 
 def test_model_is_restored_after_the_block(pipe):
@@ -50,11 +69,25 @@ def test_model_is_restored_after_an_exception(pipe):
         tr.cache
 
 
-def test_tracing_a_traced_attention_layer_is_refused(pipe):
+def test_nested_traces_on_one_layer_each_keep_their_own_view(pipe):
     before = pipe.unet.attn_processors
-    with trace(pipe, [ATTN2]):
-        with pytest.raises(RuntimeError, match="already being traced"):
-            with trace(pipe.unet, ["mid_block", ATTN2]):
+    with trace(pipe, [ATTN2], keep=Keep(steps="all", heads="mean")) as outer:
+        with trace(pipe, [ATTN2], keep=Keep(steps=[1], branches=("cond",))) as inner:
+            image = generate(pipe, steps=3)
+    assert_restored(pipe.unet, before)
+    assert torch.equal(image, generate(pipe, steps=3))
+    with trace(pipe, [ATTN2], keep=Keep(steps="all")) as alone:
+        generate(pipe, steps=3)
+    full = alone.cache[ATTN2]  # (step, branch, batch, head, q, k)
+    torch.testing.assert_close(outer.cache[ATTN2], full.mean(3))
+    torch.testing.assert_close(inner.cache[ATTN2], full[1:2, :1])
+
+
+def test_a_second_edit_on_an_edited_layer_is_refused(pipe):
+    before = pipe.unet.attn_processors
+    with trace(pipe, [], edits={ATTN2: lambda p, ctx: None}):
+        with pytest.raises(RuntimeError, match="already edited by an enclosing trace"):
+            with trace(pipe.unet, ["mid_block"], edits={ATTN2: lambda p, ctx: None}):
                 pass
     assert_restored(pipe.unet, before)
 

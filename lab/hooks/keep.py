@@ -11,6 +11,7 @@ projection point: 4 * branches * batch * tokens * channels, times steps.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -61,6 +62,15 @@ class Keep:
             raise ValueError(f"Keep.branches={self.branches!r}; valid branches: {', '.join(BRANCHES)}")
         object.__setattr__(self, "branches", branches)
 
+    def __repr__(self) -> str:
+        """Only the fields that differ from the defaults, so it can be pasted: Keep(heads='mean', branches=('cond',))"""
+        parts = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v != f.default:
+                parts.append(f"{f.name}={list(v) if f.name == 'tokens' else v!r}")
+        return f"Keep({', '.join(parts)})"
+
     @property
     def step_mode(self) -> str:
         """'all', 'sum', 'mean' or 'list'."""
@@ -69,10 +79,15 @@ class Keep:
 
 @dataclass
 class Store:
-    """The kept tensor of one point: a running fp32 sum (steps 'sum'/'mean') or one slot per kept step."""
+    """The kept tensor of one point: a running fp32 sum (steps 'sum'/'mean') or one slot per kept step.
+
+    The running buffers live on `device` (the model's, when it has room: no host transfer per step) and move to
+    ``keep.device`` once, in ``result()``.
+    """
 
     keep: Keep
     n_slots: int | None  # slots for 'all'/list; None = 'all' with an unknown step count (grows)
+    device: torch.device | str = "cpu"
     buffer: torch.Tensor | None = None
     parts: list = field(default_factory=list)
     count: int = 0
@@ -82,21 +97,21 @@ class Store:
         mode = self.keep.step_mode
         if mode in ("sum", "mean"):
             if self.buffer is None:
-                self.buffer = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # running sum, model device
+                self.buffer = torch.zeros(x.shape, dtype=torch.float32, device=self.device)  # running sum
             self._check(x.shape, tuple(self.buffer.shape))
-            self.buffer.add_(x)
+            self.buffer.add_(x.to(self.device, non_blocking=True))
         elif self.n_slots is None:
             if self.parts:
                 self._check(x.shape, tuple(self.parts[0].shape))
-            self.parts.append(x.to(self.keep.device, self.keep.dtype))
+            self.parts.append(x.to(self.device, self.keep.dtype, non_blocking=True))
         else:
             if self.buffer is None:
-                self.buffer = torch.zeros((self.n_slots, *x.shape), dtype=self.keep.dtype, device=self.keep.device)
+                self.buffer = torch.zeros((self.n_slots, *x.shape), dtype=self.keep.dtype, device=self.device)
             self._check(x.shape, tuple(self.buffer.shape[1:]))
             if slot >= self.n_slots:
                 raise ValueError(f"step {slot} is past the {self.n_slots} steps this trace was sized for; one trace "
                                  "covers one pipeline call")
-            self.buffer[slot].copy_(x)
+            self.buffer[slot].copy_(x, non_blocking=True)
         self.count += 1
 
     @staticmethod
@@ -111,25 +126,33 @@ class Store:
             if self.buffer is None:
                 return None
             out = self.buffer / self.count if mode == "mean" else self.buffer
-            return out.to(self.keep.device, self.keep.dtype)
-        if self.n_slots is None:
-            return torch.stack(self.parts) if self.parts else None
-        return self.buffer
+        elif self.n_slots is None:
+            out = torch.stack(self.parts) if self.parts else None
+        else:
+            out = self.buffer
+        return None if out is None else out.to(self.keep.device, self.keep.dtype)
 
 
-def reduce(x: torch.Tensor, kind: str, keep: Keep, n_layout: int, branch_idx: list[int]) -> torch.Tensor:
+def reduce(x: torch.Tensor, kind: str, keep: Keep, have: Sequence[str], kept: Sequence[str],
+           heads_averaged: bool = False) -> torch.Tensor:
     """One step's tensor, batch-major (B, ...), to what `keep` keeps: (branch, batch, [head,] query, key) or features.
 
-    x: attention probabilities (B, heads, q, k), projections (B, tokens, c) or features (B, c, h, w), where
-    B = n_layout * batch.
+    x: attention probabilities (B, heads, q, k) (heads = 1 holding their mean when `heads_averaged`), projections
+    (B, tokens, c) or features (B, c, h, w), where B = len(have) * batch and `have` names the branches of x's rows in
+    order; `kept` are the branches to keep, in the order of the result's branch axis.
     """
     x = x.detach()
-    x = x.reshape(n_layout, x.shape[0] // n_layout, *x.shape[1:])  # (layout, batch, ...)
-    if branch_idx != list(range(n_layout)):
-        x = x[branch_idx] if len(branch_idx) > 1 else x[branch_idx[0]].unsqueeze(0)  # (branch, batch, ...)
+    x = x.reshape(len(have), x.shape[0] // len(have), *x.shape[1:])  # (have, batch, ...)
+    idx = [list(have).index(b) for b in kept]
+    if idx != list(range(len(have))):
+        x = x[idx] if len(idx) > 1 else x[idx[0]].unsqueeze(0)  # (branch, batch, ...)
     if kind in ATTENTION:
         if kind == "attn2" and keep.tokens is not None:
             x = x[..., list(keep.tokens)]  # (branch, batch, heads, q, tokens)
+        if heads_averaged:
+            if keep.heads != "mean":
+                raise ValueError("probabilities averaged over heads cannot be kept per head")
+            return x.squeeze(2)  # (branch, batch, q, k)
         if keep.heads == "mean":
             return x.mean(dim=2, dtype=torch.float32)  # (branch, batch, q, k)
     return x  # stores convert to keep.dtype when they copy

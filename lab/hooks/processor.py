@@ -1,78 +1,170 @@
-"""The one capturing attention processor: diffusers' AttnProcessor math, with the probabilities handed to a callback.
+"""The one capturing attention processor: the layer's own output, with its attention probabilities beside it.
 
-    proc = CaptureProcessor(on_probs, wants)         # on_probs(name, probs) -> None | replacement; wants(name) -> bool
-    originals = proc.install(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2"])
-    ...                                              # run the model
-    proc.uninstall()                                 # every layer gets back its own processor object
+    proc = processor_of(unet)                         # one per UNet, shared by every trace on it
+    proc.subscribe(trace, ["mid_block.attentions.0.transformer_blocks.0.attn2"])
+    ...                                               # run the model
+    proc.unsubscribe(trace)                           # the last one out puts every original processor back
 
 diffusers' default processor (AttnProcessor2_0, scaled_dot_product_attention) never materialises the attention
-probabilities, so on the chosen layers this processor computes them with ``attn.get_attention_scores``, exactly as
-``AttnProcessor`` does (group_norm, spatial_norm, residual_connection, rescale_output_factor, norm_cross, upcast
-included). When ``wants(name)`` is False (a step that is neither kept nor edited) it calls the layer's original
-processor instead, so those steps cost and compute exactly what they would without a trace.
+probabilities. A layer that is only observed at a step still runs its own processor (SDPA, flash, sliced, whatever
+the user set), so its output is bit-identical to an untraced call; the probabilities are computed beside it from the
+very q and k that processor made (caught by forward hooks on ``to_q`` / ``to_k``, or the fused ``to_qkv`` /
+``to_kv``), in float32, only for the batch rows some trace keeps. A layer that is edited at a step runs the eager
+math of diffusers' ``AttnProcessor`` instead (group_norm, spatial_norm, residual_connection, rescale_output_factor,
+norm_cross, upcast included), so the edit can replace the probabilities; its output may differ, as it must.
+
+Subscribers are traces (``lab.hooks.trace.Trace``). Several may observe one layer (each keeping its own view); at most
+one may edit it. A subscriber answers ``edits_now(name)``, ``keeps_now(name)``, ``rows()`` -> (layout, batch),
+``kept_branches``, ``keeps_head_mean(name)``, ``edit(name, probs)`` and ``record(name, probs, branches)``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+import weakref
 
 import torch
 from torch import nn
 
-# Original processors whose output the eager math below reproduces (up to float rounding); others would change it.
+# Original processors whose math (softmax(q k^T * scale) v) the eager path reproduces up to float rounding; others
+# (IP-Adapter, custom ones) compute something else, so probabilities computed beside them would be wrong.
 EQUIVALENT = {
     "AttnProcessor", "AttnProcessor2_0", "SlicedAttnProcessor", "XFormersAttnProcessor", "AttnProcessorNPU",
     "FusedAttnProcessor2_0", "AttnProcessor2_0_XLA", "XLAFlashAttnProcessor2_0",
 }
+_PROJECTIONS = ("to_q", "to_k", "to_qkv", "to_kv")
+_PROCESSORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # UNet -> its CaptureProcessor
+
+
+def processor_of(unet: nn.Module) -> "CaptureProcessor":
+    """The CaptureProcessor of `unet`, made on first use; every trace on that UNet shares it."""
+    if unet not in _PROCESSORS:
+        _PROCESSORS[unet] = CaptureProcessor()
+    return _PROCESSORS[unet]
+
+
+class _Layer:
+    """One attention layer under capture: its original processor, subscribers, and the q/k its projections made."""
+
+    def __init__(self, name: str, attn: nn.Module):
+        self.name, self.attn, self.orig = name, attn, attn.processor
+        params = inspect.signature(self.orig.__call__).parameters
+        self.accepted = None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set(params)
+        self.subs: list = []
+        self.armed = False
+        self.caught: dict[str, torch.Tensor] = {}
+        self.handles = [getattr(attn, p).register_forward_hook(self._catch(p))
+                        for p in _PROJECTIONS if isinstance(getattr(attn, p, None), nn.Module)]
+
+    def _catch(self, projection: str):
+        def hook(module, args, output):
+            if self.armed:
+                self.caught[projection] = output.detach()  # (b, tokens, width)
+
+        return hook
+
+    def call_original(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
+        extra = {"temb": temb, **kwargs} if temb is not None else dict(kwargs)
+        if self.accepted is not None:
+            extra = {k: v for k, v in extra.items() if k in self.accepted}
+        return self.orig(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, **extra)
+
+    def q_and_k(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query and key projections (b, tokens, heads*d) the original processor just computed."""
+        c, attn = self.caught, self.attn
+        q = c.get("to_q")
+        k = c.get("to_k")
+        if q is None and "to_qkv" in c:
+            q, k, _ = c["to_qkv"].chunk(3, dim=-1)
+        if k is None and "to_kv" in c:
+            k, _ = c["to_kv"].chunk(2, dim=-1)
+        if q is None or k is None:
+            raise RuntimeError(f"{self.name!r}: its processor {type(attn.processor).__name__} did not call to_q/to_k "
+                               "(or to_qkv/to_kv), so the probabilities cannot be computed beside it")
+        return q, k
 
 
 class CaptureProcessor:
-    """Attention processor that materialises probabilities (batch, heads, query, key) for a callback to see or replace.
+    """Attention processor that shows (or lets one subscriber replace) the probabilities (batch, heads, query, key).
 
-        proc = CaptureProcessor(lambda name, p: print(name, p.shape), lambda name: True)
-        proc.install(unet, names); unet(sample, t, text); proc.uninstall()
+    Build it with ``processor_of(unet)``; traces subscribe to the layers they capture or edit.
     """
 
-    def __init__(self, on_probs: Callable[[str, torch.Tensor], torch.Tensor | None], wants: Callable[[str], bool]):
-        self.on_probs = on_probs
-        self.wants = wants
-        self._layers: dict[int, tuple[str, nn.Module, object, set[str] | None]] = {}
+    def __init__(self):
+        self._layers: dict[int, _Layer] = {}
 
-    def install(self, unet: nn.Module, names: list[str]) -> None:
-        """Put this processor on the attention modules `names` (full paths), remembering each original processor."""
+    def subscribe(self, sub, unet: nn.Module, names: list[str], edited: set[str]) -> None:
+        """Capture `names` (full paths) for `sub`; `edited` are those it edits (one editor per layer)."""
         modules = dict(unet.named_modules())
         for name in names:
             attn = modules[name]
-            orig = attn.processor
-            kind = type(orig).__name__
-            if kind not in EQUIVALENT:
-                raise ValueError(
-                    f"{name!r} uses {kind}, whose math the capture processor does not reproduce, so capturing it would "
-                    f"change the output; processors it can stand in for: {', '.join(sorted(EQUIVALENT))}"
-                )
-            params = inspect.signature(orig.__call__).parameters
-            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-            self._layers[id(attn)] = (name, attn, orig, None if takes_any else set(params))
-        for _, attn, _, _ in self._layers.values():
-            attn.set_processor(self)
+            layer = self._layers.get(id(attn))
+            if layer is None:
+                kind = type(attn.processor).__name__
+                if kind not in EQUIVALENT:
+                    raise ValueError(
+                        f"{name!r} uses {kind}, whose math the capture processor does not reproduce, so its "
+                        f"probabilities cannot be captured or edited; processors it can stand beside: "
+                        f"{', '.join(sorted(EQUIVALENT))}")
+            elif name in edited and any(name in s.edits for s in layer.subs):
+                raise RuntimeError(f"{name!r} is already edited by an enclosing trace; one trace at a time may edit "
+                                   "an attention layer (put both edits in one function)")
+        for name in names:
+            attn = modules[name]
+            if id(attn) not in self._layers:
+                self._layers[id(attn)] = _Layer(name, attn)
+                attn.set_processor(self)
+            self._layers[id(attn)].subs.append(sub)
 
-    def uninstall(self) -> None:
-        """Give every layer back its original processor object (identity, not a copy). Safe to call twice."""
-        for _, attn, orig, _ in self._layers.values():
-            if attn.processor is self:
-                attn.set_processor(orig)
-        self._layers.clear()
+    def unsubscribe(self, sub) -> None:
+        """Forget `sub`; a layer nobody captures any more gets its original processor object back."""
+        for key, layer in list(self._layers.items()):
+            layer.subs = [s for s in layer.subs if s is not sub]
+            if not layer.subs:
+                for h in layer.handles:
+                    h.remove()
+                if layer.attn.processor is self:
+                    layer.attn.set_processor(layer.orig)
+                del self._layers[key]
+
+    def original(self, attn: nn.Module):
+        """The processor `attn` had before any trace (itself when it is not under capture)."""
+        layer = self._layers.get(id(attn))
+        return attn.processor if layer is None else layer.orig
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
-        name, _, orig, accepted = self._layers[id(attn)]
-        if not self.wants(name):
-            extra = {"temb": temb, **kwargs} if temb is not None else dict(kwargs)
-            if accepted is not None:
-                extra = {k: v for k, v in extra.items() if k in accepted}
-            return orig(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                        attention_mask=attention_mask, **extra)
+        layer = self._layers[id(attn)]
+        name = layer.name
+        editor = next((s for s in layer.subs if s.edits_now(name)), None)
+        observers = [s for s in layer.subs if s is not editor and s.keeps_now(name)]
+        if editor is not None:
+            return self._eager(layer, attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                               editor, observers)
+        if not observers:
+            return layer.call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
+        layer.caught.clear()
+        layer.armed = True
+        try:
+            out = layer.call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
+        finally:
+            layer.armed = False
+        q, k = layer.q_and_k()  # (B, q, heads*d), (B, k, heads*d)
+        layer.caught.clear()
+        layout, batch = observers[0].rows()
+        wanted = [b for b in layout if any(b in s.kept_branches for s in observers)]
+        if wanted != list(layout):
+            rows = torch.cat([torch.arange(layout.index(b) * batch, (layout.index(b) + 1) * batch) for b in wanted])
+            rows = rows.to(q.device)
+            q, k = q.index_select(0, rows), k.index_select(0, rows)  # (len(wanted)*batch, ...)
+        mean_only = all(s.keeps_head_mean(name) for s in observers)
+        probs = _probabilities(attn, q, k, attention_mask, mean_only)  # (b, heads or 1, q, k) float32
+        for s in observers:
+            s.record(name, probs, tuple(wanted), mean_only)
+        return out
 
+    def _eager(self, layer, attn, hidden_states, encoder_hidden_states, attention_mask, temb, editor, observers):
+        """diffusers' AttnProcessor math, with the editor's replacement of the probabilities; observers see it."""
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -106,9 +198,15 @@ class CaptureProcessor:
 
         probs = attn.get_attention_scores(query, key, attention_mask)  # (b*heads, q, k)
         bh, q, k = probs.shape
-        new = self.on_probs(name, probs.view(bh // attn.heads, attn.heads, q, k))  # sees (b, heads, q, k)
+        probs4 = probs.view(bh // attn.heads, attn.heads, q, k)  # (b, heads, q, k)
+        new = editor.edit(layer.name, probs4)
         if new is not None:
+            probs4 = new
             probs = new.reshape(bh, q, k).to(value.dtype)
+        layout, _ = editor.rows()
+        for s in (editor, *observers):
+            if s.keeps_now(layer.name):
+                s.record(layer.name, probs4, tuple(layout), False)
         hidden_states = torch.bmm(probs, value)  # (b*heads, q, d)
         hidden_states = attn.batch_to_head_dim(hidden_states)  # (b, q, heads*d)
 
@@ -119,3 +217,43 @@ class CaptureProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+# Above this many float32 elements (batch * heads * queries * keys, 256 MiB) the probabilities are computed a few
+# heads at a time when only their mean is kept, so a real-size self-attention (4096 x 4096 keys) stays affordable.
+_CHUNK_ELEMENTS = 2**26
+
+
+def _probabilities(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, attention_mask, mean_only: bool) -> torch.Tensor:
+    """softmax(q k^T * scale) in float32 from projections (b, tokens, heads*d): (b, heads, q, k), or (b, 1, q, k)
+    holding the mean over heads when `mean_only`."""
+    b, n_q, inner = q.shape
+    heads = attn.heads
+    d = inner // heads
+    q = q.view(b, n_q, heads, d).transpose(1, 2)  # (b, heads, q, d)
+    k = k.view(b, k.shape[1], heads, k.shape[-1] // heads).transpose(1, 2)  # (b, heads, k, d)
+    if getattr(attn, "norm_q", None) is not None:
+        q = attn.norm_q(q)
+    if getattr(attn, "norm_k", None) is not None:
+        k = attn.norm_k(k)
+    mask = None
+    if attention_mask is not None:
+        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b).view(b, heads, -1, k.shape[2]).float()
+    per_head = n_q * k.shape[2] * b
+    step = heads if not mean_only else max(1, min(heads, _CHUNK_ELEMENTS // max(per_head, 1)))
+    total = None
+    parts = []
+    for h in range(0, heads, step):
+        scores = torch.matmul(q[:, h:h + step].float(), k[:, h:h + step].float().transpose(-1, -2))  # (b, h, q, k)
+        scores = scores * attn.scale
+        if mask is not None:
+            scores = scores + mask[:, h:h + step]
+        p = scores.softmax(dim=-1)
+        if mean_only:
+            p = p.sum(dim=1, keepdim=True)  # (b, 1, q, k)
+            total = p if total is None else total.add_(p)
+        else:
+            parts.append(p)
+    if mean_only:
+        return total.div_(heads)  # (b, 1, q, k)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (b, heads, q, k)

@@ -4,19 +4,24 @@
         pipe("a dog on a mat", num_inference_steps=25)
     tr.cache["up_blocks.1.attentions.0.transformer_blocks.0.attn2"]   # (branch, batch, query, key)
 
-How: a forward pre-hook on the UNet counts its calls (one per denoising step) and reads the timestep; the chosen
+How: a forward pre-hook on the UNet counts its calls (one per denoising step) and notes the timestep; the chosen
 attention layers get the one CaptureProcessor (every other layer keeps its own processor); block, resnet,
 transformer and projection points get forward hooks. On exit, also after an exception, every hook is removed and
-every layer has its original processor object back. Traces nest when they touch different attention layers (e.g. one
-keeps maps, an inner one keeps the queries, ``<layer>.to_q``, at other steps). The guidance layout of the batch
-([uncond, cond] halves when the pipeline's do_classifier_free_guidance is on) is read at each step; a bare UNet is
-traced with an explicit `branches=`.
+every layer has its original processor object back.
+
+Observing changes nothing: a layer that is only captured still runs its own processor, and its probabilities are
+computed beside it, so the output is bit-identical to an untraced call on any device and dtype (edited layers run
+eager math and may differ, as they must). Running sums and kept steps stay on the model's device while it has room and
+move once at the end; nothing in a step waits for the device. Traces nest, also on the same attention layer (one
+keeps head-averaged maps at every step, an inner one every head at a few steps, or the queries ``<layer>.to_q``); at
+most one of them may edit a layer. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
+do_classifier_free_guidance is on) is read at each step; a bare UNet is traced with an explicit `branches=`.
 """
 from __future__ import annotations
 
 import dataclasses
-import weakref
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -25,10 +30,10 @@ from .cache import Cache
 from .keep import ATTENTION, BRANCHES, Keep, Store, axes, human, nbytes, reduce, step_shape
 from .meta import run_meta
 from .points import check_names, points, unet_of
-from .processor import CaptureProcessor
+from .processor import processor_of
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
-_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # UNet -> attention layers under a trace
+DEVICE_HEADROOM = 0.5  # kept tensors may take at most this share of the device's free memory (the model needs the rest)
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,15 @@ class Context:
 
     point: str
     step: int
-    timestep: float
+    t: torch.Tensor | float = field(repr=False)  # the UNet's timestep argument, as given (read .timestep)
     branches: tuple[str, ...]
     batch: int
     resolution: tuple[int, int] | None
+
+    @property
+    def timestep(self) -> float:
+        """The step's timestep as a float (reading it waits for the device, so it is read only when asked)."""
+        return _as_float(self.t)
 
     def rows(self, branch: str) -> slice:
         """Batch rows of `branch` ('cond' | 'uncond') in the tensor an edit gets."""
@@ -84,7 +94,7 @@ class Trace:
 
     def __init__(self, model, names, keep, edits, max_bytes, branches, meta):
         self.unet = unet_of(model)
-        self.pipe = None if model is self.unet else model
+        self.pipe = None if model is self.unet or model is getattr(self.unet, "_orig_mod", None) else model
         self.names = list(dict.fromkeys(check_names(self.unet, names)))
         self.edits = dict(edits or {})
         check_names(self.unet, list(self.edits))
@@ -107,12 +117,14 @@ class Trace:
         self._cache: Cache | None = None
         self._used = False
         self._handles: list = []
-        self._layers: set[str] = set()
-        self._processor = CaptureProcessor(self._on_probs, self._wants)
-        self.step, self.slot, self.timestep = -1, None, None
-        self.timesteps: list[float] = []
+        self._processor = None
+        self.step, self.slot, self.t = -1, None, None
+        self._timesteps: list = []  # the UNet's timestep argument per call, read as floats once at the end
         self.steps_seen: list[int] = []
         self.input_ids = None
+        self.kept_branches: list[str] = []
+        self.device = None
+        self.store_device = None
         self.stores: dict[str, Store] = {}
 
     # --- entering and leaving ----------------------------------------------------------------------------------------
@@ -121,14 +133,7 @@ class Trace:
             raise RuntimeError("this trace was already used; call trace(...) again for another run")
         self._used = True
         hooked = list(dict.fromkeys(self.names + list(self.edits)))
-        layers = {n for n in hooked if self.kinds[n] in ATTENTION}
-        busy = sorted(layers & _TRACED.setdefault(self.unet, set()))
-        if busy:
-            raise RuntimeError(f"{busy[0]!r} is already being traced by an enclosing trace; traces can be nested "
-                               "only on different attention layers: capture these points in that trace, or finish "
-                               "its with-block first")
-        self._layers = layers
-        _TRACED[self.unet] |= layers
+        layers = [n for n in hooked if self.kinds[n] in ATTENTION]
         try:
             modules = dict(self.unet.named_modules())
             self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
@@ -138,7 +143,9 @@ class Trace:
             encoder = getattr(self.pipe, "text_encoder", None) or getattr(self.pipe, "text_encoder_2", None)
             if isinstance(encoder, torch.nn.Module):
                 self._handles.append(encoder.register_forward_pre_hook(self._on_text, with_kwargs=True))
-            self._processor.install(self.unet, [n for n in hooked if n in layers])
+            if layers:
+                self._processor = processor_of(self.unet)
+                self._processor.subscribe(self, self.unet, layers, set(self.edits) & set(layers))
         except BaseException:
             self._cleanup()
             raise
@@ -154,9 +161,8 @@ class Trace:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._processor.uninstall()
-        if self.unet in _TRACED:
-            _TRACED[self.unet] -= self._layers
+        if self._processor is not None:
+            self._processor.unsubscribe(self)
 
     @property
     def cache(self) -> Cache:
@@ -164,6 +170,15 @@ class Trace:
         if self._cache is None:
             raise RuntimeError("the cache is ready after the with-block ends (and there is none if it raised)")
         return self._cache
+
+    @property
+    def timesteps(self) -> list[float]:
+        """The timestep of every UNet call so far, as floats (reading them waits for the device)."""
+        return [_as_float(t) for t in self._timesteps]
+
+    @property
+    def timestep(self) -> float | None:
+        return None if self.t is None else _as_float(self.t)
 
     # --- per UNet call ------------------------------------------------------------------------------------------------
     def _layout(self) -> tuple[str, ...]:
@@ -186,8 +201,8 @@ class Trace:
         sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
         t = args[1] if len(args) > 1 else kwargs.get("timestep")
         self.step += 1
-        self.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
-        self.timesteps.append(self.timestep)
+        self.t = t.detach().flatten()[0] if torch.is_tensor(t) else t  # stays on the device: no wait per step
+        self._timesteps.append(self.t)
         layout = self._layout()
         if sample.shape[0] % len(layout):
             raise ValueError(f"UNet batch {sample.shape[0]} does not split into branches {layout}; pass trace(..., "
@@ -195,7 +210,12 @@ class Trace:
         batch = sample.shape[0] // len(layout)
         if self.step == 0:
             enc = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+            self.device = sample.device
             self._setup(sample, enc, layout, batch)
+        elif sample.device != self.device:
+            raise RuntimeError(f"the UNet ran on {self.device} at step 0 and on {sample.device} at step {self.step}: "
+                               "the model was moved during the trace; move it before trace() (or enable offloading "
+                               "before it), then run again")
         elif (layout, batch) != (self.layout, self.batch):
             raise ValueError(f"step {self.step} has branches {layout} x batch {batch}, the first step had "
                              f"{self.layout} x {self.batch}; one trace covers one pipeline call")
@@ -221,7 +241,7 @@ class Trace:
         if not kept:
             raise ValueError(f"Keep.branches={self.keep.branches} but this run's batch has only {layout} "
                              "(no 'uncond' without classifier-free guidance, i.e. guidance_scale <= 1)")
-        self.kept_branches, self.branch_idx = kept, [layout.index(b) for b in kept]
+        self.kept_branches = kept
         self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
         if self.keep.tokens is not None and self.n_keys is not None:
             bad = [t for t in self.keep.tokens if not -self.n_keys <= t < self.n_keys]
@@ -242,9 +262,10 @@ class Trace:
                 wanted.append(s)
             self.step_slots = {s: i for i, s in enumerate(sorted(set(wanted)))}
         n_slots = {"all": self.total_steps, "list": len(self.step_slots)}.get(self.keep.step_mode, 1)
-        self.stores = {name: Store(self.keep, n_slots) for name in self.names}
+        self.store_device = torch.device(self.keep.device)
         if n_slots is not None:
             self._check_budget(n_slots, f"for {n_slots} steps" if self.keep.step_mode in ("all", "list") else "")
+        self.stores = {name: Store(self.keep, n_slots, self.store_device) for name in self.names}
 
     def _step_bytes(self, keep: Keep, n_branches: int) -> int:
         total = 0
@@ -255,58 +276,106 @@ class Trace:
             total += nbytes(shape, torch.float32 if keep.step_mode in ("sum", "mean") else keep.dtype)
         return total
 
+    def _need(self, keep: Keep, n_slots: int) -> int:
+        branches = [b for b in keep.branches if b in self.layout]
+        per_step = self._step_bytes(keep, len(branches))
+        return per_step * (n_slots if keep.step_mode in ("all", "list") else 1)
+
     def _check_budget(self, n_slots: int, when: str) -> None:
-        per_step = self._step_bytes(self.keep, len(self.kept_branches))
-        need = per_step * (n_slots if self.keep.step_mode in ("all", "list") else 1)
-        if need <= self.max_bytes:
+        """Refuse, before the step that would pass it, a keep over max_bytes or over what the memory can hold; pick
+        where the running stores live (the model's device when the kept tensors fit in half its free memory)."""
+        need = self._need(self.keep, n_slots)
+        room, where = _free_bytes(self.store_device)
+        limit, what = min(self.max_bytes, room), f"max_bytes={human(self.max_bytes)}"
+        if room < self.max_bytes:
+            what = f"the {human(room)} free on {where}"
+        if self.step == 0 and self.device is not None and self.device.type != "cpu" and self.store_device.type == "cpu":
+            on_device, _ = _free_bytes(self.device)
+            if need <= on_device * DEVICE_HEADROOM:
+                self.store_device = self.device  # stays there during the run, moves to keep.device once at the end
+        if need <= limit:
             return
         k = self.keep
         options = []
         if k.step_mode in ("all", "list"):
-            options.append(f"steps='sum' or 'mean' ({human(per_step)})")
+            options.append(f"steps='sum' or 'mean' ({human(self._need(_with(k, steps='sum'), 1))})")
         if k.heads == "all" and any(self.kinds[n] in ATTENTION for n in self.names):
-            mean_heads = need * self._step_bytes(_with(k, heads="mean"), len(self.kept_branches)) / per_step
-            options.append(f"heads='mean' ({human(mean_heads)})")
+            options.append(f"heads='mean' ({human(self._need(_with(k, heads='mean'), n_slots))})")
         if k.tokens is None and any(self.kinds[n] == "attn2" for n in self.names):
             options.append("tokens=[...] (only the cross-attention keys you need)")
         if len(self.kept_branches) > 1:
-            options.append(f"branches=('cond',) ({human(need / len(self.kept_branches))})")
+            options.append(f"branches=('cond',) ({human(self._need(_with(k, branches=('cond',)), n_slots))})")
+        if k.dtype == torch.float32 and k.step_mode in ("all", "list"):
+            options.append(f"dtype=torch.float16 ({human(self._need(_with(k, dtype=torch.float16), n_slots))})")
+        fits = self._cheapest_fit(n_slots, limit)
+        hint = f" The nearest keep that fits: {fits!r}." if fits is not None else ""
         raise MemoryError(
             f"keeping {len(self.names)} points with {k}{' ' + when if when else ''} would take {human(need)}, over "
-            f"max_bytes={human(self.max_bytes)}. Reduce it: {'; '.join(options + ['fewer points'])}; "
-            "or raise max_bytes."
+            f"{what}.{hint} Other ways down: {'; '.join(options + ['fewer points'])}"
+            f"{'; or raise max_bytes' if limit == self.max_bytes else ''}."
         )
 
-    # --- per hooked module --------------------------------------------------------------------------------------------
-    def _ctx(self, name: str) -> Context:
-        p = self.points.get(name) if self.step >= 0 else None
-        return Context(name, self.step, self.timestep, self.layout, self.batch, p.resolution if p else None)
+    def _cheapest_fit(self, n_slots: int, limit: int) -> Keep | None:
+        """The Keep that gives up least of this one and fits in `limit`: float16 storage first, then only the prompt's
+        tokens, then heads averaged, then the cond branch alone, then steps summed."""
+        k = self.keep
+        prompt_tokens = None
+        if self.input_ids is not None and self.n_keys is not None and k.tokens is None:
+            eos = _eos_positions(self.input_ids)
+            prompt_tokens = list(range(min(max(eos) + 1, self.n_keys)))
+        moves = [
+            ("dtype", torch.float16) if k.step_mode in ("all", "list") else None,
+            ("tokens", prompt_tokens) if prompt_tokens and any(self.kinds[n] == "attn2" for n in self.names) else None,
+            ("heads", "mean") if any(self.kinds[n] in ATTENTION for n in self.names) else None,
+            ("branches", ("cond",)) if len(self.kept_branches) > 1 else None,
+            ("steps", "sum") if k.step_mode in ("all", "list") else None,
+        ]
+        for change in moves:
+            if change is None:
+                continue
+            k = _with(k, **{change[0]: change[1]})
+            if self._need(k, n_slots if k.step_mode in ("all", "list") else 1) <= limit:
+                return k
+        return None
 
-    def _wants(self, name: str) -> bool:
-        return self.step >= 0 and (name in self.edits or (self.slot is not None and name in self.capture))
+    # --- what the capture processor asks (see lab.hooks.processor) ---------------------------------------------------
+    def rows(self) -> tuple[tuple[str, ...], int]:
+        """The guidance layout of this step's batch and the rows per branch."""
+        return self.layout, self.batch
 
-    def _edit(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+    def edits_now(self, name: str) -> bool:
+        return self.step >= 0 and name in self.edits
+
+    def keeps_now(self, name: str) -> bool:
+        return self.step >= 0 and self.slot is not None and name in self.capture
+
+    def keeps_head_mean(self, name: str) -> bool:
+        return self.keep.heads == "mean"
+
+    def edit(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         new = self.edits[name](x, self._ctx(name))
         if new is not None and tuple(new.shape) != tuple(x.shape):
             raise ValueError(f"edit for {name!r} returned shape {tuple(new.shape)}; it must keep {tuple(x.shape)}")
         return new
 
-    def _record(self, name: str, x: torch.Tensor) -> None:
-        if self.slot is not None and name in self.capture:
-            self.stores[name].add(self.slot, reduce(x, self.kinds[name], self.keep, len(self.layout), self.branch_idx))
+    def record(self, name: str, x: torch.Tensor, have: tuple[str, ...], heads_averaged: bool = False) -> None:
+        """Keep `x` (rows of the branches `have`, in order) of point `name` at this step."""
+        if self.keeps_now(name):
+            kept = reduce(x, self.kinds[name], self.keep, have, self.kept_branches, heads_averaged)
+            self.stores[name].add(self.slot, kept)
 
-    def _on_probs(self, name: str, probs: torch.Tensor) -> torch.Tensor | None:
-        new = self._edit(name, probs) if name in self.edits and self.step >= 0 else None  # (B, heads, q, k)
-        self._record(name, probs if new is None else new)
-        return new
+    # --- per hooked module --------------------------------------------------------------------------------------------
+    def _ctx(self, name: str) -> Context:
+        p = self.points.get(name) if self.step >= 0 else None
+        return Context(name, self.step, self.t, self.layout, self.batch, p.resolution if p else None)
 
     def _feature_hook(self, name: str):
         def hook(module, args, output):
             if self.step < 0:
                 return None
             hidden = _hidden(output)  # (B, c, h, w)
-            new = self._edit(name, hidden) if name in self.edits else None
-            self._record(name, hidden if new is None else new)
+            new = self.edit(name, hidden) if name in self.edits else None
+            self.record(name, hidden if new is None else new, self.layout)
             return None if new is None else _replace(output, hidden, new)
 
         return hook
@@ -334,6 +403,38 @@ class Trace:
 
 def _with(keep: Keep, **changes) -> Keep:
     return dataclasses.replace(keep, **changes)
+
+
+def _as_float(t) -> float:
+    return float(t.item()) if torch.is_tensor(t) else float(t)
+
+
+def _eos_positions(ids: torch.Tensor) -> list[int]:
+    """Per prompt, the index of its first end token (the highest id in a CLIP vocabulary), or its last position."""
+    ends = []
+    for row in ids.tolist():
+        eos = max(row)
+        ends.append(row.index(eos))
+    return ends
+
+
+def _free_bytes(device: torch.device) -> tuple[int, str]:
+    """Bytes free on `device` for kept tensors, and the device's name as a message gives it."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            return int(info["MemAvailable"].split()[0]) * 1024, "the CPU (available memory)"
+        except (OSError, KeyError, ValueError):
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the CPU (available memory)"
+        except (ValueError, OSError, AttributeError):
+            return 2**63, "the CPU"
+    return 2**63, str(device)
 
 
 def _hidden(output):
