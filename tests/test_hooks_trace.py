@@ -301,3 +301,39 @@ def test_a_projection_a_fused_processor_skips_is_reported():
     with pytest.raises(RuntimeError, match=r"to_q' never ran: .*FusedAttnProcessor2_0"):
         with trace(fused, [f"{ATTN1}.to_q"]):
             generate(fused, steps=1)
+
+
+def test_an_over_budget_keep_names_the_nearest_keep_that_fits_and_it_runs(pipe):
+    names = select(pipe, kind="attn2")
+    with pytest.raises(MemoryError) as e:
+        with trace(pipe, names, keep=Keep(steps="all"), max_bytes=400_000):
+            generate(pipe, steps=4)
+    msg = str(e.value)
+    suggested = msg.split("The nearest keep that fits: ")[1].split(". Other ways")[0]
+    assert suggested.startswith("Keep(") and "steps=" not in suggested  # still every step
+    keep = eval(suggested, {"Keep": Keep, "torch": torch})
+    with trace(pipe, names, keep=keep, max_bytes=400_000) as tr:
+        generate(pipe, steps=4)
+    assert sum(t.numel() * t.element_size() for t in tr.cache.tensors.values()) <= 400_000
+    assert tr.cache.meta["steps"] == [0, 1, 2, 3]
+
+
+def test_a_keep_over_the_free_memory_is_refused_naming_it(pipe):
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(MemoryError, match=r"free on the CPU \(available memory\)"):
+            with trace(pipe, select(pipe, kind="attn1"), max_bytes=2**62):  # 4096 x 4096 maps at 512 px
+                generate(pipe, steps=50, size=512)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_a_model_moved_during_the_trace_is_an_error(pipe):
+    unet = pipe.unet
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, unet.config.cross_attention_dim)
+    with pytest.raises(RuntimeError, match="ran on cpu at step 0 and on meta at step 1"):
+        with trace(unet, [ATTN2]):
+            unet(sample, 900, text)
+            unet(sample.to("meta"), 600, text.to("meta"))
