@@ -7,6 +7,7 @@ from PIL import Image
 from analyses.dift.features import (block_features, condition, encode, featurize, input_size, load_image,
                                     noise_schedule, prepare)
 from lab.world import Obj, Scene, render
+from devices import batch_close
 from tiny_models import one_thread, tiny_pipeline  # noqa: F401 (one_thread: autouse fixture)
 
 
@@ -81,14 +82,14 @@ def test_a_batch_equals_one_by_one(shapes, image):
     for img, fmap in zip(images, batch):
         alone = featurize(shapes, img, ensemble=2, size="multiple", batch_size=8)[0]
         assert fmap.image_size == alone.image_size and fmap.input_size == alone.input_size
-        torch.testing.assert_close(fmap.tensor, alone.tensor, atol=1e-5, rtol=1e-4)
+        batch_close(fmap.tensor, alone.tensor)  # on a GPU kernels differ with the batch: its measured tolerance
 
 
 def test_noise_depends_on_the_image_and_seed_only(shapes, image):
     a = featurize(shapes, [image], ensemble=1, seed=0)[0].tensor
     b = featurize(shapes, [image[::-1].copy(), image], ensemble=1, seed=0)[1].tensor
     c = featurize(shapes, [image], ensemble=1, seed=1)[0].tensor
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    batch_close(a, b)  # b was computed in a batch of two
     assert (a - c).abs().max() > 1e-4
 
 

@@ -22,7 +22,7 @@ def test_trajectory_holds_the_noise_every_step_and_the_decoded_latent(shapes_pip
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator("cpu").manual_seed(3))
     torch.testing.assert_close(traj.latents[0], noise * traj.meta["init_noise_sigma"])
     final = shapes_pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(3), num_inference_steps=3,
-                        output_type="latent").images
+                        output_type="latent").images.cpu()  # a trajectory's latents are on the CPU
     torch.testing.assert_close(traj.latents[-1], final)
 
 
@@ -49,7 +49,7 @@ def test_recording_works_on_an_sdxl_pipeline():
     pipe = tiny_pipeline("sdxl")
     traj = record(pipe, "a red square", seeds=1, num_inference_steps=2, height=64, width=64)
     plain = pipe("a red square", generator=torch.Generator("cpu").manual_seed(1), num_inference_steps=2, height=64,
-                 width=64, output_type="latent").images
+                 width=64, output_type="latent").images.cpu()
     assert traj.latents.shape == (3, 1, 4, 8, 8)
     torch.testing.assert_close(traj.latents[-1], plain)
 
@@ -58,5 +58,6 @@ def test_recording_with_stochastic_ddim_matches_a_plain_call(shapes_pipe):
     """eta > 0 draws scheduler noise from the generators: they must be where the pipeline would have left them."""
     traj = record(shapes_pipe, PROMPT, seeds=[3, 4], num_inference_steps=2, eta=1.0)
     gens = [torch.Generator("cpu").manual_seed(s) for s in (3, 4)]
-    plain = shapes_pipe([PROMPT] * 2, generator=gens, num_inference_steps=2, eta=1.0, output_type="latent").images
+    plain = shapes_pipe([PROMPT] * 2, generator=gens, num_inference_steps=2, eta=1.0,
+                        output_type="latent").images.cpu()
     torch.testing.assert_close(traj.latents[-1], plain)

@@ -2,7 +2,7 @@
 
     from tiny_models import tiny_unet, tiny_pipeline
     unet = tiny_unet("sd15")                      # SD1.5 layout, 1/10 of the width
-    pipe = tiny_pipeline("sdxl")                  # StableDiffusionXLPipeline, runs in well under a second per step
+    pipe = tiny_pipeline("sdxl")                  # StableDiffusionXLPipeline, on devices.DEVICE (CUDA when visible)
     image = pipe("a red square", height=64, width=64, num_inference_steps=2, output_type="pt").images
 
 The UNet configurations below are the real ``unet/config.json`` of each model with only the widths reduced
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from devices import DEVICE
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # so `lab` imports however pytest is started
@@ -172,7 +174,7 @@ def tiny_pipeline(arch: str = "sd15", scheduler: str = "ddim", tokenizer: str | 
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(DEVICE)
 
 
 def generate(pipe, prompt="a red square", steps: int = 2, size: int = 64, seed: int = 0, **kw) -> torch.Tensor:

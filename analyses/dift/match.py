@@ -45,6 +45,8 @@ def bilinear_weights(coords: torch.Tensor, n_in: int, n_out: int) -> torch.Tenso
 
 
 def _points(points, image_size) -> torch.Tensor:
+    if torch.is_tensor(points):
+        points = points.detach().cpu()  # e.g. matches found on the GPU
     p = torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, 2).float()  # (P, 2) x, y
     h, w = image_size
     if len(p) and (p[:, 0].min() < -0.5 or p[:, 1].min() < -0.5 or p[:, 0].max() > w - 0.5

@@ -116,9 +116,23 @@ class Clock:
 
 
 def _save(obj, path: Path) -> None:
+    """Write `obj` with every tensor on the CPU (a checkpoint loads anywhere), atomically."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    torch.save(_on_cpu(obj), tmp)
     os.replace(tmp, path)
+
+
+def _on_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _on_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's module versions
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def _log(run: Path, **row) -> None:
@@ -176,6 +190,9 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
 
 def _device() -> torch.device:
+    """CUDA when one is visible; the CPU for ``--processes`` workers, which are CPU processes joined by gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
