@@ -48,14 +48,18 @@ class Point:
 
 
 def unet_of(model) -> nn.Module:
-    """The UNet2DConditionModel of a pipeline (``pipe.unet``) or the model itself; anything else is not supported."""
+    """The UNet2DConditionModel of a pipeline (``pipe.unet``) or the model itself, also under torch.compile;
+    anything else is not supported."""
     from diffusers import UNet2DConditionModel
 
     if isinstance(model, UNet2DConditionModel):
         return model
     unet = getattr(model, "unet", None)
+    unet = getattr(unet, "_orig_mod", unet)  # torch.compile(pipe.unet): hook the modules the compiled one runs
     if isinstance(unet, UNet2DConditionModel):
         return unet
+    if isinstance(getattr(model, "_orig_mod", None), UNet2DConditionModel):
+        return model._orig_mod
     what = type(model).__name__
     inner = next((f"{a}={type(getattr(model, a)).__name__}" for a in ("transformer", "unet", "prior")
                   if isinstance(getattr(model, a, None), nn.Module)), None)
