@@ -2,6 +2,7 @@
 
     python benchmarks/bench_hooks.py --model sd15-tiny            # SD1.5 layout at 1/10 width, 512 px (64x64 latents)
     python benchmarks/bench_hooks.py --model sd15-full --device cuda --dtype fp16   # real SD1.5 size, random weights
+    python benchmarks/bench_hooks.py --model sdxl-full --device cuda --dtype fp16 --section benchmarks/hooks.md
     python benchmarks/bench_hooks.py --model shapes               # the built-in model (through lab.load)
     python benchmarks/bench_hooks.py --model path/to/pipeline     # any diffusers SD/SDXL folder
 
@@ -9,13 +10,20 @@ Runs, interleaved --repeats times (the order rotates each repeat), 25 guided ste
   plain              the pipeline as it is
   attn2 sum          every cross-attention layer, summed over steps, all heads, both branches
   attn2 sum (DAAM)   every cross-attention layer, summed over steps, heads averaged, cond branch only
+  eager (DAAM)       the same keep, captured the way daam 0.2.0 does: an eager processor materialises every row's
+                     probabilities and computes the output from them (here: an edit that returns None)
   attn1 @3 steps     every self-attention layer at steps 0, n/2, n-1, heads averaged, cond branch only
-and prints a markdown table: median seconds, ratio to plain (per repeat, then median), peak memory above the
-loaded model, bytes kept, and the largest pixel difference from the plain image.
+and prints a markdown table: median seconds, ratio to plain (per repeat, then median, with the min-max over
+repeats), peak memory above the loaded model, bytes kept, the largest pixel difference from the plain image, and
+whether every repeat's image was bit-identical to plain's. Models: sd15-tiny, {sd15,sd21,sdxl}-full (the real UNet
+configs, random weights, at their native 512 / 768 / 1024 px), shapes, or a diffusers folder. --section FILE writes
+the table into FILE under a heading naming the device, torch, CUDA and the date (replacing an older one of the same
+model and device).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import statistics
 import sys
@@ -33,10 +41,11 @@ from lab.hooks import Keep, select, trace  # noqa: E402
 
 def load(model: str, device: str, dtype: torch.dtype, width_divisor: int):
     """A pipeline for `model`: 'sd15-tiny' / 'sd15-full' (built here), 'shapes' (lab.load), or a diffusers folder."""
-    if model in ("sd15-tiny", "sd15-full"):
+    if model in ("sd15-tiny", "sd15-full", "sd21-full", "sdxl-full"):
         from tiny_models import tiny_pipeline  # tests/tiny_models.py
 
-        pipe = tiny_pipeline("sd15", width_divisor=1 if model == "sd15-full" else width_divisor)
+        arch = model.split("-")[0]
+        pipe = tiny_pipeline(arch, width_divisor=1 if model.endswith("-full") else width_divisor)
     else:
         import lab  # imported here: the benchmark runs on checkouts where lab.load does not exist yet
 
@@ -111,8 +120,16 @@ def configs(pipe, steps: int) -> dict:
         "plain": None,
         "attn2 sum": (attn2, Keep(steps="sum")),
         "attn2 sum (DAAM)": (attn2, Keep(steps="sum", heads="mean", branches=("cond",))),
+        "eager (DAAM)": (attn2, Keep(steps="sum", heads="mean", branches=("cond",)), EAGER),
         f"attn1 @{len(chosen)} steps": (attn1, Keep(steps=chosen, heads="mean", branches=("cond",))),
     }
+
+
+def _observe(probs, ctx):
+    return None
+
+
+EAGER = "eager"  # the arm's third element: run every captured layer through the eager math, as an edit does
 
 
 def run_once(pipe, cfg, args, device):
@@ -126,7 +143,8 @@ def run_once(pipe, cfg, args, device):
         if cfg is None:
             image, kept = pipe(args.prompt, **call).images, 0
         else:
-            with trace(pipe, cfg[0], keep=cfg[1]) as tr:
+            edits = {n: _observe for n in cfg[0]} if len(cfg) > 2 else None
+            with trace(pipe, cfg[0], keep=cfg[1], edits=edits) as tr:
                 image = pipe(args.prompt, **call).images
             kept = sum(t.numel() * t.element_size() for t in tr.cache.values())
         if device.startswith("cuda"):
@@ -151,6 +169,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--prompt", default="a red square above a blue circle")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadier on a busy 2-core machine)")
+    ap.add_argument("--section", default=None, help="write the table into this markdown file under its own heading")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,11 +177,13 @@ def main(argv=None):
 
     pipe = load(args.model, args.device, dtype, args.width_divisor)
     if args.size is None:
-        args.size = 512 if args.model.startswith("sd15-") else pipe.unet.config.sample_size * pipe.vae_scale_factor
+        native = {"sd15-tiny": 512, "sd15-full": 512, "sd21-full": 768, "sdxl-full": 1024}
+        args.size = native.get(args.model) or pipe.unet.config.sample_size * pipe.vae_scale_factor
     cfgs = configs(pipe, args.steps)
-    print(f"# {args.model} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}: "
-          f"{args.size}px, {args.steps} steps, guidance 7.5, {args.dtype}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}", flush=True)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    title = (f"{args.model} on {device_name}: {args.size}px, {args.steps} steps, guidance 7.5, {args.dtype}, "
+             f"torch {torch.__version__}, CUDA {torch.version.cuda}, threads {torch.get_num_threads()}")
+    print(f"# {title}", flush=True)
     warm = argparse.Namespace(**{**vars(args), "steps": 2})
     for name, cfg in cfgs.items():  # warm-up: kernels, allocator, lazy imports
         run_once(pipe, None if cfg is None else (cfg[0], Keep(steps=[0], heads="mean", branches=("cond",))), warm,
@@ -177,14 +198,33 @@ def main(argv=None):
             print(f"  repeat {r} {name}: {results[name][-1][0]:.2f} s", flush=True)
 
     plain = results["plain"]
-    print("\n| capture | median s | x plain | peak memory | kept | max pixel diff |")
-    print("|---|---|---|---|---|---|")
+    rows = ["| capture | median s | x plain (min-max) | peak memory | kept | max pixel diff | bit-identical |",
+            "|---|---|---|---|---|---|---|"]
     for name in names:
         runs = results[name]
-        ratio = statistics.median(run[0] / base[0] for run, base in zip(runs, plain))
+        ratios = [run[0] / base[0] for run, base in zip(runs, plain)]
         diff = max((run[3] - plain[0][3]).abs().max().item() for run in runs)
-        print(f"| {name} | {statistics.median(run[0] for run in runs):.2f} | {ratio:.2f} | "
-              f"{mib(max(run[1] for run in runs))} | {mib(runs[0][2])} | {diff:.1e} |")
+        same = all(torch.equal(run[3], plain[0][3]) for run in runs)
+        rows.append(f"| {name} | {statistics.median(run[0] for run in runs):.2f} | {statistics.median(ratios):.3f} "
+                    f"({min(ratios):.3f}-{max(ratios):.3f}) | {mib(max(run[1] for run in runs))} | {mib(runs[0][2])} "
+                    f"| {diff:.1e} | {'yes' if same else 'no'} |")
+    print("\n" + "\n".join(rows))
+    if args.section:
+        write_section(Path(args.section), f"{args.model}, {device_name}, {args.dtype}",
+                      f"`{' '.join(['python benchmarks/bench_hooks.py', *(argv or sys.argv[1:])])}`\n\n{title}, "
+                      f"{args.repeats} interleaved repeats, {datetime.date.today()}.\n\n" + "\n".join(rows))
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    """Put `body` under the heading '## Measured: <key>' in `path`, replacing that section if it is there."""
+    text = path.read_text() if path.exists() else ""
+    heading = f"## Measured: {key}"
+    parts = text.split("\n## ")
+    kept = [p for i, p in enumerate(parts) if not (i and ("## " + p).startswith(heading))]
+    text = "\n## ".join(kept).rstrip() + f"\n\n{heading}\n\n{body}\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

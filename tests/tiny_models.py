@@ -67,8 +67,8 @@ def reduced_config(arch: str, width_divisor: int = 10) -> dict:
     if arch not in REAL:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(REAL)}")
     cfg = dict(REAL[arch])
-    if arch == "sd15" and width_divisor == 1:
-        return cfg  # the real SD1.5 UNet (860M parameters), e.g. for benchmarks on a GPU
+    if width_divisor == 1:
+        return cfg  # the real UNet (SD1.5 / 2.1: 865M parameters, SDXL: 2.6B), e.g. for benchmarks on a GPU
     if arch == "sd15":
         width_divisor = max(width_divisor, 10)  # 8 heads of head_dim 4 at 32 channels
     else:
@@ -163,8 +163,10 @@ def tiny_pipeline(arch: str = "sd15", scheduler: str = "ddim", tokenizer: str | 
     tok = _tokenizer(str(tokenizer or tokenizer_dir()))
     unet, vae = tiny_unet(arch, seed, width_divisor), tiny_vae(seed)
     if arch == "sdxl":
+        widths = (768, 1280) if width_divisor == 1 else (TEXT_WIDTH, TEXT_WIDTH)  # CLIP ViT-L and OpenCLIP bigG widths
         pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=tiny_text_encoder(False, seed), text_encoder_2=tiny_text_encoder(True, seed + 1),
+            vae=vae, text_encoder=tiny_text_encoder(False, seed, widths[0]),
+            text_encoder_2=tiny_text_encoder(True, seed + 1, widths[1]),
             tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched,
         )
     else:
