@@ -65,8 +65,8 @@ def reduced_config(arch: str, width_divisor: int = 10) -> dict:
     if arch not in REAL:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(REAL)}")
     cfg = dict(REAL[arch])
-    if arch == "sd15" and width_divisor == 1:
-        return cfg  # the real SD1.5 UNet (860M parameters), e.g. for benchmarks on a GPU
+    if width_divisor == 1:
+        return cfg  # the real UNet (SD1.5: 860M parameters, SDXL: 2.6B), for benchmarks on a GPU or on `meta`
     if arch == "sd15":
         width_divisor = max(width_divisor, 10)  # 8 heads of head_dim 4 at 32 channels
     else:
