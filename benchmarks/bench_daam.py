@@ -6,11 +6,13 @@
 Per repeat (the configurations interleaved), 25 guided steps of one prompt:
   generate plain               the pipeline call alone
   generate + capture (sum)     under daam.capture(): steps summed in place, every head, cond branch
-  generate + capture (slices)  under daam.capture(slices=True, queries=True): every step, both branches, queries
+  generate + capture (explorer)  under daam.explorer_options(steps): the published maps, every step and branch with
+                               heads averaged (prompt keys), every head and the queries at the middle step
   all word maps (sum)          global_maps + word_maps (every word, image size) from the summed cache
-  all word maps (slices)       the same from the sliced cache (sums the kept steps first)
+  all word maps (explorer run) the same from the explorer's run (its published cache)
   re-slice one word            global_maps(steps=first half, resolution=one) + word_map: what a widget change costs
-  open-vocabulary word         open_vocab(queries, new text) + word_map
+                               (from the head-averaged slices)
+  open-vocabulary word         open_vocab(queries at the middle step, new text) + word_map
 Prints a Markdown table: median seconds, and the median per-repeat ratio to the generation of the same repeat.
 """
 from __future__ import annotations
@@ -51,14 +53,14 @@ def one_repeat(pipe, size: int, steps: int, seed: int) -> dict[str, float]:
     out["generate plain"], _ = timed(lambda: pipe(PROMPT, generator=torch.Generator().manual_seed(seed), **kw))
     out["generate + capture (sum)"], run_sum = timed(lambda: daam.generate(
         pipe, PROMPT, seed=seed, steps=steps, height=size, width=size))
-    out["generate + capture (slices)"], run_all = timed(lambda: daam.generate(
-        pipe, PROMPT, seed=seed, steps=steps, slices=True, queries=True, height=size, width=size))
+    out["generate + capture (explorer)"], run_all = timed(lambda: daam.generate(
+        pipe, PROMPT, seed=seed, steps=steps, height=size, width=size, **daam.explorer_options(steps)))
     out["all word maps (sum)"], _ = timed(lambda: daam.word_maps(daam.global_maps(run_sum.cache), pipe))
-    out["all word maps (slices)"], _ = timed(lambda: daam.word_maps(daam.global_maps(run_all.cache), pipe))
-    low = min(tuple(run_all.cache.resolution(n)) for n in daam.layer_names(run_all.cache))
-    half = list(range(steps // 2))
+    out["all word maps (explorer run)"], _ = timed(lambda: daam.word_maps(daam.global_maps(run_all), pipe))
+    low = min(tuple(run_all.cache.resolution(n)) for n in daam.layer_names(run_all))
+    half = list(range(max(steps // 2, 1)))
     out["re-slice one word"], _ = timed(lambda: daam.word_map(
-        daam.global_maps(run_all.cache, steps=half, resolution=low), pipe, "hexagon"))
+        daam.global_maps(run_all, steps=half, resolution=low), pipe, "hexagon"))
     out["open-vocabulary word"], _ = timed(lambda: daam.word_map(
         daam.open_vocab(run_all.queries, pipe, "a purple square"), pipe, "square"))
     return out
@@ -82,7 +84,7 @@ def main() -> None:
     print("| what | median s | x generate + capture (same repeat) |")
     print("|---|---|---|")
     for key in runs[0]:
-        ref = base.get(key, "generate + capture (slices)" if not key.startswith("generate") else None)
+        ref = base.get(key, "generate + capture (explorer)" if not key.startswith("generate") else None)
         ratio = "" if ref is None else f"{statistics.median(r[key] / r[ref] for r in runs):.4f}"
         if key.startswith("generate"):
             ratio = f"{statistics.median(r[key] / r['generate plain'] for r in runs):.2f} x plain"

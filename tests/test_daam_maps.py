@@ -20,7 +20,7 @@ def pipe(shapes_pipe):
 
 @pytest.fixture(scope="module")
 def run(pipe):
-    return daam.generate(pipe, PROMPTS, seed=5, steps=STEPS, slices=True, mid=True, queries=True)
+    return daam.generate(pipe, PROMPTS, seed=5, steps=STEPS, slices=True, mid=True, queries=True, head_steps="all")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def summed(pipe):
 
 
 def reference(cache, batch, names, steps=None, heads=None, branch="cond"):
-    """DAAM written out plainly: for each layer and head, sum the steps, upsample bicubically, clamp; then average."""
+    """DAAM written out plainly: for each layer and head, sum the steps, upsample bicubically, clamp; then average.
+    `cache` keeps every head at every step (run.heads)."""
     latent = tuple(cache.meta["latent_size"])
     maps = []
     for name in names:
@@ -44,21 +45,21 @@ def reference(cache, batch, names, steps=None, heads=None, branch="cond"):
 
 
 def test_global_maps_equal_a_plain_reference(run):
-    names = daam.layer_names(run.cache)
+    names = daam.layer_names(run)
     assert not any(n.startswith("mid_block") for n in names)  # published default: down and up blocks
-    g = daam.global_maps(run.cache, batch=0)
-    assert g.maps.shape == (77, 16, 16)
-    torch.testing.assert_close(g.maps, reference(run.cache, 0, names), atol=1e-6, rtol=1e-5)
+    g = daam.global_maps(run, batch=0)
+    assert g.maps.shape == (77, 16, 16) and not g.heads_averaged
+    torch.testing.assert_close(g.maps, reference(run.heads, 0, names), atol=1e-6, rtol=1e-5)
 
 
-def test_summed_capture_equals_sliced_capture(run, summed):
+def test_summed_capture_equals_every_step_summed_afterwards(run, summed):
     assert "step" not in summed.cache.axes[daam.layer_names(summed.cache)[0]]
     torch.testing.assert_close(daam.global_maps(summed.cache, batch=1).maps,
-                               daam.global_maps(run.cache, batch=1).maps, atol=1e-5, rtol=1e-4)
+                               daam.global_maps(run.heads, batch=1).maps, atol=1e-5, rtol=1e-4)
 
 
 def test_word_maps_cover_every_word_at_image_size_in_unit_range(run, pipe):
-    g = daam.global_maps(run.cache, batch=0)
+    g = daam.global_maps(run, batch=0)
     maps = daam.word_maps(g, pipe)
     assert list(maps) == ["a", "small", "red", "hexagon", "to", "the", "left", "of", "large", "blue", "trapezoid",
                           "on", "white", "background"]
@@ -70,13 +71,13 @@ def test_word_maps_cover_every_word_at_image_size_in_unit_range(run, pipe):
 
 
 def test_multi_token_word_is_the_mean_of_its_tokens(run, pipe):
-    g = daam.global_maps(run.cache, batch=0)
+    g = daam.global_maps(run, batch=0)
     expected = daam.expand((g.token(4) + g.token(5)) / 2, 128)  # 'hex', 'agon</w>'
     torch.testing.assert_close(daam.word_map(g, pipe, "hexagon"), expected)
 
 
 def test_repeated_word_averages_occurrences_unless_one_is_chosen(run, pipe):
-    g = daam.global_maps(run.cache, batch=1)  # "a hexagon, a hexagon and a circle"
+    g = daam.global_maps(run, batch=1)  # "a hexagon, a hexagon and a circle"
     first, second = (daam.word_map(g, pipe, "hexagon", occurrence=i, normalize=False) for i in (0, 1))
     both = daam.word_map(g, pipe, "hexagon", normalize=False)
     torch.testing.assert_close(both, (first + second) / 2, atol=1e-6, rtol=1e-5)
@@ -84,25 +85,25 @@ def test_repeated_word_averages_occurrences_unless_one_is_chosen(run, pipe):
 
 
 def test_head_slices_average_to_all_heads(run):
-    parts = [daam.global_maps(run.cache, heads=[h]).maps for h in (0, 1)]
-    torch.testing.assert_close((parts[0] + parts[1]) / 2, daam.global_maps(run.cache).maps, atol=1e-6, rtol=1e-5)
+    parts = [daam.global_maps(run, heads=[h]).maps for h in (0, 1)]
+    torch.testing.assert_close((parts[0] + parts[1]) / 2, daam.global_maps(run).maps, atol=1e-6, rtol=1e-5)
 
 
 def test_resolution_slices_combine_by_layer_count(run):
-    n16, n8 = (len(daam.layer_names(run.cache, resolution=r)) for r in (16, 8))
-    g16, g8 = (daam.global_maps(run.cache, resolution=r).maps for r in (16, 8))
-    torch.testing.assert_close((n16 * g16 + n8 * g8) / (n16 + n8), daam.global_maps(run.cache).maps,
+    n16, n8 = (len(daam.layer_names(run, resolution=r)) for r in (16, 8))
+    g16, g8 = (daam.global_maps(run, resolution=r).maps for r in (16, 8))
+    torch.testing.assert_close((n16 * g16 + n8 * g8) / (n16 + n8), daam.global_maps(run).maps,
                                atol=1e-6, rtol=1e-5)
 
 
 def test_step_layer_and_branch_slices_match_the_reference(run):
     name = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
-    g = daam.global_maps(run.cache, batch=1, steps=[1, 2], layers=[name], heads=1, branch="uncond")
+    g = daam.global_maps(run, batch=1, steps=[1, 2], layers=[name], heads=1, branch="uncond")
     assert g.steps == (1, 2) and g.layers == (name,) and g.heads == (1,) and g.branch == "uncond"
-    torch.testing.assert_close(g.maps, reference(run.cache, 1, [name], [1, 2], [1], "uncond"))
-    mid = daam.global_maps(run.cache, blocks=("down", "mid", "up"))
+    torch.testing.assert_close(g.maps, reference(run.heads, 1, [name], [1, 2], [1], "uncond"))
+    mid = daam.global_maps(run, blocks=("down", "mid", "up"))
     assert any(n.startswith("mid_block") for n in mid.layers)
-    assert not torch.allclose(daam.global_maps(run.cache, steps=[0]).maps, daam.global_maps(run.cache).maps)
+    assert not torch.allclose(daam.global_maps(run, steps=[0]).maps, daam.global_maps(run).maps)
 
 
 def test_guidance_off_has_one_branch(pipe):
@@ -123,12 +124,12 @@ def test_an_image_in_a_batch_has_the_maps_it_has_alone(pipe, summed):
 def test_open_vocabulary_map_of_the_prompt_reproduces_daam(run, pipe):
     for batch in (0, 1):
         ov = daam.open_vocab(run.queries, pipe, PROMPTS[batch], batch=batch)
-        torch.testing.assert_close(ov.maps, daam.global_maps(run.cache, batch=batch).maps, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ov.maps, daam.global_maps(run, batch=batch).maps, atol=1e-5, rtol=1e-4)
     sliced = dict(steps=[0, 2], heads=[1], resolution=8)
     torch.testing.assert_close(daam.open_vocab(run.queries, pipe, PROMPTS[0], **sliced).maps,
-                               daam.global_maps(run.cache, **sliced).maps, atol=1e-5, rtol=1e-4)
+                               daam.global_maps(run, **sliced).maps, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(daam.word_map(daam.open_vocab(run.queries, pipe, PROMPTS[0]), pipe, "trapezoid"),
-                               daam.word_map(daam.global_maps(run.cache), pipe, "trapezoid"), atol=1e-4, rtol=1e-4)
+                               daam.word_map(daam.global_maps(run), pipe, "trapezoid"), atol=1e-4, rtol=1e-4)
 
 
 def test_open_vocabulary_map_of_a_word_not_in_the_prompt(run, pipe):
@@ -139,19 +140,19 @@ def test_open_vocabulary_map_of_a_word_not_in_the_prompt(run, pipe):
 
 
 def test_errors_name_the_bad_value_and_the_valid_ones(run, summed, pipe):
-    g = daam.global_maps(run.cache)
+    g = daam.global_maps(run)
     with pytest.raises(ValueError, match="word 'dgo' is not in the prompt 'a small red hexagon .*'; words: a, small"):
         daam.word_map(g, pipe, "dgo")
     with pytest.raises(ValueError, match="summed its steps.*slices=True"):
         daam.global_maps(summed.cache, steps=[0])
     with pytest.raises(ValueError, match="no captured cross-attention layer matches.*16x16"):
-        daam.global_maps(run.cache, resolution=32)
+        daam.global_maps(run, resolution=32)
     with pytest.raises(ValueError, match="head 2 is out of range .* 2 heads"):
-        daam.global_maps(run.cache, heads=[2])
+        daam.global_maps(run, heads=[2])
     with pytest.raises(ValueError, match="step 9 was not captured; captured steps: 0..2"):
-        daam.global_maps(run.cache, steps=[9])
+        daam.global_maps(run, steps=[9])
     with pytest.raises(ValueError, match="batch=2 is out of range: the run had 2 images"):
-        daam.global_maps(run.cache, batch=2)
+        daam.global_maps(run, batch=2)
 
 
 def test_an_empty_prompt_generates_but_has_no_words_to_map(pipe):
@@ -183,8 +184,10 @@ def test_query_capture_refuses_what_exceeds_max_bytes(pipe):
     with daam.capture(pipe, "a dog") as cap:  # what the maps alone take: the queries of 20 steps take more
         pipe("a dog", num_inference_steps=1, output_type="np")
     maps_bytes = sum(t.numel() * 4 for t in cap.cache.values())
-    with pytest.raises(MemoryError, match="pass query_steps="):
-        with daam.capture(pipe, "a dog", queries=True, max_bytes=maps_bytes + 1000):
+    one_step = daam.capture_sizes(pipe, 128, 20, queries=True, query_steps=[10])["queries"]
+    with pytest.raises(MemoryError, match=r"over max_bytes=.* nearest capture that fits: "
+                                          r"capture\(\.\.\., queries=True, query_steps=\[10\]\)"):
+        with daam.capture(pipe, "a dog", queries=True, max_bytes=maps_bytes + one_step):
             pipe("a dog", num_inference_steps=20, output_type="np")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pipe.unet.modules())
 
@@ -198,14 +201,14 @@ def test_queries_at_chosen_steps(pipe):
 
 
 def test_a_saved_cache_gives_the_same_maps(run, tmp_path, pipe):
-    loaded = Cache.load(run.cache.save(tmp_path / "run.safetensors"))
+    loaded = Cache.load(run.slices.save(tmp_path / "run.safetensors"))
     torch.testing.assert_close(daam.global_maps(loaded, batch=1, steps=[1]).maps,
-                               daam.global_maps(run.cache, batch=1, steps=[1]).maps)
+                               daam.global_maps(run.slices, batch=1, steps=[1]).maps)
     assert daam.global_maps(loaded).prompt == PROMPTS[0]
 
 
 def test_relative_maps_divide_by_the_sum_of_the_prompt_tokens(run, pipe):
-    g = daam.global_maps(run.cache, batch=0)
+    g = daam.global_maps(run, batch=0)
     n = len(pipe.tokenizer.tokenize(PROMPTS[0]))
     total = sum(g.token(t) for t in range(1, n + 1))
     expected = daam.expand(((g.token(4) + g.token(5)) / 2) / (total + 1e-6), 128)

@@ -68,7 +68,7 @@ def reduced_config(arch: str, width_divisor: int = 10) -> dict:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(REAL)}")
     cfg = dict(REAL[arch])
     if width_divisor == 1:
-        return cfg  # the real UNet (SD1.5 / 2.1: 865M parameters, SDXL: 2.6B), e.g. for benchmarks on a GPU
+        return cfg  # the real UNet (SD1.5 / 2.1: 860-866M parameters, SDXL: 2.6B), for benchmarks on a GPU or on `meta`
     if arch == "sd15":
         width_divisor = max(width_divisor, 10)  # 8 heads of head_dim 4 at 32 channels
     else:

@@ -4,27 +4,44 @@
         image = pipe("a dog on a mat", generator=torch.Generator().manual_seed(0)).images[0]
     cap.cache                                                       # lab.hooks.Cache of every down/up attn2 layer
     run = generate(pipe, ["a red circle", "a blue square"], seed=0, steps=10, slices=True, queries=True)
-    run.images, run.cache, run.queries                              # images (N, H, W, 3) uint8 and two Caches
+    run.images, run.cache, run.slices, run.heads, run.queries       # images (N, H, W, 3) uint8 and the Caches
 
-capture(pipe, prompt, slices, mid, queries, ...)  context manager over lab.hooks.trace: one trace keeps the maps,
-                                                   a nested one the queries (each layer's ``<layer>.to_q`` projection)
-generate(pipe, prompt, seed, steps, guidance, ...) -> Run    runs the pipeline under capture
-daam_layers(pipe, mid=False)                        the attn2 layers of the down and up blocks (and the mid block)
+capture(pipe, prompt, slices, mid, queries, query_steps, head_layers, head_steps, tokens, dtype, ...)
+        context manager: one lab.hooks trace per view (analyses.daam.views), nested on the same layers
+generate(pipe, prompt, seed, steps, guidance, ...) -> Run      runs the pipeline under capture
+explorer_options(steps)       the notebook explorer's capture, which fits SDXL at 1024 px
+daam_layers(pipe, mid=False)  the attn2 layers of the down and up blocks (and the mid block)
+capture_bytes / capture_sizes (sizes.py)   what a capture keeps, predicted without running the model
 
-Memory (fp32): slices=False keeps per layer 4 * batch * heads * queries * 77 bytes (steps summed, cond branch);
-slices=True keeps that x steps x 2 branches (for the built-in model at 25 steps: 6 MiB per image). queries=True keeps
-4 * batch * queries * heads * head_dim bytes per layer per step (cond branch): 3 MiB per image for the built-in model
-at 25 steps, ~5 MiB per layer per step for SD1.5 at 64x64 latents (pass query_steps= a few steps there).
+A run keeps up to four caches. global_maps(run, ...) answers each slice from the cache that holds it exactly
+(``cache`` or ``heads``) and else from ``slices`` (heads averaged first: see maps.global_maps):
+  run.cache    published: steps summed, every head, cond branch. 4 * batch * heads * queries * 77 bytes per layer
+               (SD1.5 at 512 px: 63 MiB with the mid block; SDXL at 1024 px: 0.45 GiB)
+  run.slices   slices=True: every step, both branches, heads averaged, `tokens` keys, `dtype` storage.
+               size(dtype) * 2 * batch * queries * keys bytes per layer per step (SD1.5 512, 25 steps, 77 keys:
+               0.39 GiB in float32; SDXL 1024: 1.35 GiB in float32, 0.68 GiB in float16, 0.16 with 18 prompt keys)
+  run.heads    head_steps / head_layers: every head, both branches, at those steps of those layers: `heads` times
+               slices' bytes per step (SDXL 1024, one step, 18 prompt keys, float32: 0.21 GiB)
+  run.queries  queries=True: size(dtype) * batch * queries * heads * head_dim bytes per layer per query step, cond
+               (SD1.5 512: 46 MiB a step; SDXL 1024: 0.37 GiB a step in float32: pass query_steps= a few steps)
+A capture whose caches would pass max_bytes (2 GiB) together is refused at the pipeline's first UNet call, before
+any denoising, naming its size and the nearest options that fit, written to paste. Self-attention (attn1) is not
+part of DAAM; at real size one layer is 4096 x 4096 per head at 64x64 latents (64 MiB per step in float32 with heads
+averaged), so keep it with lab.hooks at a few chosen steps with heads averaged: Keep(steps=[...], heads="mean").
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from lab.hooks import Cache, Keep, select, trace
+from lab.hooks.keep import human
 
+from .sizes import capture_sizes, describe, token_positions
+from .views import Options, published_keep, views
 from .words import tokenizer_of
 
 MAX_BYTES = 2**31
@@ -35,58 +52,146 @@ def daam_layers(pipe, mid: bool = False) -> list[str]:
     return select(pipe, kind="attn2", block=("down", "mid", "up") if mid else ("down", "up"))
 
 
-def method_keep(slices: bool) -> Keep:
-    """The Keep for plain DAAM (steps summed, every head, cond branch) or for slicing (every step, both branches)."""
+def method_keep(slices: bool = False) -> Keep:
+    """The Keep of the published method (steps summed, every head, cond branch), or of the sliced view (every
+    step, both branches, heads averaged)."""
     if slices:
-        return Keep(steps="all", heads="all", branches=("cond", "uncond"))
-    return Keep(steps="sum", heads="all", branches=("cond",))
+        return Keep(steps="all", heads="mean", branches=("cond", "uncond"))
+    return published_keep()
+
+
+def explorer_options(steps: int) -> dict:
+    """The capture the DAAM notebook's explorer uses: it fits SDXL at 1024 px (<= 2 GiB) and SD1.5 at 512 (<= 0.5).
+
+        run = generate(pipe, prompt, steps=25, **explorer_options(25))
+
+    Every step and branch with heads averaged, of the prompt's token positions only (slices=True, tokens='prompt');
+    the mid block; the queries and every head at the middle step only (at real size each query step costs 0.37 GiB
+    for SDXL), so open-vocabulary maps and head slices are exact there, and the heads of the summed published
+    maps are always there.
+    """
+    middle = [steps // 2]
+    return dict(slices=True, mid=True, tokens="prompt", queries=True, query_steps=middle, head_steps=middle)
 
 
 class Capture:
-    """Context manager from ``capture(...)``; after the with-block ``.cache`` holds the maps and ``.queries`` the
-    queries."""
+    """Context manager from ``capture(...)``; after the with-block ``.cache`` holds the published maps, ``.slices``
+    / ``.heads`` / ``.queries`` the other views (None when not asked for)."""
 
     def __init__(self, pipe, prompt=None, slices: bool = False, mid: bool = False, queries: bool = False,
                  query_steps="all", layers=None, keep: Keep | None = None, max_bytes: int = MAX_BYTES,
-                 meta: dict | None = None):
+                 meta: dict | None = None, head_layers=None, head_steps=None, tokens=None,
+                 dtype: torch.dtype = torch.float32):
         self.pipe = pipe
         self.prompts = None if prompt is None else ([prompt] if isinstance(prompt, str) else list(prompt))
         self.layers = list(layers) if layers is not None else daam_layers(pipe, mid)
+        self.options = Options(slices, queries, query_steps, head_layers, head_steps, tokens, dtype)
+        self.max_bytes = int(max_bytes)
+        positions = token_positions(self.options, _tokenizer(pipe), self.prompts)
         info = {"prompts": self.prompts, "layers": self.layers}
-        self._trace = trace(pipe, self.layers, keep=keep or method_keep(slices), max_bytes=max_bytes,
-                            meta={"daam": info, **(meta or {})})
-        self._queries = None
-        if queries:
-            if query_steps != "all" and (isinstance(query_steps, str) or not list(query_steps)):
-                raise ValueError(f"query_steps={query_steps!r}; give 'all' or a list of step indices")
-            self._queries = trace(pipe, [f"{n}.to_q" for n in self.layers], max_bytes=max_bytes,
-                                  keep=Keep(steps=query_steps, branches=("cond",)), meta={"daam": info})
+        self.views = views(self.layers, self.options, positions, keep)
+        self._traces = {v.role: trace(pipe, list(v.names), keep=v.keep, max_bytes=max_bytes,
+                                      meta={"daam": {**info, "view": v.role}, **(meta or {})}) for v in self.views}
+        self._entered: list = []
+        self._hook = None
         self.cache: Cache | None = None
+        self.slices: Cache | None = None
+        self.heads: Cache | None = None
         self.queries: Cache | None = None
 
     def __enter__(self) -> "Capture":
-        self._trace.__enter__()
-        if self._queries is not None:
-            try:
-                self._queries.__enter__()
-            except BaseException:
-                self._trace.__exit__(None, None, None)
-                raise
+        unet = self._traces["cache"].unet
+        self._hook = unet.register_forward_pre_hook(self._check_budget, with_kwargs=True)  # runs before the traces'
+        try:
+            for role, tr in self._traces.items():
+                tr.__enter__()
+                self._entered.append(tr)
+        except BaseException:
+            self._leave(None, None, None)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            if self._queries is not None:
-                self._queries.__exit__(exc_type, exc, tb)
-        finally:
-            self._trace.__exit__(exc_type, exc, tb)
-        if exc_type is MemoryError and self._queries is not None and self._queries.step >= 0:
+        self._leave(exc_type, exc, tb)
+        queries = self._traces.get("queries")
+        if exc_type is MemoryError and queries is not None and queries.step >= 0 and "capture(" not in str(exc):
             raise MemoryError(f"{exc} For the queries: pass query_steps= a few step indices.") from exc
         if exc_type is None:
-            self.cache = self._trace.cache
-            self.queries = self._queries.cache if self._queries is not None else None  # (step, branch, batch, token, c)
+            for role, tr in self._traces.items():
+                setattr(self, role, tr.cache)  # queries: (step, branch, batch, token, channel)
             self._check_prompts()
         return False
+
+    def _leave(self, exc_type, exc, tb) -> None:
+        try:
+            while self._entered:
+                self._entered.pop().__exit__(exc_type, exc, tb)  # innermost first
+        finally:
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+
+    def _check_budget(self, module, args, kwargs) -> None:
+        """At the first UNet call, refuse a capture whose caches would pass max_bytes together (before any step)."""
+        tr = self._traces["cache"]
+        if tr.step >= 0:
+            return
+        sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
+        layout = tr._layout()
+        scheduler = getattr(self.pipe, "scheduler", None)
+        steps = getattr(self.pipe, "_num_timesteps", None) or (len(scheduler.timesteps) if scheduler else None)
+        if not steps:
+            return  # a bare UNet: each trace still checks its own keep
+        sizes = self.sizes(tuple(sample.shape[-2:]), steps, len(layout), sample.shape[0] // len(layout))
+        if sum(sizes.values()) <= self.max_bytes:
+            return
+        fits = self._nearest_fit(tuple(sample.shape[-2:]), steps, len(layout), sample.shape[0] // len(layout))
+        hint = " Nothing fits but fewer layers (layers=...)."
+        if fits is not None:
+            hint = (f" The nearest capture that fits: {_call(fits[0])} ({human(fits[1])})." if fits[0].kwargs() else
+                    f" Only the published maps fit: capture(...) with none of these options ({human(fits[1])}).")
+        raise MemoryError(f"this capture, {_call(self.options)}, of {len(self.layers)} layers over {steps} steps "
+                          f"would keep {describe(sizes)}, over max_bytes={human(self.max_bytes)}.{hint} Or raise "
+                          "max_bytes.")
+
+    def sizes(self, latent, steps: int, layout: int, batch: int, options: Options | None = None) -> dict[str, int]:
+        """Bytes each view keeps for a run of this latent size, steps, branches and batch (capture_sizes)."""
+        vsf = getattr(self.pipe, "vae_scale_factor", None) or 8
+        opts = dataclasses.asdict(options or self.options)
+        return capture_sizes(self.pipe, (latent[0] * vsf, latent[1] * vsf), steps, self.prompts, batch, layout == 2,
+                             layers=self.layers, keep=self.views[0].keep, **opts)
+
+    def _nearest_fit(self, latent, steps, layout, batch) -> tuple[Options, int] | None:
+        """The options that give up least and fit: float16 storage, the prompt's keys, one query step, one head
+        step, then no queries, no per-head view, no slices."""
+        o, middle = self.options, [steps // 2]
+        moves = [dict(dtype=torch.float16) if o.dtype == torch.float32 else None,
+                 dict(tokens="prompt") if o.tokens is None and self.prompts else None,
+                 dict(query_steps=middle) if o.queries and o.query_steps != tuple(middle) else None,
+                 dict(head_steps=middle) if o.heads and o.head_steps != tuple(middle) else None,
+                 dict(queries=False, query_steps="all") if o.queries else None,
+                 dict(head_steps=None, head_layers=None) if o.heads else None,
+                 dict(slices=False, dtype=torch.float32, tokens=None) if o.slices else None]
+        moves = [m for m in moves if m is not None]
+        for i in range(len(moves)):
+            if self._need(latent, steps, layout, batch, moves[:i + 1]) <= self.max_bytes:
+                needed = list(moves[:i + 1])
+                for move in moves[:i]:  # give up only what is needed: drop the earlier moves that do not help
+                    rest = [m for m in needed if m is not move]
+                    if self._need(latent, steps, layout, batch, rest) <= self.max_bytes:
+                        needed = rest
+                opts = self._apply(needed)
+                return opts, self._need(latent, steps, layout, batch, needed)
+        return None
+
+    def _apply(self, moves) -> Options:
+        o = self.options
+        for move in moves:
+            o = o.changed(**move)
+        return o
+
+    def _need(self, latent, steps, layout, batch, moves) -> int:
+        return sum(self.sizes(latent, steps, layout, batch, self._apply(moves)).values())
 
     def _check_prompts(self) -> None:
         """The prompts given to capture() must be what the text encoder saw (the alignment is made from them)."""
@@ -106,40 +211,52 @@ class Capture:
 
 
 def capture(pipe, prompt=None, slices: bool = False, mid: bool = False, queries: bool = False, query_steps="all",
-            layers=None, keep: Keep | None = None, max_bytes: int = MAX_BYTES, meta: dict | None = None) -> Capture:
+            layers=None, keep: Keep | None = None, max_bytes: int = MAX_BYTES, meta: dict | None = None,
+            head_layers=None, head_steps=None, tokens=None, dtype: torch.dtype = torch.float32) -> Capture:
     """Capture DAAM's cross-attention maps (and optionally queries) during the pipeline call inside the with-block.
 
-        with capture(pipe, prompts, slices=True, queries=True) as cap:
+        with capture(pipe, prompts, slices=True, queries=True, head_steps=[2]) as cap:
             pipe(prompts, num_inference_steps=10)
-        g = global_maps(cap.cache, batch=1, steps=range(0, 5))
+        g = global_maps(cap, batch=1, steps=range(0, 5))     # from cap.slices, heads averaged
 
     prompt: the prompt(s) the pipeline is called with (the word alignment uses them; without them the text decoded
-    from the tokens is used). slices: keep every step and both branches, so maps can be sliced by step, branch, head
-    and layer afterwards; else steps are summed in place and only the cond branch is kept. mid: also capture the mid
-    block. queries: also keep the queries (for open-vocabulary maps) at `query_steps` ("all" or step indices, cond
-    branch). layers: other attn2 layer names instead of daam_layers(pipe, mid). keep: any other lab.hooks.Keep.
+    from the tokens is used). The published maps (steps summed, every head, cond) are always kept in ``.cache``.
+    slices: also keep every step and both branches with heads averaged (``.slices``), to slice by step and branch.
+    head_steps / head_layers: also keep every head, both branches, at those steps ("all" or indices) of those
+    layers (names or globs; default all) in ``.heads``: exact per-head slices there. tokens: None, "prompt" (only
+    the prompt's key positions) or positions, for .slices and .heads. dtype: their storage (and the queries'):
+    torch.float32 | float16 | bfloat16. mid: also capture the mid block. queries: also keep the queries (for
+    open-vocabulary maps) at `query_steps` ("all" or step indices, cond branch). layers: other attn2 layer names
+    instead of daam_layers(pipe, mid). keep: another lab.hooks.Keep for ``.cache``. max_bytes: the most all the
+    caches may keep together. Module docstring: what each costs.
     """
-    return Capture(pipe, prompt, slices, mid, queries, query_steps, layers, keep, max_bytes, meta)
+    return Capture(pipe, prompt, slices, mid, queries, query_steps, layers, keep, max_bytes, meta, head_layers,
+                   head_steps, tokens, dtype)
 
 
 @dataclass
 class Run:
-    """A generation with its capture: ``images`` (N, H, W, 3) uint8, ``cache`` (maps), ``queries`` (or None)."""
+    """A generation with its capture: ``images`` (N, H, W, 3) uint8; ``cache`` (published maps), ``queries``,
+    ``slices`` and ``heads`` (lab.hooks Caches, None when not kept)."""
 
     images: np.ndarray
     cache: Cache
     queries: Cache | None
     prompts: list[str]
+    slices: Cache | None = None
+    heads: Cache | None = None
 
 
 def generate(pipe, prompt, seed: int | list[int] = 0, steps: int = 25, guidance: float = 7.5, slices: bool = False,
-             mid: bool = False, queries: bool = False, query_steps="all", **call_kwargs) -> Run:
+             mid: bool = False, queries: bool = False, query_steps="all", head_layers=None, head_steps=None,
+             tokens=None, dtype: torch.dtype = torch.float32, max_bytes: int = MAX_BYTES, **call_kwargs) -> Run:
     """Run `pipe` on `prompt` (a string or a list) under ``capture`` and return images and caches.
 
         run = generate(pipe, "a red circle on a white background", seed=0, steps=10, slices=True)
 
     seed: one seed per prompt (an int gives prompt i the seed ``seed + i``), so a prompt's image does not depend on
-    the batch it was generated in. guidance <= 1 runs without classifier-free guidance (one branch).
+    the batch it was generated in. guidance <= 1 runs without classifier-free guidance (one branch). The capture
+    options are capture()'s.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
@@ -148,8 +265,22 @@ def generate(pipe, prompt, seed: int | list[int] = 0, steps: int = 25, guidance:
     device = getattr(pipe, "device", torch.device("cpu"))
     gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
     with capture(pipe, prompts, slices=slices, mid=mid, queries=queries, query_steps=query_steps,
+                 head_layers=head_layers, head_steps=head_steps, tokens=tokens, dtype=dtype, max_bytes=max_bytes,
                  meta={"seed": seeds}) as cap:
         out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
                    **call_kwargs).images  # (N, H, W, 3) float in [0, 1]
     images = (np.asarray(out) * 255).round().astype(np.uint8)
-    return Run(images, cap.cache, cap.queries, prompts)
+    return Run(images, cap.cache, cap.queries, prompts, cap.slices, cap.heads)
+
+
+def _call(opts: Options) -> str:
+    """'capture(..., slices=True, dtype=torch.float16)': options to paste."""
+    kwargs = opts.kwargs()
+    return f"capture(..., {kwargs})" if kwargs else "capture(...)"
+
+
+def _tokenizer(pipe):
+    try:
+        return tokenizer_of(pipe)
+    except TypeError:
+        return None

@@ -24,6 +24,7 @@ from .capture import Run, generate
 from .maps import binarize, global_maps, layer_names, word_map
 from .metrics import gaussian_prior, iou, mass_inside, whole_image
 from .openvocab import open_vocab
+from .sources import kept_steps
 from .words import occurrences, tokenizer_of
 
 SEED_BASE = 2_000_000  # far from the training seeds; the "test" split
@@ -35,13 +36,17 @@ def held_out_scenes(n: int, first_seed: int = SEED_BASE) -> list[Scene]:
     return [make_scene(first_seed + i, "test") for i in range(n)]
 
 
-def runs(pipe, scenes: list[Scene], steps: int, guidance: float = 7.5, batch: int = 8, slices: bool = True,
-         mid: bool = True, queries: bool = False):
-    """Yield (index of the first scene, Run) per batch; scene i is generated with the seed scene.seed."""
+def runs(pipe, scenes: list[Scene], steps: int, guidance: float = 7.5, batch: int = 8, slices: bool = False,
+         mid: bool = True, queries: bool = False, head_steps="all"):
+    """Yield (index of the first scene, Run) per batch; scene i is generated with the seed scene.seed.
+
+    By default every head is kept at every step (head_steps="all"), so every slice the study scores is the method's
+    exactly (the built-in model's maps are small); slices=True adds the head-averaged view the notebook uses.
+    """
     for first in range(0, len(scenes), batch):
         chunk = scenes[first:first + batch]
         yield first, generate(pipe, [s.caption for s in chunk], seed=[s.seed for s in chunk], steps=steps,
-                              guidance=guidance, slices=slices, mid=mid, queries=queries,
+                              guidance=guidance, slices=slices, mid=mid, queries=queries, head_steps=head_steps,
                               height=chunk[0].size, width=chunk[0].size)
 
 
@@ -71,7 +76,7 @@ def score_image(run: Run, batch: int, image: int, scene: Scene, pipe, taus=TAUS,
     picture = run.images[batch]
     parsed = parse(picture)
     found = match(scene, parsed)
-    g = global_maps(run.cache, batch=batch)
+    g = global_maps(run, batch=batch)
     size = tuple(picture.shape[:2])
     rows: list[dict] = []
 
@@ -105,22 +110,24 @@ def score_image(run: Run, batch: int, image: int, scene: Scene, pipe, taus=TAUS,
 
 
 def _slices(run, batch, image, i, noun, occ, mask, tok, n_step_groups) -> list[dict]:
-    """Noun IoU at tau 0.4 for each layer, resolution, step range and head alone."""
-    cache, out = run.cache, []
+    """Noun IoU at tau 0.4 for each layer, resolution, step range and head alone (each from the cache of `run`
+    that holds it: a layer, resolution or head from the published maps, a step range from run.heads when every head
+    was kept there, else from run.slices with heads averaged)."""
+    out = []
 
     def one(metric, key, **sel):
-        heat = word_map(global_maps(cache, batch=batch, **sel), tok, noun, occurrence=occ)
+        heat = word_map(global_maps(run, batch=batch, **sel), tok, noun, occurrence=occ)
         out.append({"image": image, "metric": metric, "key": key, "value": iou(binarize(heat), mask), "obj": i})
 
-    every = layer_names(cache, blocks=None)
+    every = layer_names(run, blocks=None)
     for name in every:
         one("layer_iou", name, layers=[name])
-    for r in sorted({tuple(cache.resolution(n)) for n in every}, reverse=True):
+    for r in sorted({tuple(run.cache.resolution(n)) for n in every}, reverse=True):
         one("resolution_iou", f"{r[0]}x{r[1]}", blocks=None, resolution=r)
-    steps = cache.meta.get("steps") or []
+    steps = kept_steps(run) or []
     for group in np.array_split(np.array(steps), min(n_step_groups, len(steps))) if steps else []:
         one("steps_iou", f"{group[0]}-{group[-1]}", steps=[int(s) for s in group])
-    heads = min(cache[n].shape[cache.axes[n].index("head")] for n in every)
+    heads = min(run.cache.meta["heads"][n] for n in every)
     for h in range(heads):
         one("head_iou", f"head {h}", heads=[h])
     return out

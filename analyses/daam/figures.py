@@ -35,7 +35,7 @@ def _empty(ax, text="no scored objects") -> None:
 def examples_figure(run, scenes, pipe, k: int = 4, ncols: int = 10) -> Figure:
     """The first `k` generations with every word's map (published method, tau 0.4 outlined)."""
     k = min(k, len(run.images))
-    maps = [word_maps(global_maps(run.cache, batch=b), pipe) for b in range(k)]
+    maps = [word_maps(global_maps(run, batch=b), pipe) for b in range(k)]
     rows = [-(-(len(m) + 1) // ncols) for m in maps]
     fig = Figure(figsize=(1.3 * ncols, sum(1.45 * r + 0.3 for r in rows)), layout="constrained")
     subs = fig.subfigures(k, 1, squeeze=False, height_ratios=[1.45 * r + 0.3 for r in rows]).ravel()

@@ -3,8 +3,8 @@ returns it; none touches pyplot or rcParams.
 
     ax = overlay(image, word_map(g, pipe, "hexagon"), ax=ax, tau=0.4)     # heat over the image, mask outline
     fig = word_grid(image, word_maps(g, pipe))                            # one panel per word
-    fig = layer_step_grid(cache, pipe, "hexagon", image, n_groups=4)      # layers x step ranges
-    fig = view(cache, pipe, image, "hexagon", steps=range(5), tau=0.3)    # overlay + binarised mask side by side
+    fig = layer_step_grid(run, pipe, "hexagon", image, n_groups=4)        # layers x step ranges
+    fig = view(run, pipe, image, "hexagon", steps=range(5), tau=0.3)      # overlay + binarised mask side by side
 
 cmap: a perceptual colormap by default ('inferno'); any matplotlib name works ('magma', 'viridis', 'jet').
 """
@@ -15,6 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .maps import TAU, binarize, block_of, global_maps, layer_names, word_map
+from .sources import kept_steps
 
 CMAP = "inferno"
 
@@ -101,10 +102,12 @@ def layer_step_grid(cache, tokenizer, word: str, image=None, batch: int = 0, n_g
                     fig: Figure | None = None, cmap: str = CMAP, blocks=("down", "mid", "up")) -> Figure:
     """Rows: each captured layer (then all of them); columns: `n_groups` consecutive step ranges (then all steps).
 
-    Needs a capture with every step kept (capture(slices=True)). Each panel is normalised on its own.
+    `cache`: a Run (or a Cache) with every step kept (capture(slices=True)): step ranges are read with heads
+    averaged unless the run kept every head there (head_steps=); "all steps" is the published method. Each panel is
+    normalised on its own.
     """
     names = layer_names(cache, blocks=blocks)
-    steps = cache.meta.get("steps")
+    steps = kept_steps(cache)
     if not steps:
         raise ValueError("this cache summed its steps; capture with slices=True for a layer x step grid")
     groups = [list(g) for g in np.array_split(np.array(steps), min(n_groups, len(steps))) if len(g)]
@@ -133,7 +136,8 @@ def layer_step_grid(cache, tokenizer, word: str, image=None, batch: int = 0, n_g
 def view(cache, tokenizer, image, word: str, batch: int = 0, occurrence: int | None = None, steps=None,
          layers=None, blocks=("down", "up"), resolution=None, heads=None, branch: str = "cond", tau: float = TAU,
          cmap: str = CMAP, fig: Figure | None = None) -> Figure:
-    """The overlay and the binarised mask of `word` for one slice, side by side (what the notebook's explorer shows)."""
+    """The overlay and the binarised mask of `word` for one slice of a Run (or Cache), side by side (what the
+    notebook's explorer shows); the title says when heads were averaged before the clamp (a run.slices slice)."""
     g = global_maps(cache, batch=batch, steps=steps, layers=layers, blocks=blocks, resolution=resolution,
                     heads=heads, branch=branch)
     heat = word_map(g, tokenizer, word, occurrence)
@@ -142,7 +146,8 @@ def view(cache, tokenizer, image, word: str, batch: int = 0, occurrence: int | N
     overlay(image, heat, ax=a, cmap=cmap, tau=tau, title=f"'{word}'")
     mask_panel(image, binarize(heat, tau), ax=b, title=f"mask, tau = {tau:.2f}")
     what = [f"steps {g.steps[0]}-{g.steps[-1]}" if g.steps else "all steps", f"{len(g.layers)} layers",
-            f"heads {list(g.heads)}" if g.heads is not None else "all heads", branch]
+            f"heads {list(g.heads)}" if g.heads is not None else
+            ("all heads, averaged first" if g.heads_averaged else "all heads"), branch]
     fig.suptitle(", ".join(what), fontsize=8)
     return fig
 

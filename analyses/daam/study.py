@@ -3,13 +3,14 @@
     python -m analyses.daam [out]        # LAB_SIZE=small (4 images) | default (200) | full (500); writes out/daam_*.png
     run(out) -> str                      # the REPORT section (Markdown); also written to out/daam.md
 
-Held-out captions of the shapes world ("test" split, seeds 2,000,000 + i) are generated with DAAM captured (every
-step, both branches, mid block included); the world's parser segments each image, and only objects drawn as
-captioned (parsed colour and shape match) are scored. Noun mIoU at tau 0.3 / 0.4 / 0.5 with 95% bootstrap CIs
-(resampling images) against three baselines: the whole image, a centred Gaussian, and DAAM on a UNet re-initialised
-from its config (seed 0) generating from the same seeds, scored against the masks of the real model's image.
-Then: slices (layer, resolution, step range, head), adjectives vs their own and other objects, where relation and
-background words look, open-vocabulary maps, and faithfulness (silencing a noun inside vs outside its map).
+Held-out captions of the shapes world ("test" split, seeds 2,000,000 + i) are generated with DAAM captured (the
+published maps, and every head at every step of both branches, mid block included, so every slice is the
+method's); the world's parser segments each image, and only objects drawn as captioned (parsed colour and shape
+match) are scored. Noun mIoU at tau 0.3 / 0.4 / 0.5 with 95% bootstrap CIs (resampling images) against three
+baselines: the whole image, a centred Gaussian, and DAAM on a UNet re-initialised from its config (seed 0)
+generating from the same seeds, scored against the masks of the real model's image. Then: slices (layer,
+resolution, step range, head), adjectives vs their own and other objects, where relation and background words
+look, open-vocabulary maps, and faithfulness (silencing a noun inside vs outside its map).
 """
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ def random_unet_rows(pipe, scenes, targets, steps, guidance, batch) -> list[dict
     order = sorted(by_image)  # generation indices that have targets
     chosen = [scenes[i] for i in order]
     rows = []
-    for first, run in runs(rp, chosen, steps, guidance, batch, slices=False, mid=False):
+    for first, run in runs(rp, chosen, steps, guidance, batch, mid=False, head_steps=None):
         for b, scene in enumerate(chosen[first:first + len(run.images)]):
             image = order[first + b]
-            g = global_maps(run.cache, batch=b)
+            g = global_maps(run, batch=b)
             for t in by_image[image]:
                 heat = word_map(g, pipe, scene.objects[t.index].shape,
                                 occurrence=occurrence_in_caption(scene, t.index, "shape"))
@@ -120,7 +121,7 @@ def run(out: Path, model: str = "shapes") -> str:
     save_figure(words_figure(rows), out / "daam_words.png")
     save_figure(faithfulness_figure(rows), out / "daam_faithfulness.png")
     grid_word = scenes[0].objects[0].shape
-    save_figure(layer_step_grid(first_run.cache, pipe, grid_word, first_run.images[0], batch=0),
+    save_figure(layer_step_grid(first_run, pipe, grid_word, first_run.images[0], batch=0),
                 out / "daam_layer_steps.png")
     info = {"size": size(), "n": n, "steps": steps, "guidance": guidance, "targets": len(targets),
             "faith_targets": len(faith_targets), "seconds": seconds, "total": time.perf_counter() - t_start,

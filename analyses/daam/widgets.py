@@ -1,12 +1,13 @@
 """The notebook's explorer: pick a word, a step range, a layer or resolution, a head, a branch and a threshold; the
 overlay and the mask update together, re-sliced from the Cache (the model does not run again).
 
-    ex = Explorer(run.cache, pipe, run.images[0])
+    ex = Explorer(run, pipe, run.images[0])
     display(ex.box)                     # the widgets and the picture
     ex.update(word="hexagon", steps=(0, 4), layer="8x8", tau=0.3)   # the callback, a plain method tests call
 
-``layer_options(cache)`` lists the layer choices: the published set (down+up), every captured layer, each resolution
-and each layer alone. Needs a capture with slices=True for steps and branches.
+``layer_options(run)`` lists the layer choices: the published set (down+up), every captured layer, each resolution
+and each layer alone. Needs a capture with slices=True for steps and branches; a head at the full step range and the
+cond branch comes from the published maps, at other steps from capture(head_steps=...) (else the picture says so).
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import io
 
 from .maps import TAU, layer_names, prompt_of
 from .plot import CMAP, _short, view
+from .sources import caches, kept_steps, run_steps, widest
 from .words import tokenizer_of, words
 
 
 def layer_options(cache) -> list[tuple[str, tuple]]:
-    """(label, selection) pairs; a selection is a tuple of (keyword, value) pairs for global_maps."""
+    """(label, selection) pairs for a Run (or Cache); a selection is a tuple of (keyword, value) pairs for
+    global_maps."""
     every = layer_names(cache, blocks=None)
+    cache = widest(cache)
     opts = [("down+up (published)", (("blocks", ("down", "up")),)), ("all captured", (("blocks", None),))]
     for r in sorted({tuple(cache.resolution(n)) for n in every}, reverse=True):
         opts.append((f"{r[0]}x{r[1]}", (("blocks", None), ("resolution", r))))
@@ -37,7 +41,8 @@ def selection(cache, layer: str) -> dict:
 
 
 class Explorer:
-    """Widgets over one captured image; ``update(**values)`` redraws (and is what every widget change calls)."""
+    """Widgets over one captured image of a Run (or a Cache); ``update(**values)`` redraws (and is what every widget
+    change calls)."""
 
     def __init__(self, cache, tokenizer, image, batch: int = 0, cmap: str = CMAP):
         import ipywidgets as W
@@ -48,15 +53,17 @@ class Explorer:
         self.words = list(dict.fromkeys(w.text.lower() for w in words(self.tokenizer, self.prompt) if w.kept))
         if not self.words:
             raise ValueError(f"the prompt {self.prompt!r} has no words to map")
-        steps = cache.meta.get("steps") or cache.meta.get("summed_steps") or [0]
-        heads = max((cache.meta.get("heads") or {}).values() or [1])
+        every = kept_steps(cache)
+        steps = every or widest(cache).meta.get("summed_steps") or [0]
+        heads = max((widest(cache).meta.get("heads") or {}).values() or [1])
+        branches = sorted({b for c in caches(cache) for b in (c.meta.get("branches") or [])})
         self.w = {
             "word": W.Dropdown(options=self.words, value=self.words[0], description="word"),
             "steps": W.IntRangeSlider(value=(steps[0], steps[-1]), min=steps[0], max=steps[-1],
-                                      description="steps", disabled=not cache.meta.get("steps")),
+                                      description="steps", disabled=not every),
             "layer": W.Dropdown(options=[o for o, _ in layer_options(cache)], description="layers"),
             "head": W.Dropdown(options=["all"] + list(range(heads)), description="head"),
-            "branch": W.Dropdown(options=cache.meta.get("branches") or ["cond"], description="branch"),
+            "branch": W.Dropdown(options=branches or ["cond"], description="branch"),
             "tau": W.FloatSlider(value=TAU, min=0.05, max=0.95, step=0.05, description="tau"),
         }
         self.picture = W.Image(format="png")
@@ -107,10 +114,12 @@ def render(cache, tokenizer, image, word: str, steps=None, layer: str = "down+up
            branch: str = "cond", tau: float = TAU, batch: int = 0, cmap: str = CMAP):
     """The explorer's picture for one set of control values: overlay and binarised mask (a matplotlib Figure)."""
     kw = selection(cache, layer)
-    step_list = None
-    if steps is not None and cache.meta.get("steps"):
+    step_list, every = None, kept_steps(cache)
+    if steps is not None and every:
         first, last = steps
-        step_list = [s for s in cache.meta["steps"] if first <= s <= last]
+        step_list = [s for s in every if first <= s <= last]
+        if step_list == run_steps(widest(cache)):
+            step_list = None  # every step of the run: the published maps where they hold the slice
     heads = None if head in (None, "all") else [int(head)]
     return view(cache, tokenizer, image, word, batch=batch, steps=step_list, heads=heads, branch=branch, tau=tau,
                 cmap=cmap, **kw)
