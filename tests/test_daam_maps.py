@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from analyses import daam
 from lab.hooks import Cache
+from devices import batch_close
 from tiny_models import one_thread  # noqa: F401  (one CPU thread for this module)
 
 PROMPTS = ["a small red hexagon to the left of a large blue trapezoid on a white background",
@@ -54,8 +55,7 @@ def test_global_maps_equal_a_plain_reference(run):
 
 def test_summed_capture_equals_every_step_summed_afterwards(run, summed):
     assert "step" not in summed.cache.axes[daam.layer_names(summed.cache)[0]]
-    torch.testing.assert_close(daam.global_maps(summed.cache, batch=1).maps,
-                               daam.global_maps(run.heads, batch=1).maps, atol=1e-5, rtol=1e-4)
+    batch_close(daam.global_maps(summed.cache, batch=1).maps, daam.global_maps(run.heads, batch=1).maps)
 
 
 def test_word_maps_cover_every_word_at_image_size_in_unit_range(run, pipe):
@@ -116,8 +116,7 @@ def test_guidance_off_has_one_branch(pipe):
 
 def test_an_image_in_a_batch_has_the_maps_it_has_alone(pipe, summed):
     alone = daam.generate(pipe, PROMPTS[1], seed=6, steps=STEPS)  # seed 5 + 1: prompt 1's seed in the batch
-    torch.testing.assert_close(daam.global_maps(alone.cache).maps, daam.global_maps(summed.cache, batch=1).maps,
-                               atol=1e-5, rtol=1e-4)
+    batch_close(daam.global_maps(alone.cache).maps, daam.global_maps(summed.cache, batch=1).maps)
     assert daam.global_maps(summed.cache, batch=1).prompt == PROMPTS[1]
 
 
