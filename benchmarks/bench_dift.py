@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dift.py                          # the built-in model, ensemble 8, up_blocks.1
     python benchmarks/bench_dift.py --model sd21-tiny --size 768   # SD2.1 layout at 1/8 width (random weights)
+    python benchmarks/bench_dift.py --model sdxl-full --device cuda --dtype fp16   # real SDXL UNet, 1024 px
     python benchmarks/bench_dift.py --model path/to/pipeline --device cuda --dtype fp16
 
 Runs, interleaved --repeats times (the order rotates each repeat):
@@ -13,6 +14,7 @@ and prints a markdown table: median seconds and the median of per-repeat ratios 
 from __future__ import annotations
 
 import argparse
+import datetime
 import statistics
 import sys
 import time
@@ -20,27 +22,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import load, sync, write_section  # noqa: E402  (benchmarks/models.py)
 
 from analyses.dift.features import condition, encode, featurize, noise_schedule, prepare  # noqa: E402
 from lab.hooks import run_until  # noqa: E402
 from lab.world import Obj, Scene, render  # noqa: E402
-
-
-def load(model: str, device: str, dtype: torch.dtype):
-    if model in ("sd15-tiny", "sd21-tiny", "sdxl-tiny"):
-        from tiny_models import tiny_pipeline  # tests/tiny_models.py
-
-        return tiny_pipeline(model.split("-")[0], "ddim" if model != "sdxl-tiny" else "euler").to(device, dtype)
-    import lab
-
-    return lab.load(model, device=device, dtype=dtype)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main(argv=None) -> str:
@@ -54,6 +41,7 @@ def main(argv=None) -> str:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--section", default=None, help="write the table into this markdown file under its own heading")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -99,6 +87,11 @@ def main(argv=None) -> str:
         lines.append(f"| {k} | {1000 * statistics.median(times[k]):.1f} | {ratio:.2f} |")
     text = "\n".join(lines)
     print(text)
+    if args.section:
+        where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+        write_section(Path(args.section), f"{args.model}, {where}, {args.dtype}",
+                      f"`python benchmarks/bench_dift.py {' '.join(argv if argv is not None else sys.argv[1:])}`, "
+                      f"CUDA {torch.version.cuda}, {datetime.date.today()}\n\n{text}")
     return text
 
 

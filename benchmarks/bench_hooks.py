@@ -33,32 +33,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import load, native_size, write_section  # noqa: E402  (benchmarks/models.py)
 
 from lab.hooks import Keep, select, trace  # noqa: E402
-
-
-def load(model: str, device: str, dtype: torch.dtype, width_divisor: int):
-    """A pipeline for `model`: 'sd15-tiny' / 'sd15-full' (built here), 'shapes' (lab.load), or a diffusers folder."""
-    if model in ("sd15-tiny", "sd15-full", "sd21-full", "sdxl-full"):
-        from tiny_models import tiny_pipeline  # tests/tiny_models.py
-
-        arch = model.split("-")[0]
-        pipe = tiny_pipeline(arch, width_divisor=1 if model.endswith("-full") else width_divisor)
-    else:
-        import lab  # imported here: the benchmark runs on checkouts where lab.load does not exist yet
-
-        if hasattr(lab, "load"):
-            pipe = lab.load(model, device=device, dtype=dtype)
-        elif model == "shapes":
-            sys.exit("lab.load does not exist yet: the built-in 'shapes' model is not in this checkout")
-        else:
-            from diffusers import DiffusionPipeline
-
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
 
 
 class PeakMemory:
@@ -177,8 +155,7 @@ def main(argv=None):
 
     pipe = load(args.model, args.device, dtype, args.width_divisor)
     if args.size is None:
-        native = {"sd15-tiny": 512, "sd15-full": 512, "sd21-full": 768, "sdxl-full": 1024}
-        args.size = native.get(args.model) or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        args.size = native_size(args.model, pipe)
     cfgs = configs(pipe, args.steps)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     title = (f"{args.model} on {device_name}: {args.size}px, {args.steps} steps, guidance 7.5, {args.dtype}, "
@@ -213,18 +190,6 @@ def main(argv=None):
         write_section(Path(args.section), f"{args.model}, {device_name}, {args.dtype}",
                       f"`{' '.join(['python benchmarks/bench_hooks.py', *(argv or sys.argv[1:])])}`\n\n{title}, "
                       f"{args.repeats} interleaved repeats, {datetime.date.today()}.\n\n" + "\n".join(rows))
-
-
-def write_section(path: Path, key: str, body: str) -> None:
-    """Put `body` under the heading '## Measured: <key>' in `path`, replacing that section if it is there."""
-    text = path.read_text() if path.exists() else ""
-    heading = f"## Measured: {key}"
-    parts = text.split("\n## ")
-    kept = [p for i, p in enumerate(parts) if not (i and ("## " + p).startswith(heading))]
-    text = "\n## ".join(kept).rstrip() + f"\n\n{heading}\n\n{body}\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

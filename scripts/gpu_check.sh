@@ -8,10 +8,11 @@
 # pytest, but no diffusers, ipywidgets or network: .dev/site.tar.xz is unpacked to /tmp/site on PYTHONPATH.
 # Steps, each with its own time limit so that one slow step cannot take the others' time:
 #   1. the test suite with CUDA visible (not the browser tests, the notebooks or the style check: no Chromium,
-#      Jupyter or ruff there)                                                                     <= 210 s
-#   2. every study at LAB_SIZE=small on CUDA (command 1's studies, smoke size)                    <= 90 s
-#   3. capture cost at real size, random weights, fp16: bench_hooks.py on SD1.5 512 px, SD2.1 768 px and SDXL
-#      1024 px (plain, DAAM capture, eager capture, ... interleaved), and bench_dift.py on the built-in model
+#      Jupyter or ruff there)                                                                     <= 200 s
+#   2. every study at LAB_SIZE=small on CUDA (command 1's studies, smoke size)                    <= 80 s
+#   3. at real size, random weights, fp16, until 450 s have passed: bench_hooks.py on SD1.5 512 px and SDXL
+#      1024 px (plain, DAAM capture, eager capture, ... interleaved), bench_daam.py on SDXL 1024 px (the explorer's
+#      capture), bench_hooks.py on SD2.1 768 px, bench_dift.py on SD1.5 512 px; each writes its section
 #                                                                                                  <= 150 s
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" /tmp/site
 tar -xJf .dev/site.tar.xz -C /tmp/site || { echo "no .dev/site.tar.xz: run scripts/gpu_pack.py here and carry .dev"; exit 2; }
 export PYTHONPATH=/tmp/site:$PWD:$PWD/tests HF_HUB_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
-py=python3
+py=${PY:-python3}  # the device's Python (PY=.venv/bin/python to try the script here)
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda visible', torch.cuda.is_available())"
@@ -27,19 +28,25 @@ py=python3
 start=$(date +%s)
 
 echo "== 1. tests with CUDA visible"
-LAB_SIZE=small LAB_TOLERANCE_LOG="$OUT/gpu-tolerance.log" timeout 210 $py -m pytest -q -p no:cacheprovider tests --ignore=tests/browser \
+LAB_SIZE=small LAB_TOLERANCE_LOG="$OUT/gpu-tolerance.log" timeout 200 $py -m pytest -q -p no:cacheprovider tests --ignore=tests/browser \
   --ignore=tests/test_style.py -o addopts="" -rfE --durations=10 > "$OUT/gpu-tests.log" 2>&1
 echo "tests: rc $? after $(( $(date +%s) - start )) s; $(tail -n 1 "$OUT/gpu-tests.log")"
 
 echo "== 2. every study at LAB_SIZE=small on CUDA"
-LAB_SIZE=small timeout 90 $py -m analyses.run_all /tmp/figures > "$OUT/gpu-studies.log" 2>&1
+LAB_SIZE=small timeout 80 $py -m analyses.run_all /tmp/figures > "$OUT/gpu-studies.log" 2>&1
 echo "studies: rc $? after $(( $(date +%s) - start )) s"; cp /tmp/figures/REPORT.md "$OUT/gpu-REPORT.md" 2>/dev/null
 
-echo "== 3. benchmarks at real size"
-for model in sd15-full sd21-full sdxl-full; do
-  timeout 60 $py benchmarks/bench_hooks.py --model "$model" --device cuda --dtype fp16 --repeats 3 \
-    --section benchmarks/hooks.md 2>&1 | tail -n 9
-done
-timeout 30 $py benchmarks/bench_dift.py --device cuda --repeats 5 2>&1 | tail -n 12
-cp benchmarks/hooks.md "$OUT/hooks.md"
+echo "== 3. benchmarks at real size, random weights, fp16, most wanted first, while the deadline allows"
+deadline=$(( start + 450 ))
+bench() {  # bench SECONDS SCRIPT ARGS...: run it if SECONDS fit before the deadline
+  local need=$1; shift
+  if (( $(date +%s) + need > deadline )); then echo "skipped (no time left): $*"; return; fi
+  timeout "$need" $py "$@" --device cuda --dtype fp16 2>&1 | tail -n 12
+}
+bench 70 benchmarks/bench_hooks.py --model sd15-full --repeats 3 --section benchmarks/hooks.md
+bench 100 benchmarks/bench_hooks.py --model sdxl-full --repeats 3 --section benchmarks/hooks.md
+bench 80 benchmarks/bench_daam.py --model sdxl-full --repeats 3 --section benchmarks/daam.md
+bench 70 benchmarks/bench_hooks.py --model sd21-full --repeats 3 --section benchmarks/hooks.md
+bench 60 benchmarks/bench_dift.py --model sd15-full --repeats 5 --section benchmarks/dift.md
+cp benchmarks/hooks.md benchmarks/daam.md benchmarks/dift.md "$OUT/"
 echo "total: $(( $(date +%s) - start )) s"
