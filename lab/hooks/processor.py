@@ -153,10 +153,9 @@ class CaptureProcessor:
         layer.caught.clear()
         layout, batch = observers[0].rows()
         wanted = [b for b in layout if any(b in s.kept_branches for s in observers)]
-        if wanted != list(layout):
-            rows = torch.cat([torch.arange(layout.index(b) * batch, (layout.index(b) + 1) * batch) for b in wanted])
-            rows = rows.to(q.device)
-            q, k = q.index_select(0, rows), k.index_select(0, rows)  # (len(wanted)*batch, ...)
+        if wanted != list(layout):  # one branch of two: a contiguous half of the batch, sliced without a copy
+            first = layout.index(wanted[0]) * batch
+            q, k = q[first:first + batch * len(wanted)], k[first:first + batch * len(wanted)]  # (kept rows, ...)
         mean_only = all(s.keeps_head_mean(name) for s in observers)
         probs = _probabilities(attn, q, k, attention_mask, mean_only)  # (b, heads or 1, q, k) float32
         for s in observers:
