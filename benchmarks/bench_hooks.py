@@ -14,7 +14,8 @@ Runs, interleaved --repeats times (the order rotates each repeat), 25 guided ste
                      probabilities and computes the output from them (here: an edit that returns None)
   attn1 @3 steps     every self-attention layer at steps 0, n/2, n-1, heads averaged, cond branch only
 and prints a markdown table: median seconds, ratio to plain (per repeat, then median, with the min-max over
-repeats), peak memory above the loaded model, bytes kept, the largest pixel difference from the plain image, and
+repeats; on the CPU also the ratio of the calling thread's CPU time, which other processes disturb less), peak
+memory above the loaded model, bytes kept, the largest pixel difference from the plain image, and
 whether every repeat's image was bit-identical to plain's. Models: sd15-tiny, {sd15,sd21,sdxl}-full (the real UNet
 configs, random weights, at their native 512 / 768 / 1024 px), shapes, or a diffusers folder. --section FILE writes
 the table into FILE under a heading naming the device, torch, CUDA and the date (replacing an older one of the same
@@ -117,7 +118,7 @@ def run_once(pipe, cfg, args, device):
     with PeakMemory(device) as mem:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         if cfg is None:
             image, kept = pipe(args.prompt, **call).images, 0
         else:
@@ -127,8 +128,8 @@ def run_once(pipe, cfg, args, device):
             kept = sum(t.numel() * t.element_size() for t in tr.cache.values())
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return seconds, mem.bytes, kept, image.float().cpu()
+        seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+    return seconds, mem.bytes, kept, image.float().cpu(), cpu
 
 
 def mib(n: float) -> str:
@@ -175,16 +176,20 @@ def main(argv=None):
             print(f"  repeat {r} {name}: {results[name][-1][0]:.2f} s", flush=True)
 
     plain = results["plain"]
-    rows = ["| capture | median s | x plain (min-max) | peak memory | kept | max pixel diff | bit-identical |",
-            "|---|---|---|---|---|---|---|"]
+    on_cpu = not args.device.startswith("cuda")
+    rows = ["| capture | median s | x plain (min-max) |" + (" x plain, CPU time (min-max) |" if on_cpu else "")
+            + " peak memory | kept | max pixel diff | bit-identical |",
+            "|---|---|---|" + ("---|" if on_cpu else "") + "---|---|---|---|"]
     for name in names:
         runs = results[name]
         ratios = [run[0] / base[0] for run, base in zip(runs, plain)]
         diff = max((run[3] - plain[0][3]).abs().max().item() for run in runs)
         same = all(torch.equal(run[3], plain[0][3]) for run in runs)
+        cpu = [run[4] / base[4] for run, base in zip(runs, plain)]  # this thread's CPU time: steadier on a busy CPU
+        cpu_cell = f" {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f}) |" if on_cpu else ""
         rows.append(f"| {name} | {statistics.median(run[0] for run in runs):.2f} | {statistics.median(ratios):.3f} "
-                    f"({min(ratios):.3f}-{max(ratios):.3f}) | {mib(max(run[1] for run in runs))} | {mib(runs[0][2])} "
-                    f"| {diff:.1e} | {'yes' if same else 'no'} |")
+                    f"({min(ratios):.3f}-{max(ratios):.3f}) |{cpu_cell} {mib(max(run[1] for run in runs))} | "
+                    f"{mib(runs[0][2])} | {diff:.1e} | {'yes' if same else 'no'} |")
     print("\n" + "\n".join(rows))
     if args.section:
         write_section(Path(args.section), f"{args.model}, {device_name}, {args.dtype}",
