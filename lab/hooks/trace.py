@@ -1,10 +1,13 @@
-"""Capture (and edit) a UNet's attention maps and features at every denoising step of an ordinary pipeline call.
+"""Capture (and edit) a denoiser's attention maps and features at every denoising step of an ordinary pipeline call.
 
     with trace(pipe, select(pipe, kind="attn2"), keep=Keep(steps="sum", heads="mean")) as tr:
         pipe("a dog on a mat", num_inference_steps=25)
     tr.cache["up_blocks.1.attentions.0.transformer_blocks.0.attn2"]   # (branch, batch, query, key)
 
-How: a forward pre-hook on the UNet counts its calls (one per denoising step) and notes the timestep; the chosen
+The denoiser is a UNet (SD 1.x, 2.x, SDXL) or a diffusion transformer (SD3 / SD3.5, FLUX.1: joint attention and its
+views, ``transformer_blocks.3.attn:image->text``; see lab.hooks.dit).
+
+How: a forward pre-hook on the denoiser counts its calls (one per denoising step) and notes the timestep; the chosen
 attention layers get the one CaptureProcessor (every other layer keeps its own processor); block, resnet,
 transformer and projection points get forward hooks. On exit, also after an exception, every hook is removed and
 every layer has its original processor object back.
@@ -15,7 +18,8 @@ eager math and may differ, as they must). Running sums and kept steps stay on th
 move once at the end; nothing in a step waits for the device. Traces nest, also on the same attention layer (one
 keeps head-averaged maps at every step, an inner one every head at a few steps, or the queries ``<layer>.to_q``); at
 most one of them may edit a layer. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
-do_classifier_free_guidance is on) is read at each step; a bare UNet is traced with an explicit `branches=`.
+do_classifier_free_guidance is on: SD, SDXL, SD3) is read at each step; FLUX.1-dev's guidance is an embedding and
+schnell has none, so every Flux row is 'cond'. A bare model is traced with an explicit `branches=`.
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ import torch
 from .cache import Cache
 from .keep import ATTENTION, BRANCHES, Keep, Store, axes, human, nbytes, reduce, step_shape
 from .meta import run_meta
-from .points import check_names, points, unet_of
+from .dit import family, grid_of, inputs, split_name
+from .outputs import read, write
+from .points import check_names, denoiser_of, points
 from .processor import processor_of
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
@@ -49,7 +55,7 @@ class Context:
 
     point: str
     step: int
-    t: torch.Tensor | float = field(repr=False)  # the UNet's timestep argument, as given (read .timestep)
+    t: torch.Tensor | float = field(repr=False)  # the denoiser's timestep argument, as given (read .timestep)
     branches: tuple[str, ...]
     batch: int
     resolution: tuple[int, int] | None
@@ -69,7 +75,7 @@ class Context:
 
 def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callable] | None = None,
           max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None) -> "Trace":
-    """Context manager that captures `names` (full module paths) at every UNet call, and applies `edits`.
+    """Context manager that captures `names` (point names) at every denoiser call, and applies `edits`.
 
         with trace(pipe, ["mid_block"], keep=Keep(steps=[0, -1])) as tr:
             pipe("a cat", num_inference_steps=10)
@@ -93,11 +99,13 @@ class Trace:
     """The running trace; ``tr.cache`` is its Cache once the with-block has ended. Build it with ``trace(...)``."""
 
     def __init__(self, model, names, keep, edits, max_bytes, branches, meta):
-        self.unet = unet_of(model)
-        self.pipe = None if model is self.unet or model is getattr(self.unet, "_orig_mod", None) else model
-        self.names = list(dict.fromkeys(check_names(self.unet, names)))
+        self.denoiser = denoiser_of(model)
+        self.family = family(self.denoiser)
+        self.what = "UNet" if self.family == "unet" else "transformer"
+        self.pipe = None if model is self.denoiser or model is getattr(self.denoiser, "_orig_mod", None) else model
+        self.names = list(dict.fromkeys(check_names(self.denoiser, names)))
         self.edits = dict(edits or {})
-        check_names(self.unet, list(self.edits))
+        check_names(self.denoiser, list(self.edits))
         for name, fn in self.edits.items():
             if not callable(fn):
                 raise TypeError(f"edit for {name!r} is a {type(fn).__name__}, not a function fn(tensor, ctx)")
@@ -112,16 +120,20 @@ class Trace:
                                  "most once, e.g. ('cond',) or ('uncond', 'cond')")
         self.layout_override = branches
         self.user_meta = dict(meta or {})
-        self.kinds = {p.name: p.kind for p in points(self.unet)}
+        self.kinds = {p.name: p.kind for p in points(self.denoiser)}
         self.capture = set(self.names)
         self._cache: Cache | None = None
         self._used = False
         self._handles: list = []
         self._processor = None
         self.step, self.slot, self.t = -1, None, None
-        self._timesteps: list = []  # the UNet's timestep argument per call, read as floats once at the end
+        self._timesteps: list = []  # the denoiser's timestep argument per call, read as floats once at the end
         self.steps_seen: list[int] = []
         self.input_ids = None
+        self.encoder_ids: dict[str, torch.Tensor] = {}  # each text encoder's first input_ids (a DiT has two or three)
+        self.grid = None  # a DiT's image token grid
+        self.n_keys = None
+        self._step_t = None
         self.kept_branches: list[str] = []
         self.device = None
         self.store_device = None
@@ -135,17 +147,19 @@ class Trace:
         hooked = list(dict.fromkeys(self.names + list(self.edits)))
         layers = [n for n in hooked if self.kinds[n] in ATTENTION]
         try:
-            modules = dict(self.unet.named_modules())
-            self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
+            modules = dict(self.denoiser.named_modules())
+            self._handles.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
             for name in hooked:
                 if self.kinds[name] not in ATTENTION:
-                    self._handles.append(modules[name].register_forward_hook(self._feature_hook(name)))
-            encoder = getattr(self.pipe, "text_encoder", None) or getattr(self.pipe, "text_encoder_2", None)
-            if isinstance(encoder, torch.nn.Module):
-                self._handles.append(encoder.register_forward_pre_hook(self._on_text, with_kwargs=True))
+                    module = modules[split_name(name)[0]]
+                    self._handles.append(module.register_forward_hook(self._feature_hook(name)))
+            for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+                encoder = getattr(self.pipe, attr, None)
+                if isinstance(encoder, torch.nn.Module):
+                    self._handles.append(encoder.register_forward_pre_hook(self._on_text(attr), with_kwargs=True))
             if layers:
-                self._processor = processor_of(self.unet)
-                self._processor.subscribe(self, self.unet, layers, set(self.edits) & set(layers))
+                self._processor = processor_of(self.denoiser)
+                self._processor.subscribe(self, self.denoiser, layers, set(self.edits) & set(layers))
         except BaseException:
             self._cleanup()
             raise
@@ -172,15 +186,21 @@ class Trace:
         return self._cache
 
     @property
+    def unet(self) -> torch.nn.Module:
+        """The traced denoiser (a UNet, or an SD3 / Flux transformer); the name predates DiTs."""
+        return self.denoiser
+
+    @property
     def timesteps(self) -> list[float]:
-        """The timestep of every UNet call so far, as floats (reading them waits for the device)."""
+        """The timestep of every denoiser call so far, as floats (reading them waits for the device). Flux's
+        transformer takes t / 1000 (the sigma), SD3's the scheduler's t."""
         return [_as_float(t) for t in self._timesteps]
 
     @property
     def timestep(self) -> float | None:
         return None if self.t is None else _as_float(self.t)
 
-    # --- per UNet call ------------------------------------------------------------------------------------------------
+    # --- per denoiser call -------------------------------------------------------------------------------------------
     def _layout(self) -> tuple[str, ...]:
         if self.layout_override is not None:
             return self.layout_override
@@ -188,34 +208,50 @@ class Trace:
             return ("cond",)
         try:
             cfg = bool(self.pipe.do_classifier_free_guidance)
-        except AttributeError:
-            cfg = (getattr(self.pipe, "_guidance_scale", None) or 0) > 1
+        except AttributeError:  # Flux: guidance is an embedding (dev) or nothing (schnell); every row is 'cond'
+            cfg = self.family == "unet" and (getattr(self.pipe, "_guidance_scale", None) or 0) > 1
         return ("uncond", "cond") if cfg else ("cond",)
 
-    def _on_text(self, module, args, kwargs) -> None:
-        if self.input_ids is None:
+    def _on_text(self, attr: str):
+        def hook(module, args, kwargs) -> None:
             ids = args[0] if args else kwargs.get("input_ids")
-            self.input_ids = ids.detach().cpu() if torch.is_tensor(ids) else None
+            if attr not in self.encoder_ids and torch.is_tensor(ids):  # the prompt's; a negative prompt comes later
+                self.encoder_ids[attr] = ids.detach().cpu()  # (prompts, tokens)
+                if self.input_ids is None and attr in ("text_encoder", "text_encoder_2"):
+                    self.input_ids = self.encoder_ids[attr]
 
-    def _on_unet(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        return hook
+
+    def _one_call_per_step(self) -> None:
+        """A pipeline that runs its denoiser twice in one step (Flux's true CFG, SD3's skip-layer guidance) has a
+        layout a trace does not split yet: refuse it rather than count the second call as a step."""
+        now = getattr(self.pipe, "_current_timestep", None)
+        if now is not None and now is self._step_t:
+            raise NotImplementedError(
+                f"{type(self.pipe).__name__} ran its {type(self.denoiser).__name__} twice in denoising step "
+                f"{self.step} (true_cfg_scale with a negative prompt, or skip_guidance_layers); a trace takes one "
+                "denoiser call per step: run without them")
+        self._step_t = now
+
+    def _on_denoiser(self, module, args, kwargs) -> None:
+        sample, t, enc = inputs(self.family, args, kwargs)  # UNet (B, c, h, w); SD3 (B, c, h, w), Flux (B, n, c)
+        if self.pipe is not None and self.family != "unet":
+            self._one_call_per_step()
         self.step += 1
         self.t = t.detach().flatten()[0] if torch.is_tensor(t) else t  # stays on the device: no wait per step
         self._timesteps.append(self.t)
         layout = self._layout()
         if sample.shape[0] % len(layout):
-            raise ValueError(f"UNet batch {sample.shape[0]} does not split into branches {layout}; pass trace(..., "
-                             "branches=...) with the layout of the batch")
+            raise ValueError(f"{self.what} batch {sample.shape[0]} does not split into branches {layout}; pass "
+                             "trace(..., branches=...) with the layout of the batch")
         batch = sample.shape[0] // len(layout)
         if self.step == 0:
-            enc = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
             self.device = sample.device
-            self._setup(sample, enc, layout, batch)
+            self._setup(sample, enc, layout, batch, args, kwargs)
         elif sample.device != self.device:
-            raise RuntimeError(f"the UNet ran on {self.device} at step 0 and on {sample.device} at step {self.step}: "
-                               "the model was moved during the trace; move it before trace() (or enable offloading "
-                               "before it), then run again")
+            raise RuntimeError(f"the {self.what} ran on {self.device} at step 0 and on {sample.device} at step "
+                               f"{self.step}: the model was moved during the trace; move it before trace() (or enable "
+                               "offloading before it), then run again")
         elif (layout, batch) != (self.layout, self.batch):
             raise ValueError(f"step {self.step} has branches {layout} x batch {batch}, the first step had "
                              f"{self.layout} x {self.batch}; one trace covers one pipeline call")
@@ -231,18 +267,22 @@ class Trace:
             return self.step_slots.get(step)
         return step if mode == "all" else 0
 
-    def _setup(self, sample, enc, layout, batch) -> None:
+    def _setup(self, sample, enc, layout, batch, args, kwargs) -> None:
         self.layout, self.batch = layout, batch
-        self.latent = tuple(sample.shape[-2:])
+        self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
+        if self.family == "unet":
+            self.latent = tuple(sample.shape[-2:])
+        else:
+            self.grid, self.latent = grid_of(self.denoiser, sample, args, kwargs)
         self.vae_scale_factor = getattr(self.pipe, "vae_scale_factor", None) or 8
         vsf = self.vae_scale_factor
-        self.points = {p.name: p for p in points(self.unet, (self.latent[0] * vsf, self.latent[1] * vsf), vsf)}
+        size = (self.latent[0] * vsf, self.latent[1] * vsf)
+        self.points = {p.name: p for p in points(self.denoiser, size, vsf, text_tokens=self.n_keys)}
         kept = [b for b in self.keep.branches if b in layout]
         if not kept:
             raise ValueError(f"Keep.branches={self.keep.branches} but this run's batch has only {layout} "
                              "(no 'uncond' without classifier-free guidance, i.e. guidance_scale <= 1)")
         self.kept_branches = kept
-        self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
         if self.keep.tokens is not None and self.n_keys is not None:
             bad = [t for t in self.keep.tokens if not -self.n_keys <= t < self.n_keys]
             if bad:
@@ -271,8 +311,8 @@ class Trace:
         total = 0
         for name in self.names:
             p = self.points[name]
-            keys = self.n_keys if p.kind == "attn2" or p.reads_text() else p.resolution[0] * p.resolution[1]
-            shape = step_shape(p.kind, keep, n_branches, self.batch, p.heads, p.resolution, keys, p.channels)
+            queries, keys = _counts(p, self.n_keys)
+            shape = step_shape(p.kind, keep, n_branches, self.batch, p.heads, p.resolution, keys, p.channels, queries)
             total += nbytes(shape, torch.float32 if keep.step_mode in ("sum", "mean") else keep.dtype)
         return total
 
@@ -320,7 +360,7 @@ class Trace:
         tokens, then heads averaged, then the cond branch alone, then steps summed."""
         k = self.keep
         prompt_tokens = None
-        if self.input_ids is not None and self.n_keys is not None and k.tokens is None:
+        if self.input_ids is not None and self.n_keys is not None and k.tokens is None and self.family == "unet":
             eos = _eos_positions(self.input_ids)
             prompt_tokens = list(range(min(max(eos) + 1, self.n_keys)))
         moves = [
@@ -352,6 +392,10 @@ class Trace:
     def keeps_head_mean(self, name: str) -> bool:
         return self.keep.heads == "mean"
 
+    def text_tokens(self) -> int | None:
+        """Text keys of this run (a DiT's joint sequence holds them beside the image tokens)."""
+        return self.n_keys
+
     def edit(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         new = self.edits[name](x, self._ctx(name))
         if new is not None and tuple(new.shape) != tuple(x.shape):
@@ -370,13 +414,15 @@ class Trace:
         return Context(name, self.step, self.t, self.layout, self.batch, p.resolution if p else None)
 
     def _feature_hook(self, name: str):
+        kind = self.kinds[name]
+
         def hook(module, args, output):
             if self.step < 0:
                 return None
-            hidden = _hidden(output)  # (B, c, h, w)
+            hidden = read(output, kind, self.grid)  # (B, c, h, w), or (B, tokens, c)
             new = self.edit(name, hidden) if name in self.edits else None
             self.record(name, hidden if new is None else new, self.layout)
-            return None if new is None else _replace(output, hidden, new)
+            return None if new is None else write(output, kind, self.grid, new)
 
         return hook
 
@@ -389,7 +435,7 @@ class Trace:
             t = self.stores[name].result() if name in self.stores else None
             if t is None:
                 if self.steps_seen and self.kinds[name] == "projection":
-                    layer = dict(self.unet.named_modules())[name.rsplit(".to_", 1)[0]]
+                    layer = dict(self.denoiser.named_modules())[name.rsplit(".", 1)[0].removesuffix(".to_out")]
                     raise RuntimeError(f"{name!r} never ran: its layer's processor ({type(layer.processor).__name__})"
                                        " does not call it (a fused QKV projection?); set diffusers' default "
                                        "attention processor to capture projections")
@@ -437,21 +483,14 @@ def _free_bytes(device: torch.device) -> tuple[int, str]:
     return 2**63, str(device)
 
 
-def _hidden(output):
-    """The hidden states of a module output: the tensor itself, the first of a tuple, or `.sample`."""
-    if torch.is_tensor(output):
-        return output
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return output.sample
+def _counts(p, n_text: int | None) -> tuple[int | None, int | None]:
+    """(queries, keys) of an attention point, or (None, tokens) of a token-row point (projection, text stream)."""
+    from .dit import query_key_counts
 
-
-def _replace(output, old: torch.Tensor, new: torch.Tensor):
-    """`output` with every occurrence of tensor `old` (by identity, also inside nested tuples) replaced by `new`."""
-    if output is old:
-        return new
-    if isinstance(output, (tuple, list)):
-        return type(output)(_replace(o, old, new) for o in output)
-    if hasattr(output, "sample") and output.sample is old:
-        return type(output)(sample=new)
-    return output
+    hw = p.resolution[0] * p.resolution[1]
+    if p.kind in ATTENTION:
+        if p.kind == "attn2" and p.text_tokens is None:
+            return hw, n_text
+        return query_key_counts(p.kind, p.resolution, p.text_tokens if p.text_tokens is not None else n_text)
+    tokens = {"image": hw, "text": n_text, "joint": hw + (n_text or 0)}
+    return None, (tokens[p.tokens] if p.tokens else (n_text if p.reads_text() else hw))
