@@ -16,7 +16,7 @@ def pipe(request):
 
 @pytest.fixture(scope="module")
 def run(pipe):
-    return dit.generate(pipe, PROMPT, seed=0, steps=2, size=64, slices=True, max_sequence_length=16)
+    return dit.generate(pipe, PROMPT, seed=0, steps=2, size=64, slices=True, heads=True, max_sequence_length=16)
 
 
 def test_every_joint_layer_is_aggregated_on_one_grid(pipe, run):
@@ -46,6 +46,14 @@ def test_slices_by_step_head_and_block_sum_to_the_published_maps(run):
     per_head = sum(dit.global_maps(run, heads=[h]) for h in range(heads)) / heads
     torch.testing.assert_close(per_head, whole, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(dit.global_maps(run, layers_=list(run.cache)[:1]), whole)
+
+
+def test_the_default_capture_averages_heads_and_gives_the_same_maps(pipe, run):
+    light = dit.generate(pipe, PROMPT, seed=0, steps=2, size=64, max_sequence_length=16)
+    assert "head" not in light.cache.axes[next(iter(light.cache))]
+    torch.testing.assert_close(dit.global_maps(light), dit.global_maps(run), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="heads=True"):
+        dit.global_maps(light, heads=[0])
 
 
 def test_a_word_past_the_t5_window_is_mapped_from_clip_and_says_so(pipe):

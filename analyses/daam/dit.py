@@ -36,7 +36,7 @@ class Run:
 
     images: np.ndarray
     prompts: list[str]
-    cache: Cache  # image->text views: steps summed, every head, cond branch
+    cache: Cache  # image->text views: steps summed, heads averaged (every head with heads=True), cond branch
     slices: Cache | None = None  # every step as well (slices=True)
 
 
@@ -61,14 +61,14 @@ def layers(pipe, blocks=None) -> list[str]:
 
 
 def generate(pipe, prompt, seed: int = 0, steps: int = 28, guidance: float | None = None, size: int | None = None,
-             slices: bool = False, max_bytes: int = 2**31, **kwargs) -> Run:
+             slices: bool = False, heads: bool = False, max_bytes: int = 2**31, **kwargs) -> Run:
     """Run the pipeline once under a trace of every image->text view; ``kwargs`` go to the pipeline.
 
         run = generate(pipe, "a dog on a mat", seed=0, steps=28, size=1024, max_sequence_length=256)
 
-    Memory (float32): 4 * batch * heads * image tokens * text keys per layer (SD3-medium at 1024 px with 333 keys:
-    24 layers x 131 MiB = 3.1 GiB, over the default max_bytes: the refusal names a Keep that fits); slices=True keeps
-    that per step too.
+    Memory (float32): 4 * batch * image tokens * text keys per layer (SD3-medium at 1024 px with 333 keys: 24 layers
+    x 5.2 MiB = 125 MiB), times the heads with heads=True (2.9 GiB: over the default max_bytes, refused before step 0
+    with a Keep that fits); slices=True keeps that per step too.
     """
     if family(getattr(pipe, "transformer", None) or pipe) not in TOKENIZERS:
         raise ValueError(f"{type(pipe).__name__} is not an SD3 or Flux pipeline; for UNets use daam.generate")
@@ -79,8 +79,10 @@ def generate(pipe, prompt, seed: int = 0, steps: int = 28, guidance: float | Non
     if size is not None:
         kwargs.update(height=size, width=size)
     g = torch.Generator().manual_seed(seed)
-    published = trace(pipe, names, keep=Keep(steps="sum", branches=("cond",)), max_bytes=max_bytes)
-    every = trace(pipe, names, keep=Keep(steps="all", branches=("cond",)), max_bytes=max_bytes) if slices else None
+    mode = "all" if heads else "mean"
+    published = trace(pipe, names, keep=Keep(steps="sum", heads=mode, branches=("cond",)), max_bytes=max_bytes)
+    every = trace(pipe, names, keep=Keep(steps="all", heads=mode, branches=("cond",)), max_bytes=max_bytes
+                  ) if slices else None
     with published:
         if every is None:
             out = pipe(prompts, num_inference_steps=steps, generator=g, output_type="np", **kwargs)
@@ -95,7 +97,7 @@ def global_maps(run: Run, batch: int = 0, steps=None, heads=None, blocks=None, l
     """(text keys, h, w): the image->text maps summed over steps and layers, heads averaged, of prompt `batch`.
 
     steps (step indices), heads (head indices), blocks ('double' | 'single') and layers_ (names) slice it; steps
-    need generate(..., slices=True).
+    need generate(..., slices=True), heads generate(..., heads=True).
     """
     cache = run.cache
     if steps is not None:
@@ -115,8 +117,10 @@ def global_maps(run: Run, batch: int = 0, steps=None, heads=None, blocks=None, l
         if steps is not None:
             kept = cache.meta["steps"]
             x = x[[kept.index(s) for s in steps]].sum(0)  # (head, query, key)
-        x = x if heads is None else x[list(heads)]
-        x = x.mean(0)  # (query, key)
+        if "head" in cache.axes[name]:
+            x = (x if heads is None else x[list(heads)]).mean(-3)  # (query, key)
+        elif heads is not None:
+            raise ValueError("heads= needs every head kept: generate(..., heads=True)")
         total = x if total is None else total + x
     return total.T.reshape(-1, h, w)  # (keys, h, w)
 
