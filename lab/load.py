@@ -5,10 +5,12 @@
     >>> pipe = lab.load("stabilityai/stable-diffusion-2-1-base")    # doctest: +SKIP  (from the HF cache)
 
 ``load(name_or_path, device=None, dtype=None, **kwargs)`` picks the pipeline class from the folder's
-``model_index.json`` (SD 1.x / 2.x -> StableDiffusionPipeline, SDXL -> StableDiffusionXLPipeline), loads it in
+``model_index.json`` (SD 1.x / 2.x -> StableDiffusionPipeline, SDXL -> StableDiffusionXLPipeline, SD3 / SD3.5 ->
+StableDiffusion3Pipeline, FLUX.1 -> FluxPipeline), loads it in
 float32 on the CPU (float16 on a GPU) unless told otherwise, and leaves every other setting as diffusers made it.
 ``BUILTIN`` maps the names of the shipped models to their folders. ``with_random_unet(pipe, seed)`` is the
-"untrained model" baseline of the sanity checks: the same pipeline with its UNet re-initialised from its config;
+"untrained model" baseline of the sanity checks: the same pipeline with its denoiser (UNet or transformer)
+re-initialised from its config;
 ``with_components(pipe, scheduler=...)`` is the same pipeline with other parts swapped in.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 
 MODELS = Path(__file__).resolve().parent / "models"
 BUILTIN = {"shapes": MODELS / "shapes", "shapes-zsnr": MODELS / "shapes-zsnr"}
-SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
+SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL",
+             "StableDiffusion3Pipeline": "SD3 / SD3.5", "FluxPipeline": "FLUX.1"}
 
 
 def _pipeline_class(index: dict, where: str):
@@ -105,16 +108,18 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def with_random_unet(pipe, seed: int = 0):
-    """A new pipeline sharing every component of ``pipe`` but its UNet, re-initialised from the same config with
-    ``seed`` (diffusers' default init), on the same device and dtype. ``pipe`` itself is not changed."""
-    from diffusers import UNet2DConditionModel
+    """A new pipeline sharing every component of ``pipe`` but its denoiser (``unet``, or ``transformer`` for SD3 and
+    Flux), re-initialised from the same config with ``seed`` (diffusers' default init), on the same device and dtype.
+    ``pipe`` itself is not changed."""
+    attr = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    old = getattr(pipe, attr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    unet = unet.to(pipe.unet.device).eval()
-    if unet.dtype != pipe.unet.dtype:  # only then: diffusers warns about any dtype cast through .to()
-        unet = unet.to(dtype=pipe.unet.dtype)
-    return with_components(pipe, unet=unet)
+        new = type(old).from_config(old.config)
+    new = new.to(old.device).eval()
+    if new.dtype != old.dtype:  # only then: diffusers warns about any dtype cast through .to()
+        new = new.to(dtype=old.dtype)
+    return with_components(pipe, **{attr: new})
 
 
 def with_components(pipe, **replacements):

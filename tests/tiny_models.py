@@ -184,3 +184,131 @@ def generate(pipe, prompt="a red square", steps: int = 2, size: int = 64, seed: 
     kw.setdefault("guidance_scale", 7.5)
     g = torch.Generator().manual_seed(seed)
     return pipe(prompt, height=size, width=size, num_inference_steps=steps, generator=g, output_type="pt", **kw).images
+
+
+# --- diffusion transformers: the real transformer/config.json of SD3 / SD3.5 / FLUX.1 ------------------------------
+SD3_MEDIUM = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192,
+)
+SD35_MEDIUM = dict(
+    SD3_MEDIUM, pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13)),
+)
+SD35_LARGE = dict(
+    SD3_MEDIUM, num_layers=38, num_attention_heads=38, caption_projection_dim=2432, qk_norm="rms_norm",
+)
+FLUX_DEV = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+FLUX_SCHNELL = dict(FLUX_DEV, guidance_embeds=False)
+REAL_DIT = {"sd3": SD3_MEDIUM, "sd35m": SD35_MEDIUM, "sd35l": SD35_LARGE, "flux-dev": FLUX_DEV,
+            "flux-schnell": FLUX_SCHNELL}
+T5_WIDTH = 64  # the tiny T5's d_model: the DiTs' joint_attention_dim (SD3 pads the two CLIPs' 2 x 32 up to it)
+
+
+def reduced_dit_config(arch: str, full_depth: bool = False) -> dict:
+    """The real transformer config of `arch` ('sd3' | 'sd35m' | 'sd35l' | 'flux-dev' | 'flux-schnell'), heads kept,
+    head_dim 8 (Flux's rotary axes 16/56/56 scaled to 2/2/4), text widths the tiny encoders'.
+
+    full_depth=False cuts the blocks to the fewest that keep every block TYPE: SD3 two joint blocks and the last,
+    context-pre-only one (SD3.5-medium: a dual-attention block first); Flux two double- and two single-stream blocks.
+    """
+    if arch not in REAL_DIT:
+        raise ValueError(f"unknown DiT arch {arch!r}; known: {', '.join(REAL_DIT)}")
+    cfg = dict(REAL_DIT[arch])
+    cfg["attention_head_dim"] = 8
+    cfg["joint_attention_dim"] = T5_WIDTH
+    if arch.startswith("flux"):
+        cfg["axes_dims_rope"] = (2, 2, 4)
+        cfg["pooled_projection_dim"] = TEXT_WIDTH
+        if not full_depth:
+            cfg.update(num_layers=2, num_single_layers=2)
+        return cfg
+    cfg["caption_projection_dim"] = cfg["num_attention_heads"] * 8  # SD3 needs it equal to the inner width
+    cfg["pooled_projection_dim"] = 2 * TEXT_WIDTH  # CLIP-L and CLIP-G pooled, concatenated
+    cfg["sample_size"] = 8
+    cfg["pos_embed_max_size"] = 16
+    if not full_depth:
+        cfg["num_layers"] = 4 if arch == "sd35m" else 3
+        if arch == "sd35m":
+            cfg["dual_attention_layers"] = (0,)
+    return cfg
+
+
+def tiny_dit(arch: str = "sd3", seed: int = 0, full_depth: bool = False):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    cls = FluxTransformer2DModel if arch.startswith("flux") else SD3Transformer2DModel
+    return cls(**reduced_dit_config(arch, full_depth)).eval()
+
+
+T5_WORDS = ("a", "an", "the", "red", "blue", "green", "square", "circle", "triangle", "dog", "cat", "on", "mat",
+            "of", "and", "photo", "big", "small", "next", "to", "with", "in")
+
+
+@functools.lru_cache(maxsize=None)
+def t5_tokenizer():
+    """A T5 tokenizer (sentencepiece-style Unigram, '▁' marks a word start) over a few words and every letter: no
+    sentencepiece model file is available offline, so it is built from a vocabulary list with transformers'
+    T5TokenizerFast(vocab=...). Words outside T5_WORDS split into letters."""
+    from transformers import T5TokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789,.")
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{w}", -1.0) for w in T5_WORDS]
+    vocab += [(f"▁{c}", -4.0) for c in letters] + [(c, -5.0) for c in letters]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def tiny_t5(seed: int = 0, width: int = T5_WIDTH):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=len(t5_tokenizer()), d_model=width, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, dropout_rate=0.0)
+    torch.manual_seed(seed)
+    return T5EncoderModel(cfg).eval()
+
+
+def tiny_dit_vae(seed: int = 0):
+    """AutoencoderKL with 8x compression and 16 latent channels (SD3 / Flux), with their shift and scale."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=4, layers_per_block=1,
+        sample_size=64, shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+
+
+def tiny_dit_pipeline(arch: str = "sd3", seed: int = 0, full_depth: bool = False):
+    """A full StableDiffusion3Pipeline ('sd3', 'sd35m', 'sd35l') or FluxPipeline ('flux-dev', 'flux-schnell') with
+    tiny parts (two CLIPs and a T5 for SD3; a CLIP and a T5 for Flux), on devices.DEVICE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
+
+    tok, transformer, vae = _tokenizer(str(tokenizer_dir())), tiny_dit(arch, seed, full_depth), tiny_dit_vae(seed)
+    if arch.startswith("flux"):
+        sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+        pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=tiny_text_encoder(False, seed), tokenizer=tok,
+                            text_encoder_2=tiny_t5(seed), tokenizer_2=t5_tokenizer(), transformer=transformer)
+    else:
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=sched, vae=vae,
+            text_encoder=tiny_text_encoder(True, seed), tokenizer=tok,
+            text_encoder_2=tiny_text_encoder(True, seed + 1), tokenizer_2=tok,
+            text_encoder_3=tiny_t5(seed), tokenizer_3=t5_tokenizer(),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(DEVICE)
+
+
+def generate_dit(pipe, prompt="a red square", steps: int = 2, size: int = 64, seed: int = 0, **kw) -> torch.Tensor:
+    """One seeded DiT generation (T5 window of 16 tokens, to stay fast) returning (batch, 3, H, W) in [0, 1]."""
+    kw.setdefault("max_sequence_length", 16)
+    g = torch.Generator().manual_seed(seed)
+    return pipe(prompt, height=size, width=size, num_inference_steps=steps, generator=g, output_type="pt", **kw).images

@@ -16,8 +16,10 @@ words / find / occurrences          words.py: word -> token positions via the to
 global_maps / word_map / word_maps / expand / binarize / aggregate / layer_names   maps.py: the method and its slices
 open_vocab                          openvocab.py: maps for any text from the kept queries (OVAM)
 overlay / word_grid / layer_step_grid / view   plot.py: figures on a given Axes or Figure, no global matplotlib state
+dit.generate / dit.word_map / dit.global_maps   dit.py: SD3 and Flux, from the image->text view of joint attention
 python -m analyses.daam [out]       study.py: mIoU against the shapes world's parser, baselines, slices, faithfulness
 """
+from . import dit
 from .capture import Capture, Run, capture, daam_layers, explorer_options, generate, method_keep
 from .maps import (TAU, GlobalMaps, aggregate, binarize, block_of, expand, global_maps, layer_names, prompt_of,
                    token_total, word_map, word_maps)
@@ -27,7 +29,7 @@ from .words import Word, find, occurrences, tokenizer_of, words
 
 __all__ = [
     "TAU", "Capture", "GlobalMaps", "Run", "Word", "aggregate", "binarize", "block_of", "capture", "capture_bytes",
-    "capture_sizes", "daam_layers", "encode", "expand", "explorer_options", "find", "generate", "global_maps",
+    "capture_sizes", "daam_layers", "dit", "encode", "expand", "explorer_options", "find", "generate", "global_maps",
     "layer_names", "method_keep", "occurrences", "open_vocab", "prompt_of", "token_total", "tokenizer_of", "word_map",
     "word_maps", "words",
 ]

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .points import check_names, unet_of
+from .points import check_names, denoiser_of, points
 
 
 def scale_tokens(token_indices: Sequence[int] | int, factor: float, mask: torch.Tensor | None = None,
@@ -100,7 +100,7 @@ def replace_attention(from_cache, steps: Sequence[int] | None = None) -> Callabl
 
 
 class _Stop(Exception):
-    """Raised from a forward hook to end a UNet forward early; carries the output. Caught by run_until only."""
+    """Raised from a forward hook to end a denoiser forward early; carries the output. Caught by run_until only."""
 
     def __init__(self, output):
         super().__init__("stopped")
@@ -108,27 +108,34 @@ class _Stop(Exception):
 
 
 def run_until(unet, point: str, *args, **kwargs) -> torch.Tensor:
-    """Run `unet(*args, **kwargs)` only until `point` has produced its output, and return that output.
+    """Run the denoiser `unet(*args, **kwargs)` only until `point` has produced its output, and return that output.
 
         feats = run_until(unet, "up_blocks.1", latents, t, encoder_hidden_states=text)   # (B, c, h, w)
+        feats = run_until(pipe.transformer, "transformer_blocks.6", **dit_kwargs)       # image stream (B, c, h, w)
 
-    A block returns its hidden states (for down blocks the first element of its (hidden, skips) output), like a trace
-    keeps them. The rest of the UNet is not computed. Works inside a trace (the trace sees the call as a step).
+    A block returns its hidden states (for down blocks the first element of its (hidden, skips) output; for a DiT
+    block its image tokens as (B, c, h, w), or with ``:text`` its text stream), like a trace keeps them. The rest of
+    the model is not computed. Works inside a trace (the trace sees the call as a step). `unet` may be a pipeline.
     """
-    from .trace import _hidden
+    from .dit import family, grid_of, inputs, split_name
+    from .outputs import read
 
-    unet = unet_of(unet)
-    check_names(unet, [point])
-    module = dict(unet.named_modules())[point]
+    model = denoiser_of(unet)
+    check_names(model, [point])
+    kind = {p.name: p.kind for p in points(model)}[point]
+    module = dict(model.named_modules())[split_name(point)[0]]
+    grid = None
+    if family(model) != "unet":
+        grid, _ = grid_of(model, inputs(family(model), args, kwargs)[0], args, kwargs)
 
-    def stop(mod, inputs, output):
-        raise _Stop(_hidden(output))
+    def stop(mod, inputs_, output):
+        raise _Stop(read(output, kind, grid))
 
     handle = module.register_forward_hook(stop)
     try:
-        unet(*args, **kwargs)
+        model(*args, **kwargs)
     except _Stop as s:
         return s.output
     finally:
         handle.remove()
-    raise RuntimeError(f"the UNet forward finished without running {point!r}")
+    raise RuntimeError(f"the {type(model).__name__} forward finished without running {point!r}")

@@ -7,7 +7,9 @@
 Memory per captured attention point, in fp32 bytes: 4 * branches * batch * (heads, or 1 for heads="mean")
 * queries * (keys, or len(tokens)), times the number of steps for steps="all" (or len(steps) for a list),
 once for "sum"/"mean". A block/resnet/transformer point: 4 * branches * batch * channels * h * w, times steps; a
-projection point: 4 * branches * batch * tokens * channels, times steps.
+projection point (or a DiT's text stream): 4 * branches * batch * tokens * channels, times steps. For a DiT's joint
+attention, queries and keys are those of the view: image->text is (h*w) x text tokens, the whole 'joint' map
+(h*w + text)^2.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import torch
 STEP_MODES = ("all", "sum", "mean")
 HEAD_MODES = ("all", "mean")
 BRANCHES = ("cond", "uncond")
-ATTENTION = ("attn1", "attn2")
+ATTENTION = ("attn1", "attn2", "joint", "image->text", "text->image", "image->image", "text->text")
+TEXT_KEYS = ("attn2", "image->text", "text->text")  # attention kinds whose keys are text tokens (Keep.tokens)
+TOKEN_ROWS = ("projection", "text_block")  # kinds kept as (token, channel)
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def reduce(x: torch.Tensor, kind: str, keep: Keep, have: Sequence[str], kept: Se
     if idx != list(range(len(have))):
         x = x[idx] if len(idx) > 1 else x[idx[0]].unsqueeze(0)  # (branch, batch, ...)
     if kind in ATTENTION:
-        if kind == "attn2" and keep.tokens is not None:
+        if kind in TEXT_KEYS and keep.tokens is not None:
             x = x[..., list(keep.tokens)]  # (branch, batch, heads, q, tokens)
         if heads_averaged:
             if keep.heads != "mean":
@@ -159,13 +163,14 @@ def reduce(x: torch.Tensor, kind: str, keep: Keep, have: Sequence[str], kept: Se
 
 
 def step_shape(kind: str, keep: Keep, n_branches: int, batch: int, heads: int | None, hw: tuple[int, int],
-               keys: int | None, channels: int | None) -> tuple[int, ...]:
-    """Shape one step of a point adds to the store (no step axis); for a projection `keys` is its token count."""
-    q = hw[0] * hw[1]
-    if kind == "projection":
+               keys: int | None, channels: int | None, queries: int | None = None) -> tuple[int, ...]:
+    """Shape one step of a point adds to the store (no step axis); for a projection or a DiT's text stream `keys` is
+    its token count; queries default to h*w."""
+    q = hw[0] * hw[1] if queries is None else queries
+    if kind in TOKEN_ROWS:
         return (n_branches, batch, keys, channels)
     if kind in ATTENTION:
-        k = len(keep.tokens) if (kind == "attn2" and keep.tokens is not None) else keys
+        k = len(keep.tokens) if (kind in TEXT_KEYS and keep.tokens is not None) else keys
         return (n_branches, batch, q, k) if keep.heads == "mean" else (n_branches, batch, heads, q, k)
     return (n_branches, batch, channels, *hw)
 
@@ -174,7 +179,7 @@ def axes(kind: str, keep: Keep) -> tuple[str, ...]:
     """Named axes of a point's kept tensor: ("step", "branch", "batch", "head", "query", "key") for attention,
     (..., "token", "channel") for projections, (..., "channel", "height", "width") for features."""
     steps = () if keep.step_mode in ("sum", "mean") else ("step",)
-    if kind == "projection":
+    if kind in TOKEN_ROWS:
         return (*steps, "branch", "batch", "token", "channel")
     if kind in ATTENTION:
         return (*steps, "branch", "batch", *(() if keep.heads == "mean" else ("head",)), "query", "key")

@@ -13,7 +13,7 @@ def run_meta(tr, res: dict) -> dict:
     """The metadata of a finished Trace `tr`: prompt, timesteps, sizes, layout, versions; plain JSON data."""
     import diffusers
 
-    k, pipe, unet = tr.keep, tr.pipe, tr.unet
+    k, pipe, unet = tr.keep, tr.pipe, tr.denoiser
     started = tr.step >= 0
     prompts, tokens, per_prompt = prompts_of(tr)
     meta = {
@@ -37,12 +37,47 @@ def run_meta(tr, res: dict) -> dict:
         "kinds": {n: tr.kinds[n] for n in res},
         "heads": {n: tr.points[n].heads for n in res if tr.points[n].heads},
         "edited": sorted(tr.edits),
+        "denoiser": type(unet).__name__,
+        "text_tokens": tr.n_keys if started else None,
+        "token_grid": list(tr.grid) if tr.grid is not None else None,
+        "guidance_embedding": bool(unet.config.get("guidance_embeds", False)),
+        "context": context_of(tr) if started and tr.family != "unet" else None,
         "diffusers_version": diffusers.__version__,
         "torch_version": torch.__version__,
         "lab_version": lab_version(),
     }
     meta.update(tr.user_meta)
     return meta
+
+
+# Which text encoder's tokens a DiT's text keys hold, in order: SD3 the CLIP window (both CLIPs' states, concatenated
+# along channels, share its 77 positions) then T5's; Flux only T5's (its CLIP gives the pooled vector alone).
+CONTEXT = {"sd3": (("clip", "text_encoder", "tokenizer"), ("t5", "text_encoder_3", "tokenizer_3")),
+           "flux": (("t5", "text_encoder_2", "tokenizer_2"),)}
+
+
+def context_of(tr) -> list[dict]:
+    """A DiT's text keys by encoder: [{"encoder": "clip" | "t5", "keys": [start, stop], "tokens": [[per prompt]]}].
+
+    tokens are the tokenizer's tokens of each prompt up to its end token (padding left out), None when the encoder's
+    input ids were not seen (prompt_embeds given)."""
+    out, start = [], 0
+    parts = CONTEXT[tr.family]
+    for i, (encoder, attr, tok_attr) in enumerate(parts):
+        ids, tok = tr.encoder_ids.get(attr), getattr(tr.pipe, tok_attr, None)
+        if i == len(parts) - 1:
+            length = tr.n_keys - start
+        else:
+            length = ids.shape[1] if ids is not None else getattr(tr.pipe, "tokenizer_max_length", 77)
+        tokens = None
+        if ids is not None and tok is not None:
+            tokens = []
+            for row in ids.tolist():
+                end = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+                tokens.append(tok.convert_ids_to_tokens(row[:end]))
+        out.append({"encoder": encoder, "keys": [start, start + length], "tokens": tokens})
+        start += length
+    return out
 
 
 def prompts_of(tr):

@@ -1,4 +1,7 @@
-"""Every hookable point of a diffusers UNet2DConditionModel, named by its real module path, in forward order.
+"""Every hookable point of a diffusers denoiser, named by its real module path, in forward order.
+
+UNet2DConditionModel (SD 1.x, 2.x, SDXL) here; SD3 / SD3.5 and FLUX.1 transformers in lab.hooks.dit (joint
+attention, its four views ``<attn path>:image->text`` etc., both streams' block outputs).
 
     pts = points(unet, image_size=(512, 512))           # list[Point], forward order
     names = select(unet, kind="attn2", block="up")       # list[str] of full module paths
@@ -19,9 +22,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-KINDS = ("attn1", "attn2", "block", "projection", "resnet", "transformer")
+from .dit import JOINT_KINDS, dit_points, family
+
+KINDS = ("attn1", "attn2", "block", "projection", "resnet", "transformer", "text_block", *JOINT_KINDS)
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # in the order an attention layer calls them
-BLOCKS = ("down", "mid", "up")
+BLOCKS = ("down", "mid", "up", "double", "single")
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,9 @@ class Point:
     """One hookable module: ``Point(name='mid_block.attentions.0.transformer_blocks.0.attn2', kind='attn2', ...)``.
 
     resolution is (h, w) of the point's tensors (attention queries are h*w of them), None without an image size;
-    heads / head_dim are None for non-attention points; channels is the feature width of the output (inner width
-    heads*head_dim for attention).
+    for a DiT the image token grid after patching. heads / head_dim are None for non-attention points; channels is the
+    feature width of the output (inner width heads*head_dim for attention). text_tokens: a DiT's text keys (None for
+    a UNet or when unknown); tokens: 'image' | 'text' | 'joint', whose tokens a DiT projection or stream carries.
     """
 
     name: str
@@ -41,32 +47,51 @@ class Point:
     heads: int | None
     head_dim: int | None
     channels: int | None = None
+    text_tokens: int | None = None
+    tokens: str | None = None
 
     def reads_text(self) -> bool:
         """True for the key and value projections of cross-attention, whose tokens are the text's, not h*w."""
+        if self.tokens is not None:
+            return self.tokens == "text"
         return self.kind == "projection" and self.name.endswith((".attn2.to_k", ".attn2.to_v"))
 
 
-def unet_of(model) -> nn.Module:
-    """The UNet2DConditionModel of a pipeline (``pipe.unet``) or the model itself, also under torch.compile;
-    anything else is not supported."""
-    from diffusers import UNet2DConditionModel
+def denoiser_of(model) -> nn.Module:
+    """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``) or the model itself, also under
+    torch.compile: a UNet2DConditionModel, SD3Transformer2DModel or FluxTransformer2DModel; anything else is refused.
 
-    if isinstance(model, UNet2DConditionModel):
+        denoiser_of(pipe)    # pipe.transformer for StableDiffusion3Pipeline / FluxPipeline, pipe.unet for SD / SDXL
+    """
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+
+    supported = (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)
+    if isinstance(model, supported):
         return model
-    unet = getattr(model, "unet", None)
-    unet = getattr(unet, "_orig_mod", unet)  # torch.compile(pipe.unet): hook the modules the compiled one runs
-    if isinstance(unet, UNet2DConditionModel):
-        return unet
-    if isinstance(getattr(model, "_orig_mod", None), UNet2DConditionModel):
+    if isinstance(getattr(model, "_orig_mod", None), supported):
         return model._orig_mod
+    for attr in ("unet", "transformer"):
+        inner = getattr(model, attr, None)
+        inner = getattr(inner, "_orig_mod", inner)  # torch.compile(pipe.unet): hook the modules the compiled one runs
+        if isinstance(inner, supported):
+            return inner
     what = type(model).__name__
     inner = next((f"{a}={type(getattr(model, a)).__name__}" for a in ("transformer", "unet", "prior")
                   if isinstance(getattr(model, a, None), nn.Module)), None)
     raise NotImplementedError(
         f"{what}{f' ({inner})' if inner else ''} is not supported yet: lab.hooks supports diffusers "
-        "UNet2DConditionModel (Stable Diffusion 1.x, 2.x, SDXL) and pipelines that have one as pipe.unet"
+        "UNet2DConditionModel (Stable Diffusion 1.x, 2.x, SDXL), SD3Transformer2DModel (SD3, SD3.5) and "
+        "FluxTransformer2DModel (FLUX.1), and pipelines that have one as pipe.unet or pipe.transformer"
     )
+
+
+def unet_of(model) -> nn.Module:
+    """The UNet2DConditionModel of a pipeline or the model itself (for UNet-only analyses); a DiT is refused."""
+    denoiser = denoiser_of(model)
+    if family(denoiser) != "unet":
+        raise NotImplementedError(f"{type(denoiser).__name__} is a diffusion transformer; this needs a "
+                                  "UNet2DConditionModel (Stable Diffusion 1.x, 2.x, SDXL)")
+    return denoiser
 
 
 def _as_hw(size) -> tuple[int, int]:
@@ -98,16 +123,23 @@ def _out_channels(module: nn.Module) -> int | None:
     return getattr(module, "out_channels", None)
 
 
-def points(model, image_size=None, vae_scale_factor: int | None = None) -> list[Point]:
-    """All hookable points of a UNet (or a pipeline's UNet) in forward order.
+def points(model, image_size=None, vae_scale_factor: int | None = None, text_tokens: int | None = None
+           ) -> list[Point]:
+    """All hookable points of a denoiser (or a pipeline's) in forward order.
 
         pts = points(pipe, image_size=512)
         [p.name for p in pts if p.kind == "attn2" and p.resolution == (16, 16)]
 
     image_size: pixels, int or (h, w); without it every resolution is None. vae_scale_factor: defaults to
-    pipe.vae_scale_factor for a pipeline, 8 for a bare UNet.
+    pipe.vae_scale_factor for a pipeline, 8 for a bare model. text_tokens (DiTs): the text keys, by default the
+    pipelines' defaults (lab.hooks.dit.layout).
     """
-    unet = unet_of(model)
+    unet = denoiser_of(model)
+    if family(unet) != "unet":
+        from .dit import layout
+
+        lay = layout(model, image_size, vae_scale_factor, text_tokens)
+        return dit_points(unet, lay.grid, lay.text)
     if vae_scale_factor is None:
         vae_scale_factor = getattr(model, "vae_scale_factor", None) or 8
     levels = None
@@ -185,10 +217,11 @@ def select(model, kind=None, block=None, resolution=None, pattern=None, image_si
         select(unet, pattern="up_blocks.1.*")                       # glob over full names
         select(unet, kind="projection", pattern="*.attn2.to_q")     # the queries of every cross-attention layer
 
-    kind: one of or a tuple of 'attn1', 'attn2', 'block', 'projection', 'resnet', 'transformer'; block: 'down' |
-    'mid' | 'up' or a tuple; resolution: a tuple (h, w), an int for square, or a list of those, e.g. [16, 32] (needs
-    image_size); pattern: a glob or
-    list of globs. A selection that matches nothing is an error that lists what is there.
+    kind: one of or a tuple of 'attn1', 'attn2', 'block', 'projection', 'resnet', 'transformer' (UNets), 'joint',
+    'image->text', 'text->image', 'image->image', 'text->text', 'block', 'text_block', 'projection' (DiTs); block:
+    'down' | 'mid' | 'up' (UNets), 'double' | 'single' (Flux; SD3's blocks are 'double') or a tuple;
+    resolution: a tuple (h, w), an int for square, or a list of those, e.g. [16, 32] (needs image_size); pattern: a
+    glob or list of globs. A selection that matches nothing is an error that lists what is there.
     """
     pts = points(model, image_size, vae_scale_factor)
     pts = _keep_where(pts, "kind", kind, KINDS)
@@ -233,6 +266,6 @@ def check_names(model, names) -> list[str]:
     known = set(valid)
     for name in names:
         if name not in known:
-            raise ValueError(f"{name!r} is not a hook point of this UNet; nearest: {', '.join(suggest(name, valid))} "
-                             "(lab.hooks.points(unet) lists them all)")
+            raise ValueError(f"{name!r} is not a hook point of this {type(denoiser_of(model)).__name__}; nearest: "
+                             f"{', '.join(suggest(name, valid))} (lab.hooks.points(model) lists them all)")
     return list(names)

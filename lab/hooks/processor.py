@@ -13,9 +13,13 @@ very q and k that processor made (caught by forward hooks on ``to_q`` / ``to_k``
 math of diffusers' ``AttnProcessor`` instead (group_norm, spatial_norm, residual_connection, rescale_output_factor,
 norm_cross, upcast included), so the edit can replace the probabilities; its output may differ, as it must.
 
+The joint attention of diffusion transformers (SD3, SD3.5, Flux) goes the same way through lab.hooks.joint: one
+layer, several points (the whole map and its four views, ``<path>:image->text`` ...), each computed only when kept.
+
 Subscribers are traces (``lab.hooks.trace.Trace``). Several may observe one layer (each keeping its own view); at most
 one may edit it. A subscriber answers ``edits_now(name)``, ``keeps_now(name)``, ``rows()`` -> (layout, batch),
-``kept_branches``, ``keeps_head_mean(name)``, ``edit(name, probs)`` and ``record(name, probs, branches)``.
+``kept_branches``, ``keeps_head_mean(name)``, ``text_tokens()`` (a DiT's text keys), ``edit(name, probs)`` and
+``record(name, probs, branches)``; `name` is a point name (a module path, with a view suffix for joint attention).
 """
 from __future__ import annotations
 
@@ -25,13 +29,16 @@ import weakref
 import torch
 from torch import nn
 
+from . import joint
+from .dit import family, split_name
+
 # Original processors whose math (softmax(q k^T * scale) v) the eager path reproduces up to float rounding; others
 # (IP-Adapter, custom ones) compute something else, so probabilities computed beside them would be wrong.
 EQUIVALENT = {
     "AttnProcessor", "AttnProcessor2_0", "SlicedAttnProcessor", "XFormersAttnProcessor", "AttnProcessorNPU",
     "FusedAttnProcessor2_0", "AttnProcessor2_0_XLA", "XLAFlashAttnProcessor2_0",
 }
-_PROJECTIONS = ("to_q", "to_k", "to_qkv", "to_kv")
+_PROJECTIONS = ("to_q", "to_k", "to_qkv", "to_kv", "add_q_proj", "add_k_proj", "to_added_qkv")
 _PROCESSORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # UNet -> its CaptureProcessor
 
 
@@ -45,8 +52,10 @@ def processor_of(unet: nn.Module) -> "CaptureProcessor":
 class _Layer:
     """One attention layer under capture: its original processor, subscribers, and the q/k its projections made."""
 
-    def __init__(self, name: str, attn: nn.Module):
-        self.name, self.attn, self.orig = name, attn, attn.processor
+    def __init__(self, name: str, attn: nn.Module, dit: bool):
+        self.name, self.attn, self.orig, self.dit = name, attn, attn.processor, dit
+        self.points: list[str] = []  # the point names subscribed on this layer (a DiT's views), in model order
+        self.by_sub: dict[int, list[str]] = {}  # id(subscriber) -> its point names on this layer
         params = inspect.signature(self.orig.__call__).parameters
         self.accepted = None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set(params)
         self.subs: list = []
@@ -93,33 +102,43 @@ class CaptureProcessor:
     def __init__(self):
         self._layers: dict[int, _Layer] = {}
 
-    def subscribe(self, sub, unet: nn.Module, names: list[str], edited: set[str]) -> None:
-        """Capture `names` (full paths) for `sub`; `edited` are those it edits (one editor per layer)."""
-        modules = dict(unet.named_modules())
+    def subscribe(self, sub, model: nn.Module, names: list[str], edited: set[str]) -> None:
+        """Capture `names` (point names) for `sub`; `edited` are those it edits (one editor per layer)."""
+        modules = dict(model.named_modules())
+        dit = family(model) != "unet"
+        allowed = joint.JOINT_EQUIVALENT if dit else EQUIVALENT
         for name in names:
-            attn = modules[name]
+            path = split_name(name)[0]
+            attn = modules[path]
             layer = self._layers.get(id(attn))
             if layer is None:
                 kind = type(attn.processor).__name__
-                if kind not in EQUIVALENT:
+                if kind not in allowed:
                     raise ValueError(
-                        f"{name!r} uses {kind}, whose math the capture processor does not reproduce, so its "
+                        f"{path!r} uses {kind}, whose math the capture processor does not reproduce, so its "
                         f"probabilities cannot be captured or edited; processors it can stand beside: "
-                        f"{', '.join(sorted(EQUIVALENT))}")
-            elif name in edited and any(name in s.edits for s in layer.subs):
-                raise RuntimeError(f"{name!r} is already edited by an enclosing trace; one trace at a time may edit "
+                        f"{', '.join(sorted(allowed))}")
+            elif _edits(edited, path) and any(_edits(s.edits, path) for s in layer.subs):
+                raise RuntimeError(f"{path!r} is already edited by an enclosing trace; one trace at a time may edit "
                                    "an attention layer (put both edits in one function)")
         for name in names:
-            attn = modules[name]
+            path = split_name(name)[0]
+            attn = modules[path]
             if id(attn) not in self._layers:
-                self._layers[id(attn)] = _Layer(name, attn)
+                self._layers[id(attn)] = _Layer(path, attn, dit)
                 attn.set_processor(self)
-            self._layers[id(attn)].subs.append(sub)
+            layer = self._layers[id(attn)]
+            if sub not in layer.subs:
+                layer.subs.append(sub)
+            layer.by_sub.setdefault(id(sub), []).append(name)
+            layer.points = _union(layer.by_sub.values())
 
     def unsubscribe(self, sub) -> None:
         """Forget `sub`; a layer nobody captures any more gets its original processor object back."""
         for key, layer in list(self._layers.items()):
             layer.subs = [s for s in layer.subs if s is not sub]
+            layer.by_sub.pop(id(sub), None)
+            layer.points = _union(layer.by_sub.values())
             if not layer.subs:
                 for h in layer.handles:
                     h.remove()
@@ -135,6 +154,8 @@ class CaptureProcessor:
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
         layer = self._layers[id(attn)]
+        if layer.dit:
+            return self._joint(layer, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
         name = layer.name
         editor = next((s for s in layer.subs if s.edits_now(name)), None)
         observers = [s for s in layer.subs if s is not editor and s.keeps_now(name)]
@@ -160,6 +181,51 @@ class CaptureProcessor:
         probs = _probabilities(attn, q, k, attention_mask, mean_only)  # (b, heads or 1, q, k) float32
         for s in observers:
             s.record(name, probs, tuple(wanted), mean_only)
+        return out
+
+    def _joint(self, layer, attn, hidden, context, mask, rotary, kwargs):
+        """A DiT attention layer: its own processor, with the kept points' probabilities beside it (lab.hooks.joint);
+        an edited layer runs the eager joint math instead."""
+        rotary = kwargs.pop("image_rotary_emb", rotary)  # FluxAttention passes it 5th, where temb sits here
+        editor = next((s for s in layer.subs if any(s.edits_now(p) for p in layer.points)), None)
+        others = [s for s in layer.subs if s is not editor]
+        if editor is not None:
+            observers = [s for s in others if any(s.keeps_now(p) for p in layer.points)]
+            n_text = editor.text_tokens()
+            return joint.eager(layer, attn, hidden, context, mask, rotary, editor, observers, n_text)
+        wanted = {p: [s for s in others if s.keeps_now(p)] for p in layer.points}
+        wanted = {p: subs for p, subs in wanted.items() if subs}
+
+        def original():
+            if type(attn).__name__ == "FluxAttention":
+                return layer.orig(attn, hidden, context, mask, rotary, **kwargs)
+            return layer.orig(attn, hidden, encoder_hidden_states=context, attention_mask=mask, **kwargs)
+
+        if not wanted:
+            return original()
+        if mask is not None:
+            raise NotImplementedError(f"{layer.name!r} got an attention mask; the lab does not reproduce masked "
+                                      "joint attention, so it cannot capture it")
+        layer.caught.clear()
+        layer.armed = True
+        try:
+            out = original()
+        finally:
+            layer.armed = False
+        observers = [s for subs in wanted.values() for s in subs]
+        layout, batch = observers[0].rows()
+        kept = [b for b in layout if any(b in s.kept_branches for s in observers)]
+        rows = None
+        if kept != list(layout):
+            rows = torch.cat([torch.arange(layout.index(b) * batch, (layout.index(b) + 1) * batch) for b in kept])
+            rows = rows.to(hidden.device)
+        mean_only = {p: all(s.keeps_head_mean(p) for s in subs) for p, subs in wanted.items()}
+        probs = joint.beside(layer, attn, joint.form(attn, context), rows, observers[0].text_tokens(), rotary,
+                             mean_only)  # {point: (b, heads or 1, q, k)} float32
+        layer.caught.clear()
+        for p, subs in wanted.items():
+            for s in subs:
+                s.record(p, probs[p], tuple(kept), mean_only[p])
         return out
 
     def _eager(self, layer, attn, hidden_states, encoder_hidden_states, attention_mask, temb, editor, observers):
@@ -216,6 +282,20 @@ class CaptureProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _edits(names, path: str) -> bool:
+    """Whether any of the point names `names` is on the attention layer `path`."""
+    return any(split_name(n)[0] == path for n in names)
+
+
+def _union(lists) -> list[str]:
+    """The point names of every subscriber of a layer, each once: the joint map first, then the views in order."""
+    from .dit import JOINT_KINDS
+
+    names = list(dict.fromkeys(n for names in lists for n in names))
+    rank = {k: i for i, k in enumerate(JOINT_KINDS)}
+    return sorted(names, key=lambda n: rank.get(split_name(n)[1] or "joint", 0))
 
 
 # Above this many float32 elements (batch * heads * queries * keys, 256 MiB) the probabilities are computed a few

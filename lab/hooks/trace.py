@@ -1,10 +1,13 @@
-"""Capture (and edit) a UNet's attention maps and features at every denoising step of an ordinary pipeline call.
+"""Capture (and edit) a denoiser's attention maps and features at every denoising step of an ordinary pipeline call.
 
     with trace(pipe, select(pipe, kind="attn2"), keep=Keep(steps="sum", heads="mean")) as tr:
         pipe("a dog on a mat", num_inference_steps=25)
     tr.cache["up_blocks.1.attentions.0.transformer_blocks.0.attn2"]   # (branch, batch, query, key)
 
-How: a forward pre-hook on the UNet counts its calls (one per denoising step) and notes the timestep; the chosen
+The denoiser is a UNet (SD 1.x, 2.x, SDXL) or a diffusion transformer (SD3 / SD3.5, FLUX.1: joint attention and its
+views, ``transformer_blocks.3.attn:image->text``; see lab.hooks.dit).
+
+How: a forward pre-hook on the denoiser counts its calls (one per denoising step) and notes the timestep; the chosen
 attention layers get the one CaptureProcessor (every other layer keeps its own processor); block, resnet,
 transformer and projection points get forward hooks. On exit, also after an exception, every hook is removed and
 every layer has its original processor object back.
@@ -15,25 +18,26 @@ eager math and may differ, as they must). Running sums and kept steps stay on th
 move once at the end; nothing in a step waits for the device. Traces nest, also on the same attention layer (one
 keeps head-averaged maps at every step, an inner one every head at a few steps, or the queries ``<layer>.to_q``); at
 most one of them may edit a layer. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
-do_classifier_free_guidance is on) is read at each step; a bare UNet is traced with an explicit `branches=`.
+do_classifier_free_guidance is on: SD, SDXL, SD3) is read at each step; FLUX.1-dev's guidance is an embedding and
+schnell has none, so every Flux row is 'cond'. A bare model is traced with an explicit `branches=`.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
 from .cache import Cache
-from .keep import ATTENTION, BRANCHES, Keep, Store, axes, human, nbytes, reduce, step_shape
+from .budget import Budget
+from .keep import ATTENTION, BRANCHES, Keep, Store, axes, reduce
 from .meta import run_meta
-from .points import check_names, points, unet_of
+from .dit import family, grid_of, inputs, split_name
+from .outputs import read, write
+from .points import check_names, denoiser_of, points
 from .processor import processor_of
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
-DEVICE_HEADROOM = 0.5  # kept tensors may take at most this share of the device's free memory (the model needs the rest)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Context:
 
     point: str
     step: int
-    t: torch.Tensor | float = field(repr=False)  # the UNet's timestep argument, as given (read .timestep)
+    t: torch.Tensor | float = field(repr=False)  # the denoiser's timestep argument, as given (read .timestep)
     branches: tuple[str, ...]
     batch: int
     resolution: tuple[int, int] | None
@@ -69,7 +73,7 @@ class Context:
 
 def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callable] | None = None,
           max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None) -> "Trace":
-    """Context manager that captures `names` (full module paths) at every UNet call, and applies `edits`.
+    """Context manager that captures `names` (point names) at every denoiser call, and applies `edits`.
 
         with trace(pipe, ["mid_block"], keep=Keep(steps=[0, -1])) as tr:
             pipe("a cat", num_inference_steps=10)
@@ -89,15 +93,17 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
     return Trace(model, names, keep, edits, max_bytes, branches, meta)
 
 
-class Trace:
+class Trace(Budget):
     """The running trace; ``tr.cache`` is its Cache once the with-block has ended. Build it with ``trace(...)``."""
 
     def __init__(self, model, names, keep, edits, max_bytes, branches, meta):
-        self.unet = unet_of(model)
-        self.pipe = None if model is self.unet or model is getattr(self.unet, "_orig_mod", None) else model
-        self.names = list(dict.fromkeys(check_names(self.unet, names)))
+        self.denoiser = denoiser_of(model)
+        self.family = family(self.denoiser)
+        self.what = "UNet" if self.family == "unet" else "transformer"
+        self.pipe = None if model is self.denoiser or model is getattr(self.denoiser, "_orig_mod", None) else model
+        self.names = list(dict.fromkeys(check_names(self.denoiser, names)))
         self.edits = dict(edits or {})
-        check_names(self.unet, list(self.edits))
+        check_names(self.denoiser, list(self.edits))
         for name, fn in self.edits.items():
             if not callable(fn):
                 raise TypeError(f"edit for {name!r} is a {type(fn).__name__}, not a function fn(tensor, ctx)")
@@ -112,16 +118,20 @@ class Trace:
                                  "most once, e.g. ('cond',) or ('uncond', 'cond')")
         self.layout_override = branches
         self.user_meta = dict(meta or {})
-        self.kinds = {p.name: p.kind for p in points(self.unet)}
+        self.kinds = {p.name: p.kind for p in points(self.denoiser)}
         self.capture = set(self.names)
         self._cache: Cache | None = None
         self._used = False
         self._handles: list = []
         self._processor = None
         self.step, self.slot, self.t = -1, None, None
-        self._timesteps: list = []  # the UNet's timestep argument per call, read as floats once at the end
+        self._timesteps: list = []  # the denoiser's timestep argument per call, read as floats once at the end
         self.steps_seen: list[int] = []
         self.input_ids = None
+        self.encoder_ids: dict[str, torch.Tensor] = {}  # each text encoder's first input_ids (a DiT has two or three)
+        self.grid = None  # a DiT's image token grid
+        self.n_keys = None
+        self._step_t = None
         self.kept_branches: list[str] = []
         self.device = None
         self.store_device = None
@@ -135,17 +145,19 @@ class Trace:
         hooked = list(dict.fromkeys(self.names + list(self.edits)))
         layers = [n for n in hooked if self.kinds[n] in ATTENTION]
         try:
-            modules = dict(self.unet.named_modules())
-            self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
+            modules = dict(self.denoiser.named_modules())
+            self._handles.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
             for name in hooked:
                 if self.kinds[name] not in ATTENTION:
-                    self._handles.append(modules[name].register_forward_hook(self._feature_hook(name)))
-            encoder = getattr(self.pipe, "text_encoder", None) or getattr(self.pipe, "text_encoder_2", None)
-            if isinstance(encoder, torch.nn.Module):
-                self._handles.append(encoder.register_forward_pre_hook(self._on_text, with_kwargs=True))
+                    module = modules[split_name(name)[0]]
+                    self._handles.append(module.register_forward_hook(self._feature_hook(name)))
+            for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+                encoder = getattr(self.pipe, attr, None)
+                if isinstance(encoder, torch.nn.Module):
+                    self._handles.append(encoder.register_forward_pre_hook(self._on_text(attr), with_kwargs=True))
             if layers:
-                self._processor = processor_of(self.unet)
-                self._processor.subscribe(self, self.unet, layers, set(self.edits) & set(layers))
+                self._processor = processor_of(self.denoiser)
+                self._processor.subscribe(self, self.denoiser, layers, set(self.edits) & set(layers))
         except BaseException:
             self._cleanup()
             raise
@@ -172,15 +184,21 @@ class Trace:
         return self._cache
 
     @property
+    def unet(self) -> torch.nn.Module:
+        """The traced denoiser (a UNet, or an SD3 / Flux transformer); the name predates DiTs."""
+        return self.denoiser
+
+    @property
     def timesteps(self) -> list[float]:
-        """The timestep of every UNet call so far, as floats (reading them waits for the device)."""
+        """The timestep of every denoiser call so far, as floats (reading them waits for the device). Flux's
+        transformer takes t / 1000 (the sigma), SD3's the scheduler's t."""
         return [_as_float(t) for t in self._timesteps]
 
     @property
     def timestep(self) -> float | None:
         return None if self.t is None else _as_float(self.t)
 
-    # --- per UNet call ------------------------------------------------------------------------------------------------
+    # --- per denoiser call -------------------------------------------------------------------------------------------
     def _layout(self) -> tuple[str, ...]:
         if self.layout_override is not None:
             return self.layout_override
@@ -188,34 +206,50 @@ class Trace:
             return ("cond",)
         try:
             cfg = bool(self.pipe.do_classifier_free_guidance)
-        except AttributeError:
-            cfg = (getattr(self.pipe, "_guidance_scale", None) or 0) > 1
+        except AttributeError:  # Flux: guidance is an embedding (dev) or nothing (schnell); every row is 'cond'
+            cfg = self.family == "unet" and (getattr(self.pipe, "_guidance_scale", None) or 0) > 1
         return ("uncond", "cond") if cfg else ("cond",)
 
-    def _on_text(self, module, args, kwargs) -> None:
-        if self.input_ids is None:
+    def _on_text(self, attr: str):
+        def hook(module, args, kwargs) -> None:
             ids = args[0] if args else kwargs.get("input_ids")
-            self.input_ids = ids.detach().cpu() if torch.is_tensor(ids) else None
+            if attr not in self.encoder_ids and torch.is_tensor(ids):  # the prompt's; a negative prompt comes later
+                self.encoder_ids[attr] = ids.detach().cpu()  # (prompts, tokens)
+                if self.input_ids is None and attr in ("text_encoder", "text_encoder_2"):
+                    self.input_ids = self.encoder_ids[attr]
 
-    def _on_unet(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        return hook
+
+    def _one_call_per_step(self) -> None:
+        """A pipeline that runs its denoiser twice in one step (Flux's true CFG, SD3's skip-layer guidance) has a
+        layout a trace does not split yet: refuse it rather than count the second call as a step."""
+        now = getattr(self.pipe, "_current_timestep", None)
+        if now is not None and now is self._step_t:
+            raise NotImplementedError(
+                f"{type(self.pipe).__name__} ran its {type(self.denoiser).__name__} twice in denoising step "
+                f"{self.step} (true_cfg_scale with a negative prompt, or skip_guidance_layers); a trace takes one "
+                "denoiser call per step: run without them")
+        self._step_t = now
+
+    def _on_denoiser(self, module, args, kwargs) -> None:
+        sample, t, enc = inputs(self.family, args, kwargs)  # UNet (B, c, h, w); SD3 (B, c, h, w), Flux (B, n, c)
+        if self.pipe is not None and self.family != "unet":
+            self._one_call_per_step()
         self.step += 1
         self.t = t.detach().flatten()[0] if torch.is_tensor(t) else t  # stays on the device: no wait per step
         self._timesteps.append(self.t)
         layout = self._layout()
         if sample.shape[0] % len(layout):
-            raise ValueError(f"UNet batch {sample.shape[0]} does not split into branches {layout}; pass trace(..., "
-                             "branches=...) with the layout of the batch")
+            raise ValueError(f"{self.what} batch {sample.shape[0]} does not split into branches {layout}; pass "
+                             "trace(..., branches=...) with the layout of the batch")
         batch = sample.shape[0] // len(layout)
         if self.step == 0:
-            enc = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
             self.device = sample.device
-            self._setup(sample, enc, layout, batch)
+            self._setup(sample, enc, layout, batch, args, kwargs)
         elif sample.device != self.device:
-            raise RuntimeError(f"the UNet ran on {self.device} at step 0 and on {sample.device} at step {self.step}: "
-                               "the model was moved during the trace; move it before trace() (or enable offloading "
-                               "before it), then run again")
+            raise RuntimeError(f"the {self.what} ran on {self.device} at step 0 and on {sample.device} at step "
+                               f"{self.step}: the model was moved during the trace; move it before trace() (or enable "
+                               "offloading before it), then run again")
         elif (layout, batch) != (self.layout, self.batch):
             raise ValueError(f"step {self.step} has branches {layout} x batch {batch}, the first step had "
                              f"{self.layout} x {self.batch}; one trace covers one pipeline call")
@@ -231,18 +265,22 @@ class Trace:
             return self.step_slots.get(step)
         return step if mode == "all" else 0
 
-    def _setup(self, sample, enc, layout, batch) -> None:
+    def _setup(self, sample, enc, layout, batch, args, kwargs) -> None:
         self.layout, self.batch = layout, batch
-        self.latent = tuple(sample.shape[-2:])
+        self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
+        if self.family == "unet":
+            self.latent = tuple(sample.shape[-2:])
+        else:
+            self.grid, self.latent = grid_of(self.denoiser, sample, args, kwargs)
         self.vae_scale_factor = getattr(self.pipe, "vae_scale_factor", None) or 8
         vsf = self.vae_scale_factor
-        self.points = {p.name: p for p in points(self.unet, (self.latent[0] * vsf, self.latent[1] * vsf), vsf)}
+        size = (self.latent[0] * vsf, self.latent[1] * vsf)
+        self.points = {p.name: p for p in points(self.denoiser, size, vsf, text_tokens=self.n_keys)}
         kept = [b for b in self.keep.branches if b in layout]
         if not kept:
             raise ValueError(f"Keep.branches={self.keep.branches} but this run's batch has only {layout} "
                              "(no 'uncond' without classifier-free guidance, i.e. guidance_scale <= 1)")
         self.kept_branches = kept
-        self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
         if self.keep.tokens is not None and self.n_keys is not None:
             bad = [t for t in self.keep.tokens if not -self.n_keys <= t < self.n_keys]
             if bad:
@@ -267,77 +305,6 @@ class Trace:
             self._check_budget(n_slots, f"for {n_slots} steps" if self.keep.step_mode in ("all", "list") else "")
         self.stores = {name: Store(self.keep, n_slots, self.store_device) for name in self.names}
 
-    def _step_bytes(self, keep: Keep, n_branches: int) -> int:
-        total = 0
-        for name in self.names:
-            p = self.points[name]
-            keys = self.n_keys if p.kind == "attn2" or p.reads_text() else p.resolution[0] * p.resolution[1]
-            shape = step_shape(p.kind, keep, n_branches, self.batch, p.heads, p.resolution, keys, p.channels)
-            total += nbytes(shape, torch.float32 if keep.step_mode in ("sum", "mean") else keep.dtype)
-        return total
-
-    def _need(self, keep: Keep, n_slots: int) -> int:
-        branches = [b for b in keep.branches if b in self.layout]
-        per_step = self._step_bytes(keep, len(branches))
-        return per_step * (n_slots if keep.step_mode in ("all", "list") else 1)
-
-    def _check_budget(self, n_slots: int, when: str) -> None:
-        """Refuse, before the step that would pass it, a keep over max_bytes or over what the memory can hold; pick
-        where the running stores live (the model's device when the kept tensors fit in half its free memory)."""
-        need = self._need(self.keep, n_slots)
-        room, where = _free_bytes(self.store_device)
-        limit, what = min(self.max_bytes, room), f"max_bytes={human(self.max_bytes)}"
-        if room < self.max_bytes:
-            what = f"the {human(room)} free on {where}"
-        if self.step == 0 and self.device is not None and self.device.type != "cpu" and self.store_device.type == "cpu":
-            on_device, _ = _free_bytes(self.device)
-            if need <= on_device * DEVICE_HEADROOM:
-                self.store_device = self.device  # stays there during the run, moves to keep.device once at the end
-        if need <= limit:
-            return
-        k = self.keep
-        options = []
-        if k.step_mode in ("all", "list"):
-            options.append(f"steps='sum' or 'mean' ({human(self._need(_with(k, steps='sum'), 1))})")
-        if k.heads == "all" and any(self.kinds[n] in ATTENTION for n in self.names):
-            options.append(f"heads='mean' ({human(self._need(_with(k, heads='mean'), n_slots))})")
-        if k.tokens is None and any(self.kinds[n] == "attn2" for n in self.names):
-            options.append("tokens=[...] (only the cross-attention keys you need)")
-        if len(self.kept_branches) > 1:
-            options.append(f"branches=('cond',) ({human(self._need(_with(k, branches=('cond',)), n_slots))})")
-        if k.dtype == torch.float32 and k.step_mode in ("all", "list"):
-            options.append(f"dtype=torch.float16 ({human(self._need(_with(k, dtype=torch.float16), n_slots))})")
-        fits = self._cheapest_fit(n_slots, limit)
-        hint = f" The nearest keep that fits: {fits!r}." if fits is not None else ""
-        raise MemoryError(
-            f"keeping {len(self.names)} points with {k}{' ' + when if when else ''} would take {human(need)}, over "
-            f"{what}.{hint} Other ways down: {'; '.join(options + ['fewer points'])}"
-            f"{'; or raise max_bytes' if limit == self.max_bytes else ''}."
-        )
-
-    def _cheapest_fit(self, n_slots: int, limit: int) -> Keep | None:
-        """The Keep that gives up least of this one and fits in `limit`: float16 storage first, then only the prompt's
-        tokens, then heads averaged, then the cond branch alone, then steps summed."""
-        k = self.keep
-        prompt_tokens = None
-        if self.input_ids is not None and self.n_keys is not None and k.tokens is None:
-            eos = _eos_positions(self.input_ids)
-            prompt_tokens = list(range(min(max(eos) + 1, self.n_keys)))
-        moves = [
-            ("dtype", torch.float16) if k.step_mode in ("all", "list") else None,
-            ("tokens", prompt_tokens) if prompt_tokens and any(self.kinds[n] == "attn2" for n in self.names) else None,
-            ("heads", "mean") if any(self.kinds[n] in ATTENTION for n in self.names) else None,
-            ("branches", ("cond",)) if len(self.kept_branches) > 1 else None,
-            ("steps", "sum") if k.step_mode in ("all", "list") else None,
-        ]
-        for change in moves:
-            if change is None:
-                continue
-            k = _with(k, **{change[0]: change[1]})
-            if self._need(k, n_slots if k.step_mode in ("all", "list") else 1) <= limit:
-                return k
-        return None
-
     # --- what the capture processor asks (see lab.hooks.processor) ---------------------------------------------------
     def rows(self) -> tuple[tuple[str, ...], int]:
         """The guidance layout of this step's batch and the rows per branch."""
@@ -351,6 +318,10 @@ class Trace:
 
     def keeps_head_mean(self, name: str) -> bool:
         return self.keep.heads == "mean"
+
+    def text_tokens(self) -> int | None:
+        """Text keys of this run (a DiT's joint sequence holds them beside the image tokens)."""
+        return self.n_keys
 
     def edit(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         new = self.edits[name](x, self._ctx(name))
@@ -370,13 +341,15 @@ class Trace:
         return Context(name, self.step, self.t, self.layout, self.batch, p.resolution if p else None)
 
     def _feature_hook(self, name: str):
+        kind = self.kinds[name]
+
         def hook(module, args, output):
             if self.step < 0:
                 return None
-            hidden = _hidden(output)  # (B, c, h, w)
+            hidden = read(output, kind, self.grid)  # (B, c, h, w), or (B, tokens, c)
             new = self.edit(name, hidden) if name in self.edits else None
             self.record(name, hidden if new is None else new, self.layout)
-            return None if new is None else _replace(output, hidden, new)
+            return None if new is None else write(output, kind, self.grid, new)
 
         return hook
 
@@ -389,7 +362,7 @@ class Trace:
             t = self.stores[name].result() if name in self.stores else None
             if t is None:
                 if self.steps_seen and self.kinds[name] == "projection":
-                    layer = dict(self.unet.named_modules())[name.rsplit(".to_", 1)[0]]
+                    layer = dict(self.denoiser.named_modules())[name.rsplit(".", 1)[0].removesuffix(".to_out")]
                     raise RuntimeError(f"{name!r} never ran: its layer's processor ({type(layer.processor).__name__})"
                                        " does not call it (a fused QKV projection?); set diffusers' default "
                                        "attention processor to capture projections")
@@ -401,57 +374,5 @@ class Trace:
         return Cache(tensors, axes_, run_meta(self, res))
 
 
-def _with(keep: Keep, **changes) -> Keep:
-    return dataclasses.replace(keep, **changes)
-
-
 def _as_float(t) -> float:
     return float(t.item()) if torch.is_tensor(t) else float(t)
-
-
-def _eos_positions(ids: torch.Tensor) -> list[int]:
-    """Per prompt, the index of its first end token (the highest id in a CLIP vocabulary), or its last position."""
-    ends = []
-    for row in ids.tolist():
-        eos = max(row)
-        ends.append(row.index(eos))
-    return ends
-
-
-def _free_bytes(device: torch.device) -> tuple[int, str]:
-    """Bytes free on `device` for kept tensors, and the device's name as a message gives it."""
-    if device.type == "cuda" and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free), f"{device} ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                info = dict(line.split(":", 1) for line in f)
-            return int(info["MemAvailable"].split()[0]) * 1024, "the CPU (available memory)"
-        except (OSError, KeyError, ValueError):
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the CPU (available memory)"
-        except (ValueError, OSError, AttributeError):
-            return 2**63, "the CPU"
-    return 2**63, str(device)
-
-
-def _hidden(output):
-    """The hidden states of a module output: the tensor itself, the first of a tuple, or `.sample`."""
-    if torch.is_tensor(output):
-        return output
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return output.sample
-
-
-def _replace(output, old: torch.Tensor, new: torch.Tensor):
-    """`output` with every occurrence of tensor `old` (by identity, also inside nested tuples) replaced by `new`."""
-    if output is old:
-        return new
-    if isinstance(output, (tuple, list)):
-        return type(output)(_replace(o, old, new) for o in output)
-    if hasattr(output, "sample") and output.sample is old:
-        return type(output)(sample=new)
-    return output
