@@ -32,6 +32,7 @@ from .scenes import COLOURS, IMAGE_SIZE, SIZE_THRESHOLD, Obj, coverage
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (colours, 3)
 CORE = 50.0  # a pixel this close to a palette colour can be that colour's core
+MAX_AREA = 4500  # pixels at 128 px: three times the largest object; a bigger blob is background the image got wrong
 
 
 def parse(image: np.ndarray, min_area: int = 20) -> Parsed:
@@ -44,7 +45,7 @@ def parse(image: np.ndarray, min_area: int = 20) -> Parsed:
     blobs = []
     for i in range(1, n + 1):
         blob = labels == i
-        if blob.sum() >= min_area * scale**2:
+        if min_area * scale**2 <= blob.sum() <= MAX_AREA * scale**2:
             blobs += _split_by_colour(img, blob, distance, min_area * scale**2, scale)
     found = []
     for k, (mask, drawn) in enumerate(blobs):
