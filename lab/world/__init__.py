@@ -4,10 +4,14 @@
     >>> scene = make_scene(seed=0)
     >>> score(scene, parse(render(scene)))["all"]
     True
+    >>> scene2 = make_scene(seed=0, world=2)        # backgrounds that vary, occlusion (lab.world.world2)
+    >>> score(scene2, parse(render(scene2), world=2))["all"]
+    True
 """
 from .parser import Found, Parsed, match, parse, score
 from .scenes import (BACKGROUNDS, COLOURS, HELDOUT_PAIRS, HELDOUT_RELATIONS, IMAGE_SIZE, KEYPOINTS, SHAPES, SIZES,
-                     Obj, Scene, make_scene, masks, render)
+                     WORLDS, Obj, Scene, keypoints_visible, make_scene, masks, render)
 
 __all__ = ["make_scene", "render", "masks", "parse", "score", "match", "Scene", "Obj", "Parsed", "Found", "SHAPES",
-           "COLOURS", "BACKGROUNDS", "SIZES", "KEYPOINTS", "HELDOUT_PAIRS", "HELDOUT_RELATIONS", "IMAGE_SIZE"]
+           "COLOURS", "BACKGROUNDS", "SIZES", "KEYPOINTS", "HELDOUT_PAIRS", "HELDOUT_RELATIONS", "IMAGE_SIZE",
+           "WORLDS", "keypoints_visible"]

@@ -5,7 +5,8 @@
     >>> [(o.colour, o.shape, o.size) for o in found.objects]       # doctest: +SKIP
     [('red', 'circle', 'small'), ('blue', 'arrow', 'large')]
 
-API: ``parse(image) -> Parsed``; ``score(scene, parsed) -> dict`` of per-attribute verdicts; ``match(scene, parsed)``.
+API: ``parse(image, world=1) -> Parsed`` (world 2's reading is ``parser2.py``); ``score(scene, parsed) -> dict``
+of per-attribute verdicts; ``match(scene, parsed)``.
 
 Method: the background is the palette colour nearest the border's median; foreground pixels are those far from it;
 connected components are objects (and their masks). Each object's colour is the palette colour nearest its median
@@ -23,8 +24,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .scenes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, KEYPOINTS, POLYGONS, SHAPES, SIZE_THRESHOLD, Obj, Scene,
-                     coverage, relation_of)
+from .scenes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, KEYPOINTS, POLYGONS, SHAPES, SIZE_THRESHOLD, WORLDS, Obj,
+                     Scene, coverage, relation_of)
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (colours, 3)
 _BG = np.array(list(BACKGROUNDS.values()), dtype=np.float32)    # (backgrounds, 3)
@@ -120,11 +121,16 @@ def _coverage(img: np.ndarray, background: np.ndarray, colour: np.ndarray, mask:
     return alpha, wx, wy
 
 
-def parse(image, min_area: int = 20, threshold: float = 90.0) -> Parsed:
-    """Objects in an (H, W, 3) uint8 image (array or PIL), left to right."""
+def parse(image, min_area: int = 20, threshold: float = 90.0, world: int = 1) -> Parsed:
+    """Objects in an (H, W, 3) uint8 image (array or PIL) of the given world, left to right."""
     img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"parse expects an (H, W, 3) RGB image, got shape {img.shape}")
+    if world not in WORLDS:
+        raise ValueError(f"world={world!r} is not one of {WORLDS}")
+    if world == 2:
+        from .parser2 import parse as parse2
+        return parse2(img, min_area)
     img = img.astype(np.float32)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])  # (4*side, 3)
     background = np.median(border, axis=0)  # this image's own background, which a model may draw a shade off

@@ -5,9 +5,18 @@
     >>> scene.caption                                   # doctest: +SKIP
     'a small red circle to the left of a large blue arrow pointing right on a white background'
     >>> image = render(scene)                           # (128, 128, 3) uint8
+    >>> make_scene(seed=0, world=2).background          # doctest: +SKIP
+    'navy and white striped'
 
-API: ``make_scene(seed, split=...)``, ``render(scene)``, ``masks(scene)``, ``Scene``/``Obj`` dataclasses with
-``caption``, ``bbox``, ``keypoints``; ``SHAPES``, ``COLOURS``, ``BACKGROUNDS``, ``HELDOUT_PAIRS``.
+API: ``make_scene(seed, split=..., world=1)``, ``render(scene)``, ``masks(scene)``, ``keypoints_visible(scene)``,
+``Scene``/``Obj`` dataclasses with ``caption``, ``bbox``, ``keypoints``; ``SHAPES``, ``COLOURS``, ``BACKGROUNDS``,
+``HELDOUT_PAIRS``, ``WORLDS``.
+
+Worlds. ``world=1`` (the default, what the shipped models were trained on and every study measures) has flat black,
+grey or white backgrounds and objects that never touch; its scenes, pixels and captions never change. ``world=2``
+(``lab.world.world2``) keeps the objects, keypoints, captions' grammar and held-out compositions, and puts them on
+backgrounds that vary (``lab.world.backgrounds``), with occlusion. A scene carries its world, so ``render``,
+``masks`` and ``parse(image, world=...)`` follow it.
 
 Every object is an upright polygon (or a disc) drawn without anti-aliasing, so the instance mask and the rendered
 pixels agree exactly. Keypoints have names that follow meaning: an arrow's ``tip`` is where it points.
@@ -62,6 +71,7 @@ HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("green", "triangle"), ("blue", "square"), ("yellow", "circle"), ("purple", "arrow")})
 HELDOUT_RELATIONS: frozenset[str] = frozenset({"to the right of", "below"})
 SPLITS = ("train", "test", "heldout")
+WORLDS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,9 @@ class Scene:
     split: str = "train"
     size: int = IMAGE_SIZE
     caption: str = field(default="")
+    world: int = 1
+    backdrop: "Background | None" = None  # noqa: F821  world 2: the background's geometry (lab.world.backgrounds)
+    drawn: tuple[int, ...] = ()  # world 2: painting order, back to front (world 1 paints in caption order)
 
 
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: smooth edges, as a camera would see them
@@ -133,7 +146,11 @@ def _draw(draw: ImageDraw.ImageDraw, obj: Obj, fill, scale: float = 1.0) -> None
 
 
 def render(scene: Scene) -> np.ndarray:
-    """(H, W, 3) uint8 image of the scene, objects painted over the background in caption order."""
+    """(H, W, 3) uint8 image of the scene, objects painted over the background in caption order (world 1) or in
+    ``scene.drawn`` order (world 2)."""
+    if scene.world == 2:
+        from . import world2
+        return world2.render(scene)
     image = np.empty((scene.size, scene.size, 3), np.float32)
     image[:] = BACKGROUNDS[scene.background]
     for obj in scene.objects:
@@ -143,7 +160,10 @@ def render(scene: Scene) -> np.ndarray:
 
 
 def masks(scene: Scene) -> np.ndarray:
-    """(n_objects, H, W) bool instance masks, in caption order."""
+    """(n_objects, H, W) bool instance masks, in caption order (world 2: the visible pixels, see world2.masks)."""
+    if scene.world == 2:
+        from . import world2
+        return world2.masks(scene)
     return np.stack([draw_mask(o, scene.size) for o in scene.objects])
 
 
@@ -166,20 +186,35 @@ def caption_of(objects: tuple[Obj, ...], background: str, relation: str | None) 
     return f"{body} on a {background} background"
 
 
-def make_scene(seed: int, split: str = "train", n_objects: int | None = None, size: int = IMAGE_SIZE) -> Scene:
-    """A random scene, the same for the same (seed, split, n_objects).
+def keypoints_visible(scene: Scene) -> list[dict[str, bool]]:
+    """For each object (caption order), keypoint name -> visible. In world 1 nothing is ever covered."""
+    if scene.world == 2:
+        from . import world2
+        return world2.keypoints_visible(scene)
+    return [{k: True for k in o.keypoints} for o in scene.objects]
+
+
+def make_scene(seed: int, split: str = "train", n_objects: int | None = None, size: int = IMAGE_SIZE,
+               world: int = 1) -> Scene:
+    """A random scene, the same for the same (seed, split, n_objects, world).
 
     split="train" never uses a held-out (colour, shape) pair or relation phrasing; "test" draws from the same
     distribution as training (use seeds you did not train on); "heldout" always contains at least one held-out
-    pair or phrasing.
+    pair or phrasing. Each world draws from its own random stream: world 2's scene for a seed has nothing to do with
+    world 1's.
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     if n_objects is not None and n_objects not in (1, 2, 3):
         raise ValueError(f"n_objects={n_objects!r}; a scene holds 1, 2 or 3 objects")
-    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    if world not in WORLDS:
+        raise ValueError(f"world={world!r} is not one of {WORLDS}")
+    if world == 2:
+        from .world2 import draw_scene
+    rng = np.random.default_rng([seed, SPLITS.index(split)] + ([] if world == 1 else [world]))
+    draw = _draw_scene if world == 1 else draw_scene
     for _ in range(1000):
-        scene = _draw_scene(rng, n_objects or int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2])), size, seed, split)
+        scene = draw(rng, n_objects or int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2])), size, seed, split)
         if scene is not None and _fits_split(scene, split):
             return scene
     raise RuntimeError(f"could not draw a {split} scene for seed {seed}")  # pragma: no cover

@@ -4,6 +4,7 @@
     python -m lab.world.train unet --run runs/shapes --minutes 120            # Stable Diffusion's recipe
     python -m lab.world.train unet --run runs/shapes --minutes 120 --variant zsnr  # zero terminal SNR, v-prediction
     python -m lab.world.train export --run runs/shapes --out lab/models/shapes
+    python -m lab.world.train clip --run runs/clip --minutes 120      # a small CLIP on world 2 (lab.world.clip)
 
 Every stage stops after ``--minutes`` or ``--steps`` and checkpoints as it goes (``--checkpoint-every`` seconds);
 running it again continues from the checkpoint. A GPU is used when there is one. On a CPU the UNet stage can run
@@ -415,7 +416,7 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["vae", "latents", "unet", "export"])
+    p.add_argument("stage", choices=["vae", "latents", "unet", "export", "clip", "clip-eval", "clip-export"])
     p.add_argument("--run", type=Path, default=Path("runs/shapes"))
     p.add_argument("--variant", choices=VARIANTS, default="sd")
     p.add_argument("--minutes", type=float, default=60.0)
@@ -437,8 +438,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.9995,
                    help="EMA decay of the exported weights "
                         "(about 1/(1-decay) steps of memory; lower it for short runs)")
+    p.add_argument("--width", type=int, default=128, help="clip stage: width of both towers (a new run only)")
+    p.add_argument("--layers", type=int, default=4, help="clip stage: layers of each tower (a new run only)")
+    p.add_argument("--pool", type=int, default=20_000, help="clip stage: training scenes held at once")
+    p.add_argument("--refresh", type=int, default=8, help="clip stage: scenes of new seeds swapped in per step")
+    p.add_argument("--eval-n", type=int, default=500, help="clip stages: unseen scenes the retrieval is scored on")
     a = p.parse_args(argv)
     torch.manual_seed(0)
+    if a.stage.startswith("clip"):
+        from . import clip
+        if a.stage == "clip":
+            clip.train_clip(a.run, a.minutes, a.steps, a.batch or 256, a.lr or 5e-4, a.checkpoint_every, a.pool,
+                            a.refresh, a.width, a.layers, a.eval_n)
+        elif a.stage == "clip-eval":
+            _log(a.run, stage="clip-eval", step=torch.load(a.run / "clip.ckpt")["step"],
+                 **clip.retrieval(clip.load(a.run), a.eval_n))
+        else:
+            clip.export(a.run, a.out or a.run / "export")
+        return
     if a.stage == "vae":
         train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
                   a.lr or 2e-4, a.init)
