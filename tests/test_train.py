@@ -79,3 +79,15 @@ def test_latents_stage_streams_scenes_into_the_shipped_vaes_latent_space(tmp_pat
     assert data["latents"].shape == (3, 4, 16, 16) and data["scaling_factor"] == vae.config.scaling_factor
     torch.testing.assert_close(data["latents"][2:].float(), expected, atol=2e-3, rtol=2e-3)  # stored as float16
     assert data["ids"][2].tolist() == tokenizer()(scene.caption, padding="max_length", max_length=77).input_ids
+
+
+def test_vae_stage_fine_tunes_the_whole_vae_on_world_2(tmp_path):
+    from diffusers import AutoencoderKL
+    from lab.load import BUILTIN
+    main(["vae", "--run", str(tmp_path), "--init", str(BUILTIN["shapes"]), "--world", "2", "--train-encoder",
+          "--scenes", "4", "--steps", "2", "--batch", "2", "--workers", "1"])
+    state = torch.load(tmp_path / "vae.ckpt")["model"]
+    shipped = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae").state_dict()
+    assert not torch.equal(state["encoder.conv_in.weight"], shipped["encoder.conv_in.weight"])  # the encoder learnt
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])["world"] == 2
+    assert torch.load(tmp_path / "latents.pt")["latents"].shape == (4, 4, 16, 16)  # re-encoded with the new encoder

@@ -83,16 +83,16 @@ def token_ids(captions: list[str]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def _render_chunk(seeds: range) -> tuple[np.ndarray, list[str]]:
-    scenes = [make_scene(s, "train") for s in seeds]
+def _render_chunk(seeds: range, world: int = 1) -> tuple[np.ndarray, list[str]]:
+    scenes = [make_scene(s, "train", world=world) for s in seeds]
     return np.stack([render(s) for s in scenes]), [s.caption for s in scenes]
 
 
-def make_dataset(n: int, workers: int) -> tuple[torch.Tensor, list[str]]:
-    """(n, 3, 128, 128) uint8 images of training scenes (seeds 0..n-1) and their captions."""
-    chunks = [range(i, min(i + 2000, n)) for i in range(0, n, 2000)]
+def make_dataset(n: int, workers: int, world: int = 1) -> tuple[torch.Tensor, list[str]]:
+    """(n, 3, 128, 128) uint8 images of training scenes (seeds 0..n-1) of `world` and their captions."""
+    chunks = [(range(i, min(i + 2000, n)), world) for i in range(0, n, 2000)]
     with Pool(workers) as pool:
-        parts = pool.map(_render_chunk, chunks)
+        parts = pool.starmap(_render_chunk, chunks)
     images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
     return images, [c for p in parts for c in p[1]]
 
@@ -205,17 +205,20 @@ def _autocast(device: torch.device):
 
 # ---------------------------------------------------------------------------------------------------- stages
 def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float,
-              lr: float = 2e-4, init: Path | None = None) -> None:
+              lr: float = 2e-4, init: Path | None = None, world: int = 1, encoder: bool = False) -> None:
+    """Train the VAE on `world`'s scenes; with `init`, fine-tune that model's decoder (and its encoder too with
+    `encoder`, which changes what its latents mean: world 2's backgrounds need it)."""
     from diffusers import AutoencoderKL
     device = _device()
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    images, captions = make_dataset(n_scenes, workers)  # deterministic, so a resumed run renders the same scenes
-    _log(run, stage="data", scenes=len(captions), seconds=round(time.time() - t0, 1))
+    images, captions = make_dataset(n_scenes, workers, world)  # deterministic: a resumed run renders the same scenes
+    _log(run, stage="data", scenes=len(captions), world=world, seconds=round(time.time() - t0, 1))
     vae = AutoencoderKL(**vae_config()).to(device)
     if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
         vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(device)
-        vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
+        if not encoder:
+            vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     step, ckpt = 0, run / "vae.ckpt"
@@ -246,7 +249,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
             _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
-    if init is None:
+    if init is None or encoder:
         chunk, ids = (512 if device.type == "cuda" else 32), token_ids(captions)
         encode_latents(run, vae, ((images[i:i + chunk], ids[i:i + chunk]) for i in range(0, len(ids), chunk)), device)
 
@@ -443,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=20_000, help="clip stage: training scenes held at once")
     p.add_argument("--refresh", type=int, default=8, help="clip stage: scenes of new seeds swapped in per step")
     p.add_argument("--eval-n", type=int, default=500, help="clip stages: unseen scenes the retrieval is scored on")
+    p.add_argument("--world", type=int, choices=(1, 2), default=1, help="vae stage: the world its scenes come from")
+    p.add_argument("--train-encoder", action="store_true",
+                   help="vae stage with --init: fine-tune the encoder too (its latents change meaning)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage.startswith("clip"):
@@ -458,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.stage == "vae":
         train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
-                  a.lr or 2e-4, a.init)
+                  a.lr or 2e-4, a.init, a.world, a.train_encoder)
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers)
     elif a.stage == "unet":
