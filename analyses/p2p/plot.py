@@ -56,8 +56,8 @@ def rates_plot(counts: dict[str, dict[str, tuple[int, int]]], ax=None, goal: flo
             a, b = wilson(k, n)
             xs.append(j + (i - (len(controls) - 1) / 2) * width)
             ys.append(p)
-            lo.append(p - a if n else 0)
-            hi.append(b - p if n else 0)
+            lo.append(max(p - a, 0.0) if n else 0)  # rounding can put p a hair outside
+            hi.append(max(b - p, 0.0) if n else 0)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=control)
     if goal is not None:
         ax.axhline(goal, color="k", lw=0.8, ls="--", label=f"goal {goal:.0%}")
