@@ -50,3 +50,11 @@ def test_the_built_in_model_prefers_the_true_caption_of_a_rendered_scene(shapes_
     p = classify.pairs(1, "colour")[0]
     e = classify.errors(shapes_pipe, render(p.scene), [p.true, p.swapped], classify.timesteps(4))
     assert classify.rank(e) == [0, 1]
+
+
+def test_the_study_at_small_size_reports_each_attribute_and_method(tmp_path):
+    from analyses.classify.study import run
+    text = run(tmp_path)
+    assert all(f"| {a} | {m} |" in text for a in classify.ATTRIBUTES for m in ("denoising error",
+                                                                                "attention agreement"))
+    assert (tmp_path / "classify_margins.png").exists()

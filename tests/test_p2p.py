@@ -122,3 +122,10 @@ def test_verdict_passes_the_rendered_target_and_fails_the_rendered_source():
     good = verdict(task, render(task.scene), render(edited))
     assert all(good[c] for c in CHECKS) and good["other iou"] == 1.0
     assert not verdict(task, render(task.scene), render(task.scene))["changed"]
+
+
+def test_the_study_at_small_size_writes_its_figures_and_says_met_or_not(tmp_path):
+    from analyses.p2p.study import run
+    text = run(tmp_path)
+    assert "## Prompt-to-prompt editing" in text and text.count("**met**") + text.count("**not met**") == 2
+    assert (tmp_path / "p2p_examples.png").exists() and (tmp_path / "p2p_rates.png").exists()
