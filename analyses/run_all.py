@@ -15,7 +15,7 @@ from pathlib import Path
 from lab.sizes import size
 
 STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
-           "analyses.schedules.study"]
+           "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study"]
 
 
 def run_one(run, argv: list[str] | None = None) -> str:

@@ -125,3 +125,40 @@ def test_tour_prompt_and_step(notebook):
     nb.slide(step, "ArrowRight")
     nb.wait_text(readout, "2")
     nb.wait_changed(picture, shown, "the step figure after step 1 -> 2")
+
+
+def test_p2p_editor_edit_and_refusal(notebook):
+    nb = notebook("p2p.ipynb")
+    run_and_check(nb, images=6, widgets=1)
+    picture = nb.root.locator("img.widget-image")
+    assert picture.count() == 1, "p2p.ipynb: the Editor shows one picture"
+    shown = nb.digest(picture)
+
+    target = nb.widget("widget-text", "edit").locator("input")
+    target.fill(target.input_value().replace("orange", "purple"))  # the last cell's edit says orange
+    nb.root.locator("button.widget-button:text-is('edit')").click()
+    nb.wait_changed(picture, shown, "the Editor picture after editing 'orange' -> 'purple'")
+
+    target.fill("a large hexagon")  # fewer words than the source: a swap that does not align
+    nb.root.locator("button.widget-button:text-is('edit')").click()
+    message = nb.root.locator(".jp-Cell:has(img.widget-image) .widget-html")
+    nb.wait_until(lambda: "the words the tokenizer sees" in message.inner_text() or "hex+agon" in
+                  message.inner_text(), "the Editor did not show the refusal", 60)
+
+
+def test_classify_picker_scene_and_attribute(notebook):
+    nb = notebook("classify.ipynb")
+    run_and_check(nb, images=2, widgets=1)
+    picture = nb.root.locator("img.widget-image")
+    assert picture.count() == 1, "classify.ipynb: the Picker shows one picture"
+    shown = nb.digest(picture)
+
+    scene = nb.widget("widget-slider", "scene")
+    readout = scene.locator(".widget-readout")
+    assert readout.inner_text().strip() == "1"
+    nb.slide(scene, "ArrowRight")
+    nb.wait_text(readout, "2")
+    shown = nb.wait_changed(picture, shown, "the Picker picture after scene 1 -> 2")
+
+    nb.widget("widget-dropdown", "attribute").locator("select").select_option("colour")
+    nb.wait_changed(picture, shown, "the Picker picture after attribute shape -> colour")

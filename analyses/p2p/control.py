@@ -1,0 +1,253 @@
+"""Prompt-to-prompt (Hertz et al., 2022) on lab.hooks: a source and its edits generated in one batch, from one seed,
+the edits taking the source row's attention maps through ``trace(..., edits=...)``.
+
+    >>> from analyses.p2p import Request, Control, generate
+    >>> out = generate(pipe, [Request("a red circle on a white background", "a green circle on a white background",
+    ...                               blend=("circle",))], [Control(cross_steps=0.8, self_steps=0.4, blend=True)],
+    ...                steps=25, seed=0, plain=True)                                  # doctest: +SKIP
+    >>> out.images["source"].shape, out.images["edit 0"].shape, out.images["plain"].shape   # doctest: +SKIP
+    ((1, 128, 128, 3), (1, 128, 128, 3), (1, 128, 128, 3))
+
+Request(source, target, method, reweight, blend)   one edit: method 'swap' | 'refine' | 'reweight' (analyses.p2p.align),
+                     reweight {target word: factor} scales that word's cross-attention, blend words bound the edit
+Control(cross_steps, self_steps, blend, label)    how: the first steps (an int, or a share of the steps as a float)
+                     whose cross- (self-) attention maps are the source's; blend=True edits only where the blend
+                     words' maps say (local blending)
+generate(pipe, requests, controls, steps, seed, guidance, plain)  -> Edited: uint8 images by row kind, blend masks
+
+The batch holds, per request, the source, one row per Control and (plain=True) the target without control (the
+baseline). Only the conditional branch is edited, as in the paper: at each step below cross_steps, an edit row's
+cross-attention at key j is the source row's at the keys the Alignment maps j to (its own at added words), times
+the reweight factor; below self_steps its self-attention is the source row's (layers of at most 32x32 queries, as
+the authors' code does). Local blending keeps, after each step from blend_start on, the source's latents outside
+the union of the blend words' maps (summed over layers and the steps so far, in the source and in the edit,
+max-pooled, min-max normalised, above blend_threshold; the paper divides by the max, but small models' maps
+have a floor that then covers the image): z_edit = z_source + mask * (z_edit - z_source).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lab.hooks import select, trace
+
+from .align import Alignment, align, token_positions
+
+SELF_MAX_QUERIES = 32 * 32  # self-attention is injected only where it has at most this many queries
+
+
+@dataclass(frozen=True)
+class Request:
+    """One edit: ``Request("a red circle ...", "a green circle ...", method="swap", blend=("circle",))``."""
+
+    source: str
+    target: str
+    method: str = "swap"
+    reweight: dict[str, float] | None = None  # target word -> factor on its cross-attention
+    blend: tuple[str, ...] = ()  # words (of the source, the target or both) whose maps bound a blended edit
+
+
+@dataclass(frozen=True)
+class Control:
+    """How an edit row is controlled: ``Control(cross_steps=20, self_steps=10, blend=True)``; ints count steps,
+    floats are shares of the run's steps."""
+
+    cross_steps: int | float = 0.8
+    self_steps: int | float = 0.4
+    blend: bool = False
+    label: str = ""
+
+    def steps(self, total: int) -> tuple[int, int]:
+        """(cross, self) injected step counts for a run of `total` steps."""
+        return _count(self.cross_steps, total, "cross_steps"), _count(self.self_steps, total, "self_steps")
+
+
+@dataclass
+class Edited:
+    """images[kind] is (requests, H, W, 3) uint8 for kind 'source', each control's label and 'plain'; masks[label]
+    is (requests, h, w) float, the last local-blend mask of a blended control (latent resolution)."""
+
+    images: dict[str, np.ndarray]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    alignments: list[Alignment] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+def _count(value, total: int, name: str) -> int:
+    if isinstance(value, float):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value}: a share of the steps is between 0.0 and 1.0 (or give an int count)")
+        return int(round(value * total))
+    if not 0 <= int(value) <= total:
+        raise ValueError(f"{name}={value}: give 0..{total} steps (the run has {total}) or a share as a float")
+    return int(value)
+
+
+def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int | list[int] = 0,
+             guidance: float = 7.5, plain: bool = False, blend_threshold: float = 0.3, blend_start: float = 0.2,
+             **call_kwargs) -> Edited:
+    """Generate every request's source, its controlled edits and (plain=True) its uncontrolled target in one batch.
+
+    seed: one for all requests or one per request (every row of a request starts from the same noise).
+    """
+    requests, controls = list(requests), list(controls)
+    if not requests or not controls:
+        raise ValueError("generate needs at least one Request and one Control")
+    seeds = [seed] * len(requests) if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(requests):
+        raise ValueError(f"{len(seeds)} seeds for {len(requests)} requests; give one seed or one per request")
+    labels = [c.label or f"edit {i}" for i, c in enumerate(controls)]
+    if len(set(labels)) != len(labels) or {"source", "plain"} & set(labels):
+        raise ValueError(f"control labels {labels} must be distinct and not 'source' or 'plain'")
+    alignments = [align(pipe, r.source, r.target, r.method) for r in requests]
+    weights = [_reweight(pipe, r) for r in requests]
+    blends = [_blend_tokens(pipe, r) if any(c.blend for c in controls) else None for r in requests]
+    per = 1 + len(controls) + int(plain)  # rows per request: source, one per control, plain
+    prompts = [p for r in requests for p in [r.source] + [r.target] * (per - 1)]
+    plan = _Plan(alignments, weights, blends, [c.steps(steps) for c in controls], [c.blend for c in controls], per)
+    edits = {n: plan.cross_edit for n in select(pipe, kind="attn2")}
+    if any(s for _, s in plan.counts):
+        edits.update({n: plan.self_edit for n in select(pipe, kind="attn1")})
+    start = int(round(blend_start * steps))
+
+    def on_step(pipeline, i, t, kw):
+        if i >= start and plan.sums is not None:
+            kw["latents"] = plan.blend_latents(kw["latents"], blend_threshold)
+        return kw
+
+    gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds for _ in range(per)]
+    with trace(pipe, [], edits=edits):
+        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
+                   callback_on_step_end=on_step if any(c.blend for c in controls) else None,
+                   **call_kwargs).images  # (rows, H, W, 3) float in [0, 1]
+    images = (np.asarray(out) * 255).round().astype(np.uint8).reshape(len(requests), per, *np.shape(out)[1:])
+    kinds = ["source"] + labels + (["plain"] if plain else [])
+    result = Edited({k: images[:, i] for i, k in enumerate(kinds)}, alignments=alignments, labels=labels)
+    for c, label in enumerate(labels):
+        if controls[c].blend and plan.last_masks is not None:
+            result.masks[label] = plan.last_masks[:, c]
+    return result
+
+
+def _reweight(pipe, r: Request) -> dict[int, float]:
+    return {t: float(f) for word, f in (r.reweight or {}).items() for t in token_positions(pipe, r.target, word)}
+
+
+def _blend_tokens(pipe, r: Request) -> tuple[list[int], list[int]]:
+    """(source keys, target keys) of the blend words; each must be in at least one of the two prompts."""
+    if not r.blend:
+        raise ValueError(f"a blended Control needs Request.blend words; the request {r.target!r} has none")
+    src, dst = [], []
+    for word in r.blend:
+        s = _maybe(pipe, r.source, word)
+        d = _maybe(pipe, r.target, word)
+        if not s and not d:
+            token_positions(pipe, r.target, word)  # raises, naming the words the tokenizer sees
+        src, dst = src + s, dst + d
+    return src, dst
+
+
+def _maybe(pipe, prompt: str, word: str) -> list[int]:
+    try:
+        return token_positions(pipe, prompt, word)
+    except ValueError:
+        return []
+
+
+class _Plan:
+    """The edit functions of one batch, and the running sums of the blend words' maps."""
+
+    def __init__(self, alignments, weights, blends, counts, blended, per):
+        self.alignments, self.weights, self.blends = alignments, weights, blends
+        self.counts, self.blended, self.per = counts, blended, per
+        self.max_cross = max(c for c, _ in counts)
+        self.sums = None if not any(blended) else {}  # step-independent running sum: row -> (h, w) at latent size
+        self.last_masks = None
+
+    def cross_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, keys)
+        cond = ctx.rows("cond")
+        if self.sums is not None:
+            self._accumulate(probs, cond, ctx)
+        if ctx.step >= self.max_cross:
+            return None
+        out = probs.clone()
+        for r, (a, w) in enumerate(zip(self.alignments, self.weights)):
+            src = probs[cond.start + r * self.per]  # (heads, q, keys)
+            if a.mapper.shape[0] != probs.shape[-1]:
+                raise ValueError(f"{ctx.point!r} has {probs.shape[-1]} keys; the alignment has {a.mapper.shape[0]}")
+            mapper, own = a.mapper.to(probs), a.own.to(probs.device)
+            new = torch.einsum("hqs,ts->hqt", src, mapper)  # (heads, q, target keys)
+            for c, (n_cross, _) in enumerate(self.counts):
+                if ctx.step >= n_cross:
+                    continue
+                row = cond.start + r * self.per + 1 + c
+                edited = torch.where(own, probs[row], new)  # (heads, q, keys)
+                for t, f in w.items():
+                    edited[..., t] = edited[..., t] * f
+                out[row] = edited
+        return out
+
+    def self_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, q)
+        if probs.shape[2] > SELF_MAX_QUERIES or all(ctx.step >= s for _, s in self.counts):
+            return None
+        cond = ctx.rows("cond")
+        out = probs.clone()
+        for r in range(len(self.alignments)):
+            base = cond.start + r * self.per
+            for c, (_, n_self) in enumerate(self.counts):
+                if ctx.step < n_self:
+                    out[base + 1 + c] = probs[base]
+        return out
+
+    def _accumulate(self, probs, cond, ctx) -> None:
+        """Add this layer's maps of the blend words (heads averaged) to the running sums at latent resolution."""
+        if ctx.resolution is None:
+            return
+        h, w = ctx.resolution
+        for r, tokens in enumerate(self.blends):
+            for k in range(self.per):
+                keys = tokens[0] if k == 0 else tokens[1]
+                if not keys:
+                    continue
+                m = probs[cond.start + r * self.per + k][..., keys].mean(0).sum(-1)  # (q,)
+                m = m.reshape(1, 1, h, w).float()  # (1, 1, h, w)
+                key = (r, k)
+                prev = self.sums.get(key)
+                if prev is not None and prev.shape[-2:] != (h, w):
+                    size = max(prev.shape[-2:], (h, w))
+                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                    prev = F.interpolate(prev, size=size, mode="bilinear", align_corners=False)
+                self.sums[key] = m if prev is None else prev + m
+
+    def blend_latents(self, latents: torch.Tensor, threshold: float) -> torch.Tensor:  # latents: (rows, c, H, W)
+        size = tuple(latents.shape[-2:])
+        n = len(self.alignments)
+        masks = torch.zeros(n, len(self.counts), *size, device=latents.device)  # (requests, controls, H, W)
+        out = latents.clone()
+        for r in range(n):
+            src = self._mask(r, 0, size, threshold)  # (H, W) or None
+            for c, blended in enumerate(self.blended):
+                if not blended:
+                    continue
+                own = self._mask(r, 1 + c, size, threshold)
+                parts = [m for m in (src, own) if m is not None]
+                if not parts:
+                    continue
+                mask = torch.stack(parts).amax(0).to(latents)  # (H, W): the union
+                base, row = r * self.per, r * self.per + 1 + c
+                out[row] = latents[base] + mask * (latents[row] - latents[base])  # (c, H, W)
+                masks[r, c] = mask
+        self.last_masks = masks.cpu()
+        return out
+
+    def _mask(self, r: int, k: int, size, threshold: float) -> torch.Tensor | None:
+        s = self.sums.get((r, k))
+        if s is None:
+            return None
+        s = F.max_pool2d(s, 3, stride=1, padding=1)  # (1, 1, h, w)
+        s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)[0, 0]  # (H, W)
+        s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)  # min-max: this model's maps have a floor
+        return (s > threshold).float()
