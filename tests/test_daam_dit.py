@@ -122,3 +122,20 @@ def test_a_capture_over_budget_is_refused_before_step_0_with_one_that_fits(pipe)
 def test_open_vocabulary_queries_are_refused_on_a_dit(pipe):
     with pytest.raises(NotImplementedError, match="queries=True .* not available on diffusion transformers"):
         run_of(pipe, queries=True)
+
+
+def test_the_figures_draw_a_dit_run(pipe, run):
+    from matplotlib.figure import Figure
+
+    from analyses.daam import plot
+
+    fig = plot.layer_step_grid(run, pipe, "circle", run.images[0], n_groups=2)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels[0] == "d0" and labels[-1] == "published"
+    assert isinstance(plot.view(run, pipe, run.images[0], "red", steps=[1], heads=[0]), Figure)
+
+
+def test_the_explorer_capture_runs_on_a_dit(pipe):
+    run = run_of(pipe, steps=2, **daam.explorer_options(2, pipe))
+    assert run.heads is not None and run.slices is not None and run.queries is None
+    assert daam.word_map(daam.global_maps(run, steps=[1], heads=0), pipe, "red").shape == (64, 64)

@@ -74,17 +74,21 @@ def method_keep(slices: bool = False) -> Keep:
     return published_keep()
 
 
-def explorer_options(steps: int) -> dict:
+def explorer_options(steps: int, pipe=None) -> dict:
     """The capture the DAAM notebook's explorer uses: it fits SDXL at 1024 px (<= 2 GiB) and SD1.5 at 512 (<= 0.5).
 
         run = generate(pipe, prompt, steps=25, **explorer_options(25))
+        run = generate(sd3, prompt, steps=28, **explorer_options(28, sd3))   # a DiT: no queries, no mid block
 
     Every step and branch with heads averaged, of the prompt's token positions only (slices=True, tokens='prompt');
     the mid block; the queries and every head at the middle step only (at real size each query step costs 0.37 GiB
     for SDXL), so open-vocabulary maps and head slices are exact there, and the heads of the summed published
-    maps are always there.
+    maps are always there. A DiT (pipe given) has no mid block and no queries yet: SD3-medium at 1024 px, 28 steps
+    and 40 prompt keys keeps 1.6 GiB; FLUX.1 with 20 prompt keys 1.3 GiB (capture_sizes on a meta-device model).
     """
     middle = [steps // 2]
+    if pipe is not None and dit.is_dit(pipe):
+        return dict(slices=True, tokens="prompt", head_steps=middle)
     return dict(slices=True, mid=True, tokens="prompt", queries=True, query_steps=middle, head_steps=middle)
 
 

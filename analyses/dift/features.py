@@ -39,7 +39,7 @@ from lab.hooks.points import denoiser_of
 from . import dit
 
 DEFAULT_T = 261  # DIFT's published setting for SD 2.1 on SPair-71k
-DEFAULT_BLOCK = "up_blocks.1"  # on a DiT the default is the middle double-stream block (dit_default_block)
+DEFAULT_BLOCK = "up_blocks.1"  # on a DiT the default is the middle double-stream block (default_block)
 FEATURE_KINDS = ("block", "resnet", "transformer")  # points whose output is a (B, C, h, w) map
 
 
