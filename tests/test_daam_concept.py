@@ -69,8 +69,21 @@ def test_slices_by_step_and_block_average_into_the_whole(pipe, run):
         n = {"double": 2, "single": 2}
         by_block = sum(daam.global_maps(run, blocks=b).maps * k for b, k in n.items()) / 4
         torch.testing.assert_close(by_block, whole)
-    with pytest.raises(ValueError, match="no per-head slice"):
+    with pytest.raises(ValueError, match="heads=0 needs every head kept: .*head_steps='all'"):
         daam.global_maps(run, heads=0)
+
+
+def test_head_slices_sum_into_the_whole(pipe, run):
+    per_head = run_of(pipe, head_steps="all")
+    name = "transformer_blocks.0.attn"
+    heads = pipe.transformer.config.num_attention_heads
+    assert per_head.cache[name].shape == (2, 1, heads, 16, 3)
+    torch.testing.assert_close(per_head.cache[name].sum(2), run.cache[name], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(daam.global_maps(per_head).maps, daam.global_maps(run).maps, atol=1e-5, rtol=1e-4)
+    one = daam.global_maps(per_head, heads=[0])
+    assert one.heads == (0,) and not torch.allclose(one.maps, daam.global_maps(run).maps)
+    with pytest.raises(ValueError, match="head 99 is out of range"):
+        daam.global_maps(per_head, heads=99)
 
 
 def test_reordering_the_concepts_permutes_their_maps(pipe, run):

@@ -261,8 +261,8 @@ def capture(pipe, prompt=None, slices: bool = False, mid: bool = False, queries:
     caches may keep together. Module docstring: what each costs.
     max_sequence_length: the T5 window the pipeline is called with (SD3 / Flux, for tokens='prompt' and concepts).
     method: 'daam' (cross-attention probabilities) or 'concept' (ConceptAttention's output-space maps of
-    `concepts`, a list of words, on SD3 / Flux: concept.capture; the slices options do not apply, every step and
-    layer is kept).
+    `concepts`, a list of words, on SD3 / Flux: concept.capture; every step and layer is kept, head_steps='all'
+    keeps every head too, the other slice options do not apply).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}; valid: {', '.join(map(repr, METHODS))}")
@@ -270,11 +270,14 @@ def capture(pipe, prompt=None, slices: bool = False, mid: bool = False, queries:
         from . import concept
 
         asked = dict(slices=slices, mid=mid, queries=queries, layers=layers, keep=keep, head_layers=head_layers,
-                     head_steps=head_steps, tokens=tokens)
+                     tokens=tokens)
         bad = [k for k, v in asked.items() if v not in (None, False)]
         if bad:
             raise ValueError(f"{', '.join(bad)} do not apply to method='concept' (it keeps every step and layer)")
-        return concept.capture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length)
+        if head_steps not in (None, "all"):
+            raise ValueError(f"head_steps={head_steps!r}: method='concept' keeps every head at every step or none; "
+                             "give head_steps='all' or None")
+        return concept.capture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length, head_steps == "all")
     if concepts is not None:
         raise ValueError("concepts= needs method='concept'")
     return Capture(pipe, prompt, slices, mid, queries, query_steps, layers, keep, max_bytes, meta, head_layers,

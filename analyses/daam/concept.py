@@ -4,9 +4,10 @@
     g = daam.global_maps(run)              # GlobalMaps: maps (3 concepts, h, w), softmax over concepts; g.concepts
     daam.word_map(g, flux, "cat")          # (H, W) in [0, 1]; daam.word_maps(g, flux) -> {concept: map}
     daam.global_maps(run, steps=[3], blocks="double", layers="transformer_blocks.1*")   # slices, no re-run
+    daam.generate(..., method="concept", concepts=[...], head_steps="all")   # every head too: global_maps(heads=3)
 
-capture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length)   context manager; .cache after it
-global_maps(run, batch, steps, layers, blocks)    the maps of a slice; concept_map(g, concept) one concept's map
+capture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length, heads)   context manager; .cache after it
+global_maps(run, batch, steps, layers, blocks, heads)   the maps of a slice; concept_map(g, concept) one concept's map
 embed(pipe, concepts, max_sequence_length)        each concept's T5 state (the mean over its tokens)
 
 How: each concept is one token in a stream of its own beside the text stream, starting from its T5 state through the
@@ -16,11 +17,13 @@ norm_q/k), attend to the image's keys and values (the very ones the layer made, 
 rotary positions applied) and to each other, and update their stream as the text stream would (to_add_out,
 norm2_context, ff_context; single-stream: proj_mlp, proj_out). Nothing flows back: the image and the prompt never
 attend to the concepts, so the image is bit-identical. A layer's map is o_x . o_c: the image tokens' attention output
-(the input of to_out.0; heads concatenated) against each concept's. global_maps takes the softmax over concepts of
-each (step, layer) map and averages over the chosen steps and layers (the cond branch only).
+(the input of to_out.0; heads concatenated, i.e. the sum of the heads' dot products) against each concept's.
+global_maps takes the softmax over concepts of each (step, layer) map (of the chosen heads' sum, with heads kept) and
+averages over the chosen steps and layers (the cond branch only).
 
 Memory: 4 * steps * layers * batch * image tokens * concepts bytes, every step and layer kept (FLUX.1 at 1024 px,
-28 steps, 57 layers, 4 concepts: 104 MiB; SD3-medium, 24 layers: 44 MiB), refused over max_bytes before step 0.
+28 steps, 57 layers, 4 concepts: 100 MiB; SD3-medium, 24 layers: 42 MiB), times the heads with heads=True (24:
+2.3 GiB and 0.98 GiB); refused over max_bytes before step 0.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from lab.hooks.points import denoiser_of
 from .maps import DIT_BLOCKS, GlobalMaps, block_of, expand, prompt_of
 
 AXES = ("step", "batch", "query", "concept")
+HEAD_AXES = ("step", "batch", "head", "query", "concept")
 
 
 @torch.no_grad()
@@ -73,7 +77,7 @@ class ConceptCapture:
     query, concept)} raw o_x . o_c, cond branch), ``.concepts``."""
 
     def __init__(self, pipe, concepts, prompt=None, max_bytes: int = 2**31, meta: dict | None = None,
-                 max_sequence_length: int | None = None):
+                 max_sequence_length: int | None = None, heads: bool = False):
         self.dit = denoiser_of(pipe)
         if family(self.dit) == "unet":
             raise ValueError(f"method='concept' needs a diffusion transformer's joint attention (SD3, SD3.5, FLUX.1); "
@@ -84,7 +88,7 @@ class ConceptCapture:
             raise ValueError(f"concepts={concepts!r}: give a list of words or phrases, e.g. ['cat', 'grass', 'sky']")
         if len({c.lower() for c in concepts}) != len(concepts):
             raise ValueError(f"concepts={concepts!r} repeats a concept; give each once")
-        self.concepts, self.pipe, self.max_bytes = concepts, pipe, int(max_bytes)
+        self.concepts, self.pipe, self.max_bytes, self.heads = concepts, pipe, int(max_bytes), bool(heads)
         self.prompts = None if prompt is None else ([prompt] if isinstance(prompt, str) else list(prompt))
         blocks = [(f"transformer_blocks.{i}", b, False) for i, b in enumerate(self.dit.transformer_blocks)]
         blocks += [(f"single_transformer_blocks.{i}", b, True)
@@ -161,13 +165,16 @@ class ConceptCapture:
         self.rows = slice(i * b, (i + 1) * b)
         if tr.step == 0:
             steps = tr.total_steps or 1
-            need = 4 * steps * len(self.blocks) * b * h * w * len(self.concepts)
+            per_head = (self.blocks[0][1].attn.heads,) if self.heads else ()
+            need = 4 * steps * len(self.blocks) * b * h * w * len(self.concepts) * (per_head or (1,))[0]
             if need > self.max_bytes:
                 raise MemoryError(f"ConceptAttention of {len(self.concepts)} concepts over {steps} steps and "
-                                  f"{len(self.blocks)} layers would keep {human(need)}, over max_bytes="
-                                  f"{human(self.max_bytes)}; fewer concepts or steps, or raise max_bytes")
-            self.stores = {name + ".attn": torch.zeros((steps, b, h * w, len(self.concepts)), device=tr.device)
-                           for name, _, _ in self.blocks}  # (step, batch, query, concept)
+                                  f"{len(self.blocks)} layers{' per head' if self.heads else ''} would keep "
+                                  f"{human(need)}, over max_bytes={human(self.max_bytes)}; fewer concepts or steps"
+                                  f"{', heads averaged' if self.heads else ''}, or raise max_bytes")
+            self.stores = {name + ".attn": torch.zeros((steps, b, *per_head, h * w, len(self.concepts)),
+                                                       device=tr.device)
+                           for name, _, _ in self.blocks}  # (step, batch, [head,] query, concept)
             emb = self.embeds.to(tr.device, self.dit.context_embedder.weight.dtype)
             self.start = self.dit.context_embedder(emb)  # (n_c, D)
         self.stream = self.start[None].expand(b, -1, -1)  # (b, n_c, D): a fresh concept stream every step
@@ -223,10 +230,14 @@ class ConceptCapture:
         keys = torch.cat([k_img, k_c], dim=1).float()  # (b, I + n_c, heads, d)
         values = torch.cat([v_img, v_c], dim=1).float()
         scores = torch.einsum("bqhd,bkhd->bhqk", q_c.float(), keys) * q_c.shape[-1] ** -0.5  # (b, heads, n_c, I+n_c)
-        o_c = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), values).flatten(2)  # (b, n_c, inner)
+        o_c = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), values)  # (b, n_c, heads, d)
+        o_x = _heads(attn, out.float())  # (b, I, heads, d)
         slot = self.trace.step
-        self.stores[name][slot] = torch.einsum("bid,bcd->bic", out.float(), o_c)  # (b, I, n_c)
-        o_c = o_c.to(c.dtype)
+        if self.heads:
+            self.stores[name][slot] = torch.einsum("bihd,bchd->bhic", o_x, o_c)  # (b, heads, I, n_c)
+        else:
+            self.stores[name][slot] = torch.einsum("bid,bcd->bic", o_x.flatten(2), o_c.flatten(2))  # (b, I, n_c)
+        o_c = o_c.flatten(2).to(c.dtype)  # (b, n_c, inner)
         if single:
             mlp = block.act_mlp(block.proj_mlp(norm_c))  # (b, n_c, mlp)
             self.stream = c + gate[:, None] * block.proj_out(torch.cat([o_c, mlp], dim=2))
@@ -245,11 +256,11 @@ class ConceptCapture:
         grid = meta.get("token_grid")
         meta.update(resolution={n: grid for n in tensors}, kinds={n: "concepts" for n in tensors},
                     steps=list(range(seen)))
-        return Cache(tensors, {n: AXES for n in tensors}, meta)
+        return Cache(tensors, {n: HEAD_AXES if self.heads else AXES for n in tensors}, meta)
 
 
 def capture(pipe, concepts, prompt=None, max_bytes: int = 2**31, meta: dict | None = None,
-            max_sequence_length: int | None = None) -> ConceptCapture:
+            max_sequence_length: int | None = None, heads: bool = False) -> ConceptCapture:
     """Keep ConceptAttention's maps of `concepts` during the pipeline call inside the with-block; observe-only.
 
         with capture(flux, ["cat", "grass", "sky"], "a cat on the grass", max_sequence_length=512) as cap:
@@ -258,21 +269,22 @@ def capture(pipe, concepts, prompt=None, max_bytes: int = 2**31, meta: dict | No
 
     concepts: words or phrases (one token each: the mean of their T5 states). prompt: the prompt(s) of the call
     (recorded; the maps do not depend on it). max_sequence_length: the call's (the concepts are encoded with the
-    same T5 padding). max_bytes: see the module docstring.
+    same T5 padding). heads: keep each head's dot products (for head slices). max_bytes: see the module docstring.
     """
-    return ConceptCapture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length)
+    return ConceptCapture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length, heads)
 
 
 def global_maps(run, batch: int = 0, steps=None, layers=None, blocks=None, heads=None,
                 branch: str = "cond") -> GlobalMaps:
     """The concepts' maps (concepts, h, w) of image `batch`: softmax over concepts of each (step, layer) map,
     averaged over `steps` (indices; default all) and the layers chosen by `layers` (names or globs) or `blocks`
-    ('double' | 'single'; default all)."""
+    ('double' | 'single'; default all). heads (an int or indices; needs heads kept): each map is then the sum of
+    those heads' dot products."""
     cache = run if isinstance(run, Cache) else run.cache
     meta = cache.meta
-    if heads is not None:
-        raise ValueError(f"heads={heads!r}: ConceptAttention's maps are dot products of whole attention outputs "
-                         "(heads concatenated), so they have no per-head slice")
+    head_list = None if heads is None else ([int(heads)] if isinstance(heads, int) else [int(h) for h in heads])
+    if head_list is not None and "head" not in cache.axes[next(iter(cache))]:
+        raise ValueError(f"heads={heads!r} needs every head kept: generate(..., method='concept', head_steps='all')")
     if branch != "cond":
         raise ValueError(f"branch={branch!r}: ConceptAttention keeps the cond branch only")
     names = list(cache)
@@ -296,13 +308,24 @@ def global_maps(run, batch: int = 0, steps=None, layers=None, blocks=None, heads
     if not 0 <= batch < n_batch:
         raise ValueError(f"batch={batch} is out of range: the run had {n_batch} images")
     at = [kept.index(s) for s in chosen]
-    total = sum(cache[n][at, batch].float().softmax(-1).sum(0) for n in names)  # (query, concept)
+
+    def scores(name):  # (steps, query, concept)
+        x = cache[name][at, batch].float()  # (steps, [head,] query, concept)
+        if "head" not in cache.axes[name]:
+            return x
+        bad = [h for h in (head_list or []) if not 0 <= h < x.shape[1]]
+        if bad:
+            raise ValueError(f"head {bad[0]} is out of range for {name!r}, which has {x.shape[1]} heads")
+        return (x if head_list is None else x[:, head_list]).sum(1)
+
+    total = sum(scores(n).softmax(-1).sum(0) for n in names)  # (query, concept)
     h, w = cache.resolution(names[0])
     maps = (total / (len(names) * len(at))).T.reshape(-1, h, w)  # (concepts, h, w)
     concepts = tuple(meta["daam"]["concepts"])
     prompt = prompt_of(cache, batch) if (meta["daam"].get("prompts") or meta.get("prompt")) else ""
     return GlobalMaps(maps, prompt, tuple(meta.get("image_size") or (h, w)), tuple(names),
-                      None if steps is None else tuple(chosen), None, "cond", None, False, None, concepts)
+                      None if steps is None else tuple(chosen), None if head_list is None else tuple(head_list),
+                      "cond", None, False, None, concepts)
 
 
 def concept_map(g: GlobalMaps, concept: str, size=None, normalize: bool = True, relative: bool = False
