@@ -139,3 +139,11 @@ def test_the_explorer_capture_runs_on_a_dit(pipe):
     run = run_of(pipe, steps=2, **daam.explorer_options(2, pipe))
     assert run.heads is not None and run.slices is not None and run.queries is None
     assert daam.word_map(daam.global_maps(run, steps=[1], heads=0), pipe, "red").shape == (64, 64)
+
+
+def test_relative_maps_divide_by_every_prompt_token_of_each_window(pipe, run):
+    g = daam.global_maps(run)
+    keys = dit.prompt_keys(g, pipe)
+    assert keys == ([*range(1, 9), *range(77, 85)] if sd3(pipe) else list(range(8)))  # 8 tokens, no start / end
+    rel = daam.word_map(g, pipe, "square", relative=True)
+    assert rel.shape == (64, 64) and not torch.allclose(rel, daam.word_map(g, pipe, "square"))

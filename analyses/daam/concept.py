@@ -106,8 +106,10 @@ class ConceptCapture:
         self.cache: Cache | None = None
         self._handles: list = []
         self.stores: dict[str, torch.Tensor] = {}
-        self.stream = self.start = None
-        self.caught: dict = {}
+        self.stream = self.start = None  # (b, n_c, D) the concept stream now, (n_c, D) where each step starts it
+        self.caught: dict = {}  # what the block now running made: to_k / to_v (or to_qkv) outputs, its attention output
+        self.kw: dict = {}  # the running block's keyword arguments (temb, rotary, the text stream)
+        self.rows = slice(None)  # the cond rows of the batch
         self.armed = False
 
     # --- entering and leaving ----------------------------------------------------------------------------------------
