@@ -5,12 +5,15 @@
     cap.cache                                                       # lab.hooks.Cache of every down/up attn2 layer
     run = generate(pipe, ["a red circle", "a blue square"], seed=0, steps=10, slices=True, queries=True)
     run.images, run.cache, run.slices, run.heads, run.queries       # images (N, H, W, 3) uint8 and the Caches
+    run = generate(sd3_or_flux, "a red square", seed=0, steps=4)    # a DiT: the same call, its image->text views
+    run = generate(flux, "a cat on grass", method="concept", concepts=["cat", "grass", "sky"])   # concept.py
 
 capture(pipe, prompt, slices, mid, queries, query_steps, head_layers, head_steps, tokens, dtype, ...)
         context manager: one lab.hooks trace per view (analyses.daam.views), nested on the same layers
 generate(pipe, prompt, seed, steps, guidance, ...) -> Run      runs the pipeline under capture
 explorer_options(steps)       the notebook explorer's capture, which fits SDXL at 1024 px
-daam_layers(pipe, mid=False)  the attn2 layers of the down and up blocks (and the mid block)
+daam_layers(pipe, mid=False)  the attn2 layers of the down and up blocks (and the mid block); on a DiT (SD3, Flux)
+                              the image->text view of every joint-attention layer (dit.layers)
 capture_bytes / capture_sizes (sizes.py)   what a capture keeps, predicted without running the model
 
 A run keeps up to four caches. global_maps(run, ...) answers each slice from the cache that holds it exactly
@@ -28,6 +31,11 @@ A capture whose caches would pass max_bytes (2 GiB) together is refused at the p
 any denoising, naming its size and the nearest options that fit, written to paste. Self-attention (attn1) is not
 part of DAAM; at real size one layer is 4096 x 4096 per head at 64x64 latents (64 MiB per step in float32 with heads
 averaged), so keep it with lab.hooks at a few chosen steps with heads averaged: Keep(steps=[...], heads="mean").
+
+On a diffusion transformer (SD3 / SD3.5, FLUX.1) the layers are the image->text views of joint attention, on one
+token grid, so the published view keeps heads averaged (exact there: see dit.py): 4 * batch * image tokens * text
+keys per layer (SD3-medium at 1024 px, 333 keys: 24 x 5.2 MiB = 125 MiB); every head costs `heads` times that, so
+per-head slices come from head_steps= as for UNets. queries=True is not available on DiTs yet.
 """
 from __future__ import annotations
 
@@ -38,17 +46,23 @@ import numpy as np
 import torch
 
 from lab.hooks import Cache, Keep, select, trace
+from lab.hooks.dit import grid_of, inputs
 from lab.hooks.keep import human
 
-from .sizes import capture_sizes, describe, token_positions
+from . import dit
+from .sizes import _NO_QUERIES, capture_sizes, describe, token_positions
 from .views import Options, published_keep, views
 from .words import tokenizer_of
 
 MAX_BYTES = 2**31
+METHODS = ("daam", "concept")
 
 
 def daam_layers(pipe, mid: bool = False) -> list[str]:
-    """Full names of the cross-attention layers DAAM aggregates: down and up blocks, plus the mid block if `mid`."""
+    """Full names of the cross-attention layers DAAM aggregates: down and up blocks, plus the mid block if `mid`;
+    on a DiT every joint-attention layer's image->text view (`mid` does not apply: it has no mid block)."""
+    if dit.is_dit(pipe):
+        return dit.layers(pipe)
     return select(pipe, kind="attn2", block=("down", "mid", "up") if mid else ("down", "up"))
 
 
@@ -60,17 +74,21 @@ def method_keep(slices: bool = False) -> Keep:
     return published_keep()
 
 
-def explorer_options(steps: int) -> dict:
+def explorer_options(steps: int, pipe=None) -> dict:
     """The capture the DAAM notebook's explorer uses: it fits SDXL at 1024 px (<= 2 GiB) and SD1.5 at 512 (<= 0.5).
 
         run = generate(pipe, prompt, steps=25, **explorer_options(25))
+        run = generate(sd3, prompt, steps=28, **explorer_options(28, sd3))   # a DiT: no queries, no mid block
 
     Every step and branch with heads averaged, of the prompt's token positions only (slices=True, tokens='prompt');
     the mid block; the queries and every head at the middle step only (at real size each query step costs 0.37 GiB
     for SDXL), so open-vocabulary maps and head slices are exact there, and the heads of the summed published
-    maps are always there.
+    maps are always there. A DiT (pipe given) has no mid block and no queries yet: SD3-medium at 1024 px, 28 steps
+    and 40 prompt keys keeps 1.6 GiB; FLUX.1 with 20 prompt keys 1.3 GiB (capture_sizes on a meta-device model).
     """
     middle = [steps // 2]
+    if pipe is not None and dit.is_dit(pipe):
+        return dict(slices=True, tokens="prompt", head_steps=middle)
     return dict(slices=True, mid=True, tokens="prompt", queries=True, query_steps=middle, head_steps=middle)
 
 
@@ -81,19 +99,27 @@ class Capture:
     def __init__(self, pipe, prompt=None, slices: bool = False, mid: bool = False, queries: bool = False,
                  query_steps="all", layers=None, keep: Keep | None = None, max_bytes: int = MAX_BYTES,
                  meta: dict | None = None, head_layers=None, head_steps=None, tokens=None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, max_sequence_length: int | None = None):
         self.pipe = pipe
+        self.dit = dit.is_dit(pipe)
+        if self.dit and queries:
+            raise NotImplementedError(_NO_QUERIES)
+        if self.dit and keep is None:
+            keep = published_keep(dit=True)  # one grid: the mean is exact (module docstring)
         self.prompts = None if prompt is None else ([prompt] if isinstance(prompt, str) else list(prompt))
         self.layers = list(layers) if layers is not None else daam_layers(pipe, mid)
         self.options = Options(slices, queries, query_steps, head_layers, head_steps, tokens, dtype)
         self.max_bytes = int(max_bytes)
-        positions = token_positions(self.options, _tokenizer(pipe), self.prompts)
+        clip = getattr(pipe, "tokenizer_max_length", 77) if hasattr(pipe, "text_encoder_3") else 0  # SD3's window
+        keys = None if max_sequence_length is None else clip + max_sequence_length
+        positions = token_positions(self.options, _tokenizer(pipe), self.prompts, pipe if self.dit else None, keys)
         info = {"prompts": self.prompts, "layers": self.layers}
         self.views = views(self.layers, self.options, positions, keep)
         self._traces = {v.role: trace(pipe, list(v.names), keep=v.keep, max_bytes=max_bytes,
                                       meta={"daam": {**info, "view": v.role}, **(meta or {})}) for v in self.views}
         self._entered: list = []
         self._hook = None
+        self._keys: int | None = None  # a DiT's text keys, read at its first call
         self.cache: Cache | None = None
         self.slices: Cache | None = None
         self.heads: Cache | None = None
@@ -136,16 +162,19 @@ class Capture:
         tr = self._traces["cache"]
         if tr.step >= 0:
             return
-        sample = args[0] if args else kwargs["sample"]  # (B, c, h, w)
+        sample, _, text = inputs(tr.family, args, kwargs)  # UNet / SD3 (B, c, h, w); Flux (B, tokens, c)
+        latent = tuple(sample.shape[-2:]) if not self.dit else grid_of(tr.denoiser, sample, args, kwargs)[1]
+        keys = text.shape[1] if self.dit and torch.is_tensor(text) else None
         layout = tr._layout()
         scheduler = getattr(self.pipe, "scheduler", None)
         steps = getattr(self.pipe, "_num_timesteps", None) or (len(scheduler.timesteps) if scheduler else None)
         if not steps:
             return  # a bare UNet: each trace still checks its own keep
-        sizes = self.sizes(tuple(sample.shape[-2:]), steps, len(layout), sample.shape[0] // len(layout))
+        self._keys = keys
+        sizes = self.sizes(latent, steps, len(layout), sample.shape[0] // len(layout))
         if sum(sizes.values()) <= self.max_bytes:
             return
-        fits = self._nearest_fit(tuple(sample.shape[-2:]), steps, len(layout), sample.shape[0] // len(layout))
+        fits = self._nearest_fit(latent, steps, len(layout), sample.shape[0] // len(layout))
         hint = " Nothing fits but fewer layers (layers=...)."
         if fits is not None:
             hint = (f" The nearest capture that fits: {_call(fits[0])} ({human(fits[1])})." if fits[0].kwargs() else
@@ -159,7 +188,7 @@ class Capture:
         vsf = getattr(self.pipe, "vae_scale_factor", None) or 8
         opts = dataclasses.asdict(options or self.options)
         return capture_sizes(self.pipe, (latent[0] * vsf, latent[1] * vsf), steps, self.prompts, batch, layout == 2,
-                             layers=self.layers, keep=self.views[0].keep, **opts)
+                             layers=self.layers, keep=self.views[0].keep, keys=self._keys, **opts)
 
     def _nearest_fit(self, latent, steps, layout, batch) -> tuple[Options, int] | None:
         """The options that give up least and fit: float16 storage, the prompt's keys, one query step, one head
@@ -212,7 +241,8 @@ class Capture:
 
 def capture(pipe, prompt=None, slices: bool = False, mid: bool = False, queries: bool = False, query_steps="all",
             layers=None, keep: Keep | None = None, max_bytes: int = MAX_BYTES, meta: dict | None = None,
-            head_layers=None, head_steps=None, tokens=None, dtype: torch.dtype = torch.float32) -> Capture:
+            head_layers=None, head_steps=None, tokens=None, dtype: torch.dtype = torch.float32,
+            max_sequence_length: int | None = None, method: str = "daam", concepts=None):
     """Capture DAAM's cross-attention maps (and optionally queries) during the pipeline call inside the with-block.
 
         with capture(pipe, prompts, slices=True, queries=True, head_steps=[2]) as cap:
@@ -229,9 +259,29 @@ def capture(pipe, prompt=None, slices: bool = False, mid: bool = False, queries:
     open-vocabulary maps) at `query_steps` ("all" or step indices, cond branch). layers: other attn2 layer names
     instead of daam_layers(pipe, mid). keep: another lab.hooks.Keep for ``.cache``. max_bytes: the most all the
     caches may keep together. Module docstring: what each costs.
+    max_sequence_length: the T5 window the pipeline is called with (SD3 / Flux, for tokens='prompt' and concepts).
+    method: 'daam' (cross-attention probabilities) or 'concept' (ConceptAttention's output-space maps of
+    `concepts`, a list of words, on SD3 / Flux: concept.capture; every step and layer is kept, head_steps='all'
+    keeps every head too, the other slice options do not apply).
     """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; valid: {', '.join(map(repr, METHODS))}")
+    if method == "concept":
+        from . import concept
+
+        asked = dict(slices=slices, mid=mid, queries=queries, layers=layers, keep=keep, head_layers=head_layers,
+                     tokens=tokens)
+        bad = [k for k, v in asked.items() if v not in (None, False)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} do not apply to method='concept' (it keeps every step and layer)")
+        if head_steps not in (None, "all"):
+            raise ValueError(f"head_steps={head_steps!r}: method='concept' keeps every head at every step or none; "
+                             "give head_steps='all' or None")
+        return concept.capture(pipe, concepts, prompt, max_bytes, meta, max_sequence_length, head_steps == "all")
+    if concepts is not None:
+        raise ValueError("concepts= needs method='concept'")
     return Capture(pipe, prompt, slices, mid, queries, query_steps, layers, keep, max_bytes, meta, head_layers,
-                   head_steps, tokens, dtype)
+                   head_steps, tokens, dtype, max_sequence_length)
 
 
 @dataclass
@@ -247,30 +297,38 @@ class Run:
     heads: Cache | None = None
 
 
-def generate(pipe, prompt, seed: int | list[int] = 0, steps: int = 25, guidance: float = 7.5, slices: bool = False,
-             mid: bool = False, queries: bool = False, query_steps="all", head_layers=None, head_steps=None,
-             tokens=None, dtype: torch.dtype = torch.float32, max_bytes: int = MAX_BYTES, **call_kwargs) -> Run:
+def generate(pipe, prompt, seed: int | list[int] = 0, steps: int = 25, guidance: float | None = None,
+             slices: bool = False, mid: bool = False, queries: bool = False, query_steps="all", head_layers=None,
+             head_steps=None, tokens=None, dtype: torch.dtype = torch.float32, max_bytes: int = MAX_BYTES,
+             method: str = "daam", concepts=None, **call_kwargs) -> Run:
     """Run `pipe` on `prompt` (a string or a list) under ``capture`` and return images and caches.
 
         run = generate(pipe, "a red circle on a white background", seed=0, steps=10, slices=True)
+        run = generate(sd3, "a red square", seed=0, steps=28, height=1024, width=1024)   # SD3 / Flux alike
+        run = generate(flux, "a cat on grass", steps=4, method="concept", concepts=["cat", "grass", "sky"])
 
     seed: one seed per prompt (an int gives prompt i the seed ``seed + i``), so a prompt's image does not depend on
-    the batch it was generated in. guidance <= 1 runs without classifier-free guidance (one branch). The capture
-    options are capture()'s.
+    the batch it was generated in. guidance: 7.5 by default on a UNet; the pipeline's own default on a DiT (SD3 7.0,
+    FLUX.1-dev's guidance embedding 3.5); <= 1 runs without classifier-free guidance (one branch). The capture
+    options and method / concepts are capture()'s; call_kwargs go to the pipeline (max_sequence_length too).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    if guidance is not None or not dit.is_dit(pipe):
+        call_kwargs["guidance_scale"] = 7.5 if guidance is None else guidance
     device = getattr(pipe, "device", torch.device("cpu"))
     gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
     with capture(pipe, prompts, slices=slices, mid=mid, queries=queries, query_steps=query_steps,
                  head_layers=head_layers, head_steps=head_steps, tokens=tokens, dtype=dtype, max_bytes=max_bytes,
-                 meta={"seed": seeds}) as cap:
-        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
+                 meta={"seed": seeds}, max_sequence_length=call_kwargs.get("max_sequence_length"), method=method,
+                 concepts=concepts) as cap:
+        out = pipe(prompts, num_inference_steps=steps, generator=gens, output_type="np",
                    **call_kwargs).images  # (N, H, W, 3) float in [0, 1]
     images = (np.asarray(out) * 255).round().astype(np.uint8)
-    return Run(images, cap.cache, cap.queries, prompts, cap.slices, cap.heads)
+    return Run(images, cap.cache, getattr(cap, "queries", None), prompts, getattr(cap, "slices", None),
+               getattr(cap, "heads", None))
 
 
 def _call(opts: Options) -> str:

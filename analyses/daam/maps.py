@@ -7,7 +7,8 @@
     word_maps(g, tok)                                            # {word: (H, W)} for every word of the prompt
 
 global_maps(run, batch, steps, layers, blocks, resolution, heads, branch)   -> GlobalMaps (keys, h, w); run: a Run,
-                                   a Capture or one Cache; each slice is read from the cache that holds it (sources.py)
+                                   a Capture or one Cache; each slice is read from the cache that holds it (sources.py);
+                                   a DiT's run (SD3, Flux: dit.py) or a ConceptAttention run (concept.py) the same way
 aggregate(layer_probs, latent)     the method's merge of per-layer attention: upsample, clamp, mean
 word_map(g, tokenizer, word, occurrence, size, relative) / word_maps(g, tokenizer, size, relative)
 expand(map, size) / binarize(map, tau) / token_total(g, tokenizer)
@@ -21,20 +22,25 @@ upsampled), else a little smaller (a clamped mean is at most the mean of the cla
 says so. On the built-in model (tests/test_daam_slices.py) the gap is at most 4% of a map's maximum (0.13% on
 average) and the masks at tau = 0.4 agree on more than 99.6% of the pixels. A word's map is the mean over its tokens
 (every occurrence, or one), expanded bicubically to the image size and min-max normalised; binarised at tau = 0.4.
+On a diffusion transformer every layer is on one token grid: nothing is upsampled, and averaging heads first is exact
+(dit.py); word_map / word_maps then take the pipeline, whose tokenizers align the words in each text window.
 """
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .sources import choose, widest
+from . import dit
+from .sources import caches, choose, widest
 from .words import max_position, occurrences, tokenizer_of, words
 
 BLOCKS = ("down", "mid", "up")
+DIT_BLOCKS = dit.BLOCKS  # 'double' (SD3's blocks, Flux's double-stream ones), 'single' (Flux's single-stream ones)
 DEFAULT_BLOCKS = ("down", "up")
 TAU = 0.4
 
@@ -46,7 +52,9 @@ class GlobalMaps:
     keys: the key positions the maps hold, in order (None: every position, maps[k] is position k). The other fields
     record the slice: prompt, image_size (H, W), layers, steps (None: all captured, or summed in the capture), heads
     (None: all), branch; heads_averaged: read from heads averaged at each step (run.slices), the method's
-    clamp-then-average approximated by average-then-clamp.
+    clamp-then-average approximated by average-then-clamp (never on a DiT, where it is exact). context: a DiT's text
+    windows ([{"encoder": "clip" | "t5", "keys": [start, stop]}], None for a UNet); concepts: the concepts of a
+    ConceptAttention run (maps[i] is concept i; None otherwise).
     """
 
     maps: torch.Tensor  # (keys, h, w), float32, >= 0
@@ -58,6 +66,8 @@ class GlobalMaps:
     branch: str = "cond"
     keys: tuple[int, ...] | None = None
     heads_averaged: bool = False
+    context: tuple | None = None
+    concepts: tuple[str, ...] | None = None
 
     def token(self, position: int) -> torch.Tensor:
         """The (h, w) map of key position `position`."""
@@ -71,8 +81,9 @@ class GlobalMaps:
 
 
 def block_of(name: str) -> str:
-    """'down' | 'mid' | 'up' for a full module path."""
-    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(name.split(".")[0], "other")
+    """'down' | 'mid' | 'up' for a UNet's full module path, 'double' | 'single' for a DiT's."""
+    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up", "transformer_blocks": "double",
+            "single_transformer_blocks": "single"}.get(name.split(".")[0], "other")
 
 
 def layer_of(name: str) -> str:
@@ -86,21 +97,26 @@ def layer_names(cache, layers=None, blocks: Sequence[str] | str | None = DEFAULT
         layer_names(run, blocks=None, resolution=8)    # a Run / Capture: the layers of its widest cache
 
     layers: full names or globs (``"up_blocks.1.*"``), or None for all; blocks: 'down' / 'mid' / 'up' or a tuple
-    (default down and up, as published; None for all); resolution: an int (square), (h, w), or a list of those.
+    (default down and up, as published; None for all; on a DiT 'double' / 'single', default both); resolution: an
+    int (square), (h, w), or a list of those.
     """
     cache = widest(cache)
     kinds = cache.meta.get("kinds") or {}
-    captured = [n for n in cache if (kinds.get(n, "attn2") == "attn2" and "key" in cache.axes[n])
+    captured = [n for n in cache if (kinds.get(n, "attn2") in ("attn2", "image->text") and "key" in cache.axes[n])
                 or n.endswith(".to_q")]  # attention maps, or the queries (their to_q projections)
+    on_dit = any(kinds.get(n) == "image->text" for n in captured)
+    if on_dit and blocks is DEFAULT_BLOCKS:
+        blocks = None  # a DiT's published maps aggregate every joint-attention layer
     names = list(captured)
     if layers is not None:
         globs = [layers] if isinstance(layers, str) else list(layers)
         names = [n for n in names if any(fnmatch.fnmatchcase(layer_of(n), g) for g in globs)]
     elif blocks is not None:
         blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks)
-        bad = [b for b in blocks if b not in BLOCKS]
+        valid = DIT_BLOCKS if on_dit else BLOCKS
+        bad = [b for b in blocks if b not in valid]
         if bad:
-            raise ValueError(f"unknown block {bad[0]!r}; blocks: {', '.join(BLOCKS)}")
+            raise ValueError(f"unknown block {bad[0]!r}; blocks: {', '.join(valid)}")
         names = [n for n in names if block_of(n) in blocks]
     if resolution is not None:
         wanted = _resolutions(resolution)
@@ -160,8 +176,16 @@ def global_maps(run, batch: int = 0, steps=None, layers=None, blocks=DEFAULT_BLO
     (head indices of every selected layer: the published cache has them summed over all steps, cond branch; at
     other steps or the uncond branch capture head_steps=); branch: 'cond' or 'uncond' (the uncond keys are the
     negative prompt's tokens, '' by default: at a word's positions they are padding). prompt: the text the key
-    positions belong to (default: the prompt captured for this image).
+    positions belong to (default: the prompt captured for this image). A DiT's run (SD3, Flux) is read the same way,
+    its blocks 'double' / 'single'; a ConceptAttention run gives the concepts' maps (concept.global_maps).
     """
+    if caches(run)[0].meta.get("daam", {}).get("method") == "concept":
+        from . import concept
+
+        if resolution is not None or prompt is not None:
+            raise ValueError("resolution= and prompt= do not apply to ConceptAttention maps (one grid, no words)")
+        return concept.global_maps(run, batch, steps, layers, None if blocks is DEFAULT_BLOCKS else blocks, heads,
+                                   branch)
     names = layer_names(run, layers, blocks, resolution)
     cache, step_pos, chosen, averaged = choose(run, names, steps, heads, branch)
     meta = cache.meta
@@ -184,13 +208,15 @@ def global_maps(run, batch: int = 0, steps=None, layers=None, blocks=DEFAULT_BLO
                 raise ValueError(f"head {bad[0]} is out of range for {name!r}, which has {t.shape[0]} heads")
             t = t[head_list]  # (heads, q, k)
         per_layer.append((t, tuple(cache.resolution(name))))
-    latent = tuple(meta.get("latent_size") or cache.resolution(names[0]))
+    latent = tuple(meta.get("token_grid") or meta.get("latent_size") or cache.resolution(names[0]))  # DiT: one grid
     maps = aggregate(per_layer, latent)  # (keys, h, w)
     kept_tokens = (meta.get("keep") or {}).get("tokens")
+    context = meta.get("context")
     return GlobalMaps(maps, prompt if prompt is not None else prompt_of(run, batch),
                       tuple(meta.get("image_size") or latent), tuple(names), chosen,
                       None if head_list is None else tuple(head_list), branch,
-                      None if kept_tokens is None else tuple(kept_tokens), averaged)
+                      None if kept_tokens is None else tuple(kept_tokens), averaged and context is None,
+                      None if context is None else tuple(context))
 
 
 def prompt_of(run, batch: int = 0) -> str:
@@ -223,7 +249,9 @@ def binarize(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
 
 def token_total(g: GlobalMaps, tokenizer) -> torch.Tensor:
     """(h, w) sum of the maps of every prompt token (start and end tokens excluded): the denominator of relative
-    maps."""
+    maps. On a DiT `tokenizer` is the pipeline: every token of each text window."""
+    if g.context is not None:
+        return torch.stack([g.token(k) for k in dit.prompt_keys(g, tokenizer)]).sum(0)
     tokenizer = tokenizer_of(tokenizer)
     n = min(len(tokenizer.tokenize(g.prompt)), max_position(tokenizer))
     if n == 0:
@@ -238,11 +266,23 @@ def word_map(g: GlobalMaps, tokenizer, word: str, occurrence: int | None = None,
         word_map(g, pipe, "hexagon")            # 'hex' + 'agon</w>', both occurrences if it occurs twice
         word_map(g, pipe, "a", occurrence=1)    # the second 'a' only
 
-    tokenizer: the tokenizer (or the pipeline: SDXL aligns with its first). size: pixels (default the image size).
-    relative: divide by the sum of every prompt token's map first (the reference code's normalize=True), so what all
-    words share cancels and what is particular to this word remains. Not the published default.
+    tokenizer: the tokenizer (or the pipeline: SDXL aligns with its first; a DiT's maps need the pipeline, whose
+    tokenizers align the word in each text window: dit.align, which warns when a window cut the word off). size:
+    pixels (default the image size). relative: divide by the sum of every prompt token's map first (the reference
+    code's normalize=True), so what all words share cancels and what is particular to this word remains. Not the
+    published default. ConceptAttention maps (g.concepts): `word` is one of the concepts.
     """
-    tokens = [t for w in occurrences(tokenizer_of(tokenizer), g.prompt, word, occurrence) for t in w.tokens]
+    if g.concepts is not None:
+        from .concept import concept_map
+
+        return concept_map(g, word, size, normalize, relative)
+    if g.context is not None:
+        found = dit.align(g, tokenizer, word, occurrence)
+        if found.note:
+            warnings.warn(found.note, stacklevel=2)
+        tokens = list(found.keys)
+    else:
+        tokens = [t for w in occurrences(tokenizer_of(tokenizer), g.prompt, word, occurrence) for t in w.tokens]
     heat = torch.stack([g.token(t) for t in tokens]).mean(0)  # (h, w)
     if relative:
         heat = heat / (token_total(g, tokenizer) + 1e-6)
@@ -253,13 +293,22 @@ def word_maps(g: GlobalMaps, tokenizer, size=None, normalize: bool = True,
               relative: bool = False) -> dict[str, torch.Tensor]:
     """{word: (H, W) map} for every word of the prompt (lowercased; a repeated word is merged over occurrences).
 
-    Words cut off by the text encoder's token limit have no map and are left out. relative: as in word_map.
+    Words cut off by the text encoder's token limit have no map and are left out. relative: as in word_map. On a
+    DiT `tokenizer` is the pipeline and a word's keys are those of every window that holds it; ConceptAttention
+    maps give {concept: map}.
     """
-    tokenizer = tokenizer_of(tokenizer)
-    groups: dict[str, list[int]] = {}
-    for w in words(tokenizer, g.prompt):
-        if w.kept:
-            groups.setdefault(w.text.lower(), []).extend(w.tokens)
+    if g.concepts is not None:
+        from .concept import concept_map
+
+        return {c: concept_map(g, c, size, normalize, relative) for c in g.concepts}
+    if g.context is not None:
+        groups = dit.word_keys(g, tokenizer)
+    else:
+        tokenizer = tokenizer_of(tokenizer)
+        groups = {}
+        for w in words(tokenizer, g.prompt):
+            if w.kept:
+                groups.setdefault(w.text.lower(), []).extend(w.tokens)
     if not groups:
         raise ValueError(f"the prompt {g.prompt!r} is empty: it has no words to map")
     size = size or g.image_size

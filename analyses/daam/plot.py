@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .maps import TAU, binarize, block_of, global_maps, layer_names, word_map
+from .maps import DEFAULT_BLOCKS, TAU, binarize, block_of, global_maps, layer_names, word_map
 from .sources import kept_steps
 
 CMAP = "inferno"
@@ -90,8 +90,11 @@ def word_grid(image, maps: dict, fig: Figure | None = None, cmap: str = CMAP, ta
 
 
 def _short(name: str) -> str:
-    """'up_blocks.1.attentions.0.transformer_blocks.0.attn2' -> 'up1.a0'."""
+    """'up_blocks.1.attentions.0.transformer_blocks.0.attn2' -> 'up1.a0'; a DiT's 'transformer_blocks.3.attn:...'
+    -> 'd3', 'single_transformer_blocks.3.attn:...' -> 's3'."""
     parts = name.split(".")
+    if parts[0] in ("transformer_blocks", "single_transformer_blocks"):
+        return f"{'s' if parts[0].startswith('single') else 'd'}{parts[1]}"
     head = {"down_blocks": "down", "up_blocks": "up", "mid_block": "mid"}.get(parts[0], parts[0])
     if parts[0] == "mid_block":
         return f"mid.a{parts[2]}"
@@ -99,12 +102,13 @@ def _short(name: str) -> str:
 
 
 def layer_step_grid(cache, tokenizer, word: str, image=None, batch: int = 0, n_groups: int = 4,
-                    fig: Figure | None = None, cmap: str = CMAP, blocks=("down", "mid", "up")) -> Figure:
+                    fig: Figure | None = None, cmap: str = CMAP, blocks=None) -> Figure:
     """Rows: each captured layer (then all of them); columns: `n_groups` consecutive step ranges (then all steps).
 
     `cache`: a Run (or a Cache) with every step kept (capture(slices=True)): step ranges are read with heads
     averaged unless the run kept every head there (head_steps=); "all steps" is the published method. Each panel is
-    normalised on its own.
+    normalised on its own. blocks: which layers get a row (default all captured; see layer_names); the last row is
+    the published set (down+up, or every layer of a DiT).
     """
     names = layer_names(cache, blocks=blocks)
     steps = kept_steps(cache)
@@ -112,7 +116,7 @@ def layer_step_grid(cache, tokenizer, word: str, image=None, batch: int = 0, n_g
         raise ValueError("this cache summed its steps; capture with slices=True for a layer x step grid")
     groups = [list(g) for g in np.array_split(np.array(steps), min(n_groups, len(steps))) if len(g)]
     cols = [(f"steps {g[0]}-{g[-1]}", [int(s) for s in g]) for g in groups] + [("all steps", None)]
-    rows = [(_short(n), {"layers": [n]}) for n in names] + [("down+up", {"blocks": ("down", "up")})]
+    rows = [(_short(n), {"layers": [n]}) for n in names] + [("published", {"blocks": DEFAULT_BLOCKS})]
     fig = fig or Figure(figsize=(1.5 * len(cols) + 0.6, 1.5 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for i, (rname, sel) in enumerate(rows):
@@ -134,7 +138,7 @@ def layer_step_grid(cache, tokenizer, word: str, image=None, batch: int = 0, n_g
 
 
 def view(cache, tokenizer, image, word: str, batch: int = 0, occurrence: int | None = None, steps=None,
-         layers=None, blocks=("down", "up"), resolution=None, heads=None, branch: str = "cond", tau: float = TAU,
+         layers=None, blocks=DEFAULT_BLOCKS, resolution=None, heads=None, branch: str = "cond", tau: float = TAU,
          cmap: str = CMAP, fig: Figure | None = None) -> Figure:
     """The overlay and the binarised mask of `word` for one slice of a Run (or Cache), side by side (what the
     notebook's explorer shows); the title says when heads were averaged before the clamp (a run.slices slice)."""
@@ -153,5 +157,5 @@ def view(cache, tokenizer, image, word: str, batch: int = 0, occurrence: int | N
 
 
 def block_label(name: str) -> str:
-    """'down' / 'mid' / 'up' and the layer's short name, for legends."""
+    """'down' / 'mid' / 'up' ('double' / 'single' on a DiT) and the layer's short name, for legends."""
     return f"{block_of(name)}: {_short(name)}"

@@ -5,7 +5,7 @@
     opts.changed(dtype=torch.float32).kwargs()         # "slices=True, tokens='prompt', head_steps=[12]" (pasteable)
 
 One run, several caches, each a lab.hooks trace on the same layers (traces nest on one attention layer):
-  cache    the published method: steps summed, every head, cond branch (always)
+  cache    the published method: steps summed, every head (a DiT: heads averaged), cond branch (always)
   slices   every step, both branches, heads averaged (slices=True): what the explorer slices by step and branch
   heads    every head, both branches, at `head_steps` (default every step) of `head_layers` (default every layer)
   queries  each layer's ``to_q`` output at `query_steps`, cond branch (queries=True): open-vocabulary maps
@@ -91,9 +91,10 @@ class View:
     keep: Keep
 
 
-def published_keep() -> Keep:
-    """The published method's Keep: steps summed in place, every head, cond branch."""
-    return Keep(steps="sum", heads="all", branches=("cond",))
+def published_keep(dit: bool = False) -> Keep:
+    """The published method's Keep: steps summed in place, every head, cond branch; on a diffusion transformer heads
+    averaged (one token grid, nothing upsampled: the mean is exact, see dit.py)."""
+    return Keep(steps="sum", heads="mean" if dit else "all", branches=("cond",))
 
 
 def views(layers: Sequence[str], opts: Options, token_positions: Sequence[int] | None = None,

@@ -6,6 +6,7 @@
     pck(m.points, [(131, 77)], bbox_b, alpha=0.1)
 
 features   featurize(pipe, images, t, block, ensemble, prompt, size, seed, batch_size) -> list[FeatureMap]
+dit        SD3 / Flux for featurize: flow-matching noise, their conditioning, block="transformer_blocks.k"
 match      match, similarity, sample, pck, summarize, Pair, evaluate_pairs
 spair      load_pairs(root, split), evaluate(pipe, root, ...) on SPair-71k on disk
 study      world_pairs, grid, baselines, run(out) (python -m analyses.dift [out])

@@ -16,6 +16,10 @@ pipe.encode_prompt and its added conditioning (pooled text_embeds + time_ids) is
 is stopped after `block` with lab.hooks.run_until, so the rest of it is not computed. Noise is added with a DDPM
 scheduler built from pipe.scheduler.config (the same betas; the user's scheduler is not touched). Each image's noise
 depends only on (seed, the image), so an image gets the same features alone or in any batch.
+
+SD3 / SD3.5 and FLUX.1 work the same way (dit.py): block is a transformer block ("transformer_blocks.12", Flux's
+"single_transformer_blocks.3" too), its image tokens as (C, h, w) on the token grid; the noise is flow matching's,
+x_t = (1 - sigma) x_0 + sigma * noise with sigma = t / 1000; the conditioning is each pipeline's own.
 """
 from __future__ import annotations
 
@@ -30,9 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from lab.hooks import Keep, points, run_until, trace
+from lab.hooks.points import denoiser_of
+
+from . import dit
 
 DEFAULT_T = 261  # DIFT's published setting for SD 2.1 on SPair-71k
-DEFAULT_BLOCK = "up_blocks.1"
+DEFAULT_BLOCK = "up_blocks.1"  # on a DiT the default is the middle double-stream block (default_block)
 FEATURE_KINDS = ("block", "resnet", "transformer")  # points whose output is a (B, C, h, w) map
 
 
@@ -92,13 +99,18 @@ def load_image(image) -> torch.Tensor:
 
 
 def size_multiple(pipe) -> int:
-    """Pixel sizes the UNet maps cleanly: vae_scale_factor * 2**(number of downsamplers), 32 for SD and SDXL."""
+    """Pixel sizes the UNet maps cleanly: vae_scale_factor * 2**(number of downsamplers), 32 for SD and SDXL; a
+    DiT's token side, 16 for SD3 and Flux."""
+    if dit.is_dit(pipe):
+        return dit.size_multiple(pipe)
     downs = sum(1 for b in pipe.unet.down_blocks if getattr(b, "downsamplers", None))
     return int(pipe.vae_scale_factor) * 2**downs
 
 
 def native_size(pipe) -> tuple[int, int]:
-    """The image size the model was trained at: unet.config.sample_size * vae_scale_factor."""
+    """The image size the model was trained at: unet.config.sample_size * vae_scale_factor (a DiT: dit.native_size)."""
+    if dit.is_dit(pipe):
+        return dit.native_size(pipe)
     s = pipe.unet.config.sample_size
     h, w = (s, s) if isinstance(s, int) else s
     return int(h) * int(pipe.vae_scale_factor), int(w) * int(pipe.vae_scale_factor)
@@ -162,13 +174,13 @@ def _is_single_array(images) -> bool:
 
 # --- the model ------------------------------------------------------------------------------------------------------
 def _device(pipe) -> torch.device:
-    return getattr(pipe, "_execution_device", None) or pipe.unet.device
+    return getattr(pipe, "_execution_device", None) or denoiser_of(pipe).device
 
 
 @torch.no_grad()
 def encode(pipe, pixels: Sequence[torch.Tensor], batch_size: int = 8) -> torch.Tensor:
-    """Latents (N, 4, h/8, w/8) on the model's device: vae.encode(x).latent_dist.mean * scaling_factor (minus
-    shift_factor first where the VAE has one). All `pixels` must share one size."""
+    """Latents (N, 4, h/8, w/8) (SD3 / Flux: 16 channels) on the model's device: vae.encode(x).latent_dist.mean
+    * scaling_factor (minus shift_factor first where the VAE has one). All `pixels` must share one size."""
     vae, device = pipe.vae, _device(pipe)
     scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None)
     out = []
@@ -186,7 +198,10 @@ def encode(pipe, pixels: Sequence[torch.Tensor], batch_size: int = 8) -> torch.T
 @torch.no_grad()
 def condition(pipe, prompts: Sequence[str], input_hw: tuple[int, int]) -> dict:
     """UNet keyword arguments for one row per prompt: encoder_hidden_states (N, tokens, dim) and, for SDXL,
-    added_cond_kwargs {text_embeds (N, pooled), time_ids (N, 6) = (h, w, 0, 0, h, w)}."""
+    added_cond_kwargs {text_embeds (N, pooled), time_ids (N, 6) = (h, w, 0, 0, h, w)}; for SD3 / Flux the
+    transformer's encoder_hidden_states and pooled_projections (dit.condition)."""
+    if dit.is_dit(pipe):
+        return dit.condition(pipe, prompts)
     device, dtype = _device(pipe), pipe.unet.dtype
     unique = list(dict.fromkeys(prompts))
     sdxl = getattr(pipe, "text_encoder_2", None) is not None or pipe.unet.config.addition_embed_type == "text_time"
@@ -209,12 +224,23 @@ def feature_points(pipe) -> list[str]:
     return [p.name for p in points(pipe) if p.kind in FEATURE_KINDS]
 
 
+def default_block(pipe) -> str:
+    """'up_blocks.1' (DIFT's) on a UNet; the middle double-stream block on a DiT ('transformer_blocks.12' of 24)."""
+    if dit.is_dit(pipe):
+        return f"transformer_blocks.{len(denoiser_of(pipe).transformer_blocks) // 2}"
+    return DEFAULT_BLOCK
+
+
 def check_block(pipe, block) -> str:
-    """The full point name for `block`: a name like 'up_blocks.1' (or any resnet / transformer point), or an int i
-    for 'up_blocks.i'. An unknown one is a ValueError that lists the blocks."""
+    """The full point name for `block`: a name like 'up_blocks.1' (or any resnet / transformer point; on a DiT
+    'transformer_blocks.k' or 'single_transformer_blocks.k'), an int i for 'up_blocks.i' ('transformer_blocks.i'),
+    or None for default_block(pipe). An unknown one is a ValueError that lists the blocks."""
+    if block is None:
+        return default_block(pipe)
     names = feature_points(pipe)
     blocks = [n for n in names if n.count(".") <= 1]
-    name = f"up_blocks.{block}" if isinstance(block, (int, np.integer)) and not isinstance(block, bool) else block
+    prefix = "transformer_blocks" if dit.is_dit(pipe) else "up_blocks"
+    name = f"{prefix}.{block}" if isinstance(block, (int, np.integer)) and not isinstance(block, bool) else block
     if not isinstance(name, str) or name not in names:
         raise ValueError(f"unknown block {block!r}; blocks: {', '.join(blocks)} (or any resnet/transformer point "
                          f"of lab.hooks.points(unet), e.g. {names[1]})")
@@ -245,7 +271,8 @@ def block_features(pipe, latents: torch.Tensor, t: int, blocks: Sequence[str], c
 
     latents: (N, 4, h, w); cond: condition() for the N images; seeds: one per image (its noise draws). The UNet runs
     on at most `batch_size` rows at a time and stops after the last of `blocks` in forward order; earlier blocks are
-    read with a lab.hooks trace on the same pass. Memory: N * C * h * w floats per block, plus one UNet batch.
+    read with a lab.hooks trace on the same pass. Memory: N * C * h * w floats per block, plus one UNet batch. A DiT
+    (SD3, Flux) is noised by flow matching and called as dit.call says; its blocks are read the same way.
     """
     t = check_timestep(pipe, t)
     if ensemble < 1 or batch_size < 1:
@@ -254,8 +281,8 @@ def block_features(pipe, latents: torch.Tensor, t: int, blocks: Sequence[str], c
         raise ValueError(f"{len(seeds)} seeds for {len(latents)} latents")
     order = feature_points(pipe)
     names = sorted({check_block(pipe, b) for b in blocks}, key=order.index)
-    unet, device = pipe.unet, latents.device
-    sched, n = noise_schedule(pipe), len(latents)
+    unet, device, on_dit = denoiser_of(pipe), latents.device, dit.is_dit(pipe)
+    sched, n = (None if on_dit else noise_schedule(pipe)), len(latents)
     noise = torch.cat([torch.randn((ensemble, *latents.shape[1:]), generator=torch.Generator().manual_seed(int(s)))
                        for s in seeds])  # (N*E, 4, h, w), drawn on the CPU so every device gets the same noise
     owner = torch.arange(n).repeat_interleave(ensemble)  # image of each row
@@ -263,16 +290,20 @@ def block_features(pipe, latents: torch.Tensor, t: int, blocks: Sequence[str], c
     for r0 in range(0, n * ensemble, batch_size):
         rows = owner[r0:r0 + batch_size]
         z0 = latents[rows.to(device)].float()  # (b, 4, h, w)
-        ts = torch.full((len(rows),), t, dtype=torch.long)
-        zt = sched.add_noise(z0.cpu(), noise[r0:r0 + len(rows)], ts).to(device, unet.dtype)  # (b, 4, h, w)
         kw = _take_rows(cond, rows.to(device))
+        if on_dit:
+            args, kw = (), dit.call(pipe, z0, noise[r0:r0 + len(rows)], t, kw)  # flow matching: (1 - s) z0 + s n
+        else:
+            ts = torch.full((len(rows),), t, dtype=torch.long)
+            zt = sched.add_noise(z0.cpu(), noise[r0:r0 + len(rows)], ts).to(device, unet.dtype)  # (b, 4, h, w)
+            args = (zt, ts.to(device))
         out = {}
         if len(names) > 1:
             with trace(unet, names[:-1], keep=Keep(steps="sum", branches=("cond",), device=device)) as tr:
-                out[names[-1]] = run_until(unet, names[-1], zt, ts.to(device), **kw)
+                out[names[-1]] = run_until(unet, names[-1], *args, **kw)
             out.update({k: tr.cache[k][0] for k in names[:-1]})  # (branch, b, C, h, w) -> (b, C, h, w)
         else:
-            out[names[-1]] = run_until(unet, names[-1], zt, ts.to(device), **kw)  # (b, C, h', w')
+            out[names[-1]] = run_until(unet, names[-1], *args, **kw)  # (b, C, h', w')
         for k, v in out.items():
             if k not in sums:
                 sums[k] = torch.zeros((n, *v.shape[1:]), device=device)  # (N, C, h', w')
@@ -287,15 +318,17 @@ def _take_rows(cond: dict, rows: torch.Tensor) -> dict:
     return out
 
 
-def featurize(pipe, images, t: int = DEFAULT_T, block=DEFAULT_BLOCK, ensemble: int = 8, prompt="",
+def featurize(pipe, images, t: int = DEFAULT_T, block=None, ensemble: int = 8, prompt="",
               size="native", seed: int = 0, batch_size: int = 8) -> list[FeatureMap]:
     """DIFT features of each image: one FeatureMap per image, in order.
 
         fmaps = featurize(pipe, ["a.jpg", "b.jpg"], prompt="a photo of a cat")   # DIFT's SPair setting for SD 2.1
         fmaps = featurize(pipe, render(scene), t=100, block="up_blocks.2", ensemble=4, size="multiple")
+        fmaps = featurize(sd3, "cat.jpg", t=261, block="transformer_blocks.12", size=1024)  # SD3 / Flux alike
 
     images: one image or a list (paths, PIL images, arrays, tensors; any sizes). prompt: one for all or one per
-    image. t: timestep in [0, num_train_timesteps). block: where to read (and stop), see check_block. ensemble:
+    image. t: timestep in [0, num_train_timesteps) (SD3 / Flux: sigma = t / 1000). block: where to read (and stop),
+    see check_block (default 'up_blocks.1'; on a DiT the middle double-stream block). ensemble:
     noise draws averaged. size: see input_size. batch_size: UNet rows per call (images x ensemble are batched;
     memory grows with it). The pipeline is not changed.
     """
