@@ -1,10 +1,10 @@
-"""Interventions through trace(edits=...): scale_tokens, replace_attention, block edits, and run_until."""
+"""Interventions through trace(edits=...) and edited(): scale_tokens, replace_attention, block edits, run_until."""
 import pytest
 import torch
 
 from tiny_models import generate, one_thread, tiny_pipeline  # noqa: F401 (one_thread: autouse fixture)
 
-from lab.hooks import Keep, replace_attention, run_until, scale_tokens, select, trace
+from lab.hooks import Keep, edited, replace_attention, run_until, scale_tokens, select, trace
 
 ATTN2 = "up_blocks.3.attentions.0.transformer_blocks.0.attn2"
 
@@ -74,6 +74,16 @@ def test_scale_tokens_refuses_rows_that_do_not_match_the_batch(pipe):
     names = select(pipe, kind="attn2")
     with pytest.raises(ValueError, match="3 rows of tokens or masks but the batch"):
         _pair(pipe, {n: scale_tokens([[2], [3], [4]], 0.0) for n in names})
+
+
+def test_edited_is_trace_with_edits_only(pipe):
+    names = select(pipe, kind="attn2")
+    with trace(pipe, [], edits={n: scale_tokens([2], 0.0) for n in names}):
+        ref = generate(pipe)
+    with edited(pipe, {n: scale_tokens([2], 0.0) for n in names}) as tr:
+        out = generate(pipe)
+    assert (out - ref).abs().max() == 0 and len(tr.cache) == 0
+    assert all(type(m.processor).__name__ != "CaptureProcessor" for m in pipe.unet.modules() if hasattr(m, "processor"))
 
 
 def test_replace_attention_puts_the_source_maps_in_the_target_run(pipe):
