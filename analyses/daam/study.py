@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 import lab
-from lab.hooks import select, trace
+from lab.hooks import edited, scale_tokens, select
 from lab.plotting import save_figure
 from lab.load import with_random_unet
 from lab.sizes import pick, size
 from lab.world import parse
 
 from .evaluate import TAUS, held_out_scenes, occurrence_in_caption, runs, score_image
-from .faithfulness import CONDITIONS, condition_masks, region_edit
+from .faithfulness import CONDITIONS, condition_masks
 from .figures import examples_figure, faithfulness_figure, miou_figure, slices_figure, words_figure
 from .maps import binarize, global_maps, word_map
 from .metrics import iou
@@ -67,17 +67,17 @@ def faithfulness_rows(pipe, targets, steps, guidance, batch, factor: float = 0.0
         regions = [condition_masks(binarize(t.noun_map)) for t in chunk]
         for condition in CONDITIONS:
             masks = torch.stack([r[condition] for r in regions])  # (rows, H, W)
-            edit = region_edit([t.noun_tokens for t in chunk], masks, factor)
+            edit = scale_tokens([t.noun_tokens for t in chunk], factor, mask=masks)
             gens = [torch.Generator(pipe.device).manual_seed(t.scene.seed) for t in chunk]
-            with trace(pipe, [], edits={n: edit for n in names}):
+            with edited(pipe, {n: edit for n in names}):
                 out = pipe([t.scene.caption for t in chunk], num_inference_steps=steps, guidance_scale=guidance,
                            generator=gens, output_type="np").images
             images = (np.asarray(out) * 255).round().astype(np.uint8)
-            for t, edited, mask in zip(chunk, images, masks):
+            for t, after_image, mask in zip(chunk, images, masks):
                 obj = t.scene.objects[t.index]
                 before = _count(parse(t.picture), obj)
-                after = _count(parse(edited), obj)
-                change = np.abs(edited.astype(np.float32) - t.picture.astype(np.float32)).mean(-1) / 255.0
+                after = _count(parse(after_image), obj)
+                change = np.abs(after_image.astype(np.float32) - t.picture.astype(np.float32)).mean(-1) / 255.0
                 base = {"image": t.image, "obj": t.index, "key": condition}
                 rows += [{**base, "metric": "faith_lost", "value": float(after < before)},
                          {**base, "metric": "faith_change", "value": float(change[t.mask].mean())},
