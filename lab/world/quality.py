@@ -12,12 +12,12 @@ renders them as Markdown with 95% Wilson intervals.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from .parser import parse, score
 from .scenes import Scene, make_scene
@@ -83,14 +83,15 @@ def evaluate(pipe, n: int = 200, steps: int = 25, guidance: float = 7.5, groups=
     return result
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (scipy's), as (low, high); NaNs for n = 0.
+
+        wilson(8, 10)      # (0.49..., 0.94...)
+    """
     if n == 0:
         return float("nan"), float("nan")
-    p = k / n
-    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-    return max(0.0, lo), min(1.0, hi)  # rounding can put an end a hair outside [0, 1] (printed as -0.0%)
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 TARGETS = {("one object", "colour"): 0.95, ("one object", "shape"): 0.90, ("two objects", "objects"): 0.75,
