@@ -27,11 +27,11 @@ import lab
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import make_scene, score
+from lab.trajectory import Trajectory, record
 
 from . import geometry, plots, spectra
 from .judge import KEPT, MIN_AREA, TOL, changed, changed_scene, kept, read
 from .perturb import perturb
-from .trajectory import Trajectory, record
 from .transfer import MODES, transfer
 
 SEED_BASE = 2_000_000  # scene seeds for this study, far from training seeds, in the "test" stream
