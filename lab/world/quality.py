@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from .parser import parse, score
 from .scenes import Scene, make_scene
@@ -83,14 +83,21 @@ def evaluate(pipe, n: int = 200, steps: int = 25, guidance: float = 7.5, groups=
     return result
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (scipy's), as (low, high); NaNs for n = 0.
+Z = 1.96  # the textbook two-sided 95% normal quantile; every report of the lab has used it
+
+
+def wilson(k: int, n: int, z: float = Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (scipy's), as (low, high); NaNs for n = 0.
 
         wilson(8, 10)      # (0.49..., 0.94...)
+
+    z = 1.96 is passed to scipy as its confidence level, 2 * Phi(1.96) - 1 = 0.95000421, so the intervals are the
+    textbook ones the reports have always printed (scipy's exact 0.95 moves a few last printed digits).
     """
     if n == 0:
         return float("nan"), float("nan")
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    level = 2 * float(norm.cdf(z)) - 1
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
 
 
