@@ -18,7 +18,8 @@ swap_top_k / transfer / TransferGrid / MODES      transfer.py: our version of la
 top_direction / random_direction / perturb / Perturbation   perturb.py: early vs late perturbations
 changed_scene / kept / changed           judge.py: parser verdicts for edited images
 plots, views                             figures on given Axes; the notebook's callbacks
-python -m analyses.svd [out]             study.py: the study on the built-in model (LAB_SIZE small | default | full)
+python -m analyses.svd [out]             study.py: the study on the built-in model (LAB_SIZE small | default | full);
+                                         its items and results in experiments.py, figures.py, report.py
 
 Our own measurements, named as ours: the exact recipes of Wang et al. 2025 ("Exploring the latent space of diffusion
 models directly through singular value decomposition") are not public, and Wang & Vastola ("Diffusion models generate
