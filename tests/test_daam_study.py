@@ -36,10 +36,21 @@ def test_metrics():
 
 
 def test_study_run_small_writes_its_files(tmp_path, monkeypatch):
+    import re
+
+    from PIL import Image
+
+    from analyses.daam.study import config, run
     monkeypatch.setenv("LAB_SIZE", "small")
-    from analyses.daam.study import run
-    text = run(tmp_path)
-    assert text.startswith("## DAAM") and "tau = 0.4" in text and "random unet" in text
-    for name in ("daam.md", "daam_examples.png", "daam_miou.png", "daam_slices.png", "daam_words.png",
-                 "daam_faithfulness.png", "daam_layer_steps.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    text = run(tmp_path, config=config())
+    assert (tmp_path / "daam.md").read_text() == text
+    for name in ("daam_examples.png", "daam_miou.png", "daam_slices.png", "daam_words.png", "daam_faithfulness.png",
+                 "daam_layer_steps.png"):
+        pixels = np.asarray(Image.open(tmp_path / name).convert("L"))
+        assert len(np.unique(pixels)) > 16, f"{name} is (nearly) blank"
+    # the noun mIoU table: DAAM and every baseline, at each tau, a mean inside its bootstrap interval
+    for key in ("daam", "random unet", "gaussian prior", "whole image"):
+        row = re.search(rf"^\| {key} \|(.+)\|$", text, flags=re.M)
+        assert row, key
+        cells = re.findall(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", row.group(1))
+        assert len(cells) == 3 and all(float(lo) <= float(m) <= float(hi) <= 1 for m, lo, hi in cells), row.group(0)
