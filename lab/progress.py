@@ -19,6 +19,8 @@ def enabled() -> bool:
     return os.environ.get("LAB_PROGRESS", "1") != "0"
 
 
-def progress(iterable=None, desc: str | None = None, total: int | None = None, leave: bool = False, **kwargs):
-    """tqdm.auto.tqdm(iterable, desc=desc, total=total, leave=leave, ...), off when LAB_PROGRESS=0."""
-    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=not enabled(), dynamic_ncols=True, **kwargs)
+def progress(iterable=None, desc: str | None = None, total: int | None = None, leave: bool = False,
+             disable: bool = False, **kwargs):
+    """tqdm.auto.tqdm(iterable, desc=desc, total=total, leave=leave, ...), off when LAB_PROGRESS=0 or disable."""
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable or not enabled(), dynamic_ncols=True,
+                **kwargs)

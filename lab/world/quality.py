@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.stats import binomtest, norm
 
+from ..progress import progress
 from .parser import parse, score
 from .scenes import Scene, make_scene
 
@@ -26,10 +27,11 @@ SEED_BASE = 1_000_000  # evaluation scenes use seeds far from any training seed,
 
 
 def generate(pipe, scenes: list[Scene], steps: int = 25, guidance: float = 7.5, seed: int = 0, batch: int = 8,
-             **call_kwargs) -> np.ndarray:
-    """(N, H, W, 3) uint8 images for the scenes' captions; image i uses generator seed ``seed + i``."""
+             desc: str | None = None, **call_kwargs) -> np.ndarray:
+    """(N, H, W, 3) uint8 images for the scenes' captions; image i uses generator seed ``seed + i``. desc: label of
+    a progress bar (none without it)."""
     out = []
-    for i in range(0, len(scenes), batch):
+    for i in progress(range(0, len(scenes), batch), desc, unit="batch", disable=desc is None):
         chunk = scenes[i:i + batch]
         gens = [torch.Generator(pipe.device).manual_seed(seed + i + j) for j in range(len(chunk))]
         images = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
@@ -69,11 +71,13 @@ def evaluation_scenes(group: str, n: int) -> list[Scene]:
 
 def evaluate(pipe, n: int = 200, steps: int = 25, guidance: float = 7.5, groups=tuple(GROUPS), batch: int = 8,
              keep_images: bool = False) -> Evaluation:
+    """Generate n unseen captions per group (one object, two objects, held-out pairs), parse each image and score
+    it against its scene; a progress bar per group."""
     result, seconds, count = Evaluation(steps=steps, guidance=guidance), 0.0, 0
     for group in groups:
         scenes = evaluation_scenes(group, n)
         t0 = time.perf_counter()
-        images = generate(pipe, scenes, steps, guidance, seed=SEED_BASE, batch=batch)
+        images = generate(pipe, scenes, steps, guidance, seed=SEED_BASE, batch=batch, desc=f"quality: {group}")
         seconds += time.perf_counter() - t0
         count += len(scenes)
         result.verdicts[group] = [score(s, parse(im)) for s, im in zip(scenes, images)]
