@@ -5,6 +5,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lab import tour
+from lab.trajectory import predict_x0
 
 STEPS = 3
 
@@ -98,6 +99,6 @@ def test_widgets_show_the_run_they_were_given(pipe, run):
 
 def test_x0_recomputed_from_stored_tensors_matches_the_loop(run):
     for step in range(STEPS):
-        x0 = tour.predict_x0(tour._scaled(run, step), run.guided(step), run.alphas[step], run.prediction_type)
+        x0 = predict_x0(tour._scaled(run, step), run.guided(step), run.alphas[step], run.prediction_type)
         assert torch.allclose(x0, run.x0[step], atol=1e-4)
     assert torch.allclose(tour._scaled(run, 0), run.latents[0], atol=1e-4)  # DDIM does not rescale its input
