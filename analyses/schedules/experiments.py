@@ -1,4 +1,4 @@
-"""The noise-schedule study's experiments on pipelines; each returns plain results for figures.py and report.py.
+"""The noise-schedule study's experiments on pipelines; each returns plain results for plots.py and report.py.
 
     leaks = signal_leaks(pipe, schedules, cfg)         # {(schedule, data): SignalLeak} on rendered world images
     runs = trajectories(pipe, cfg)                      # analyses.schedules.follow on unseen captions
@@ -14,7 +14,6 @@ import torch
 
 from lab.load import with_components
 from lab.progress import progress
-from lab.sizes import pick
 from lab.world import render
 from lab.world.parser import parse, score
 from lab.world.quality import SEED_BASE, generate
@@ -49,7 +48,7 @@ def signal_leaks(pipe, schedules: dict, cfg) -> dict:
     latents = torch.cat([pipe.vae.encode(x).latent_dist.mean for x in pixels.split(32)])
     latents = latents * pipe.vae.config.scaling_factor
     gen = torch.Generator().manual_seed(0)
-    return {(name, data): signal_leak(x, schedules[name], generator=gen, draws=pick(8, 32, 64))
+    return {(name, data): signal_leak(x, schedules[name], generator=gen, draws=cfg.leak_draws)
             for name in ("shapes (SD schedule)", "shapes-zsnr") for data, x in
             (("world images (pixels)", pixels), ("their VAE latents", latents))}
 

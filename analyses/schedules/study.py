@@ -38,6 +38,7 @@ class Config:
     timestep_steps: int  # steps of the uniform-vs-Beta comparison
     timestep_images: int
     leak_images: int
+    leak_draws: int      # noisings per image in the signal-leak measurement
     guidance: float = 7.5
     beta_a: float = 0.5
 
@@ -45,7 +46,8 @@ class Config:
 def config(**overrides) -> Config:
     """The study's size for LAB_SIZE (small | default | full), with any field overridden: config(steps=4)."""
     cfg = Config(steps=pick(10, 25, 25), per_background=pick(3, 24, 100), trajectories=pick(2, 6, 16),
-                 timestep_steps=pick(5, 10, 10), timestep_images=pick(4, 48, 200), leak_images=pick(16, 200, 500))
+                 timestep_steps=pick(5, 10, 10), timestep_images=pick(4, 48, 200), leak_images=pick(16, 200, 500),
+                 leak_draws=pick(8, 32, 64))
     return dataclasses.replace(cfg, **overrides)
 
 
