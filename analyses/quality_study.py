@@ -1,12 +1,15 @@
 """Study: what the built-in model draws, and how often it draws what it was asked (scored by the world's parser).
 
     python -m analyses.quality_study            # writes figures/samples.png and figures/quality.md
+    run(out, config=config(n=8))                # the REPORT section; config() sizes it from LAB_SIZE
 
 Writes a sample grid (captions of unseen scenes, the world's rendering of each above the model's image) and the
 quality table of ``lab.world.quality``.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import lab
@@ -45,11 +48,25 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [line]
 
 
-def run(out: Path, model: str = "shapes") -> str:
+@dataclass(frozen=True)
+class Config:
+    """How big the study runs: images in the sample grid, captions per kind of prompt, DDIM steps."""
+    samples: int
+    n: int
+    steps: int
+
+
+def config(**overrides) -> Config:
+    """The study's size for LAB_SIZE (small | default | full), with any field overridden: config(n=8)."""
+    return dataclasses.replace(Config(samples=pick(4, 8, 8), n=pick(4, 60, 200), steps=pick(10, 25, 25)), **overrides)
+
+
+def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     """Run the study; returns its REPORT section (Markdown)."""
+    cfg = config if config is not None else globals()["config"]()
     pipe = lab.load(model)
-    save_figure(sample_grid(pipe, n=pick(4, 8, 8)), out / "samples.png")
-    result = evaluate(pipe, n=pick(4, 60, 200), steps=pick(10, 25, 25))
+    save_figure(sample_grid(pipe, n=cfg.samples), out / "samples.png")
+    result = evaluate(pipe, n=cfg.n, steps=cfg.steps)
     section = f"## Built-in model quality\n\n![samples](samples.png)\n\n{table(result)}\n"
     (out / "quality.md").write_text(section)
     return section

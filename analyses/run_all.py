@@ -2,8 +2,10 @@
 
     python -m analyses.run_all [OUT_DIR]          # LAB_SIZE=full for full size, LAB_SIZE=small for a smoke run
 
-Each study is a module with ``run(out_dir) -> str`` that writes its figures and returns its REPORT section; its
-command line (``python -m analyses.daam [OUT_DIR]`` and so on) is ``run_one(run)``.
+Each study is a module with ``config()`` (its size, a frozen Config read from LAB_SIZE) and
+``run(out_dir, config=None) -> str`` that writes its figures and returns its REPORT section; its command line
+(``python -m analyses.daam [OUT_DIR]`` and so on) is ``run_one(run)``. Each study prints one line when it ends: its
+time, the time so far and an estimate of the time left; its loops show tqdm progress bars (LAB_PROGRESS=0: none).
 """
 from __future__ import annotations
 
@@ -16,6 +18,21 @@ from lab.sizes import size
 
 STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
            "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study"]
+# Seconds each study took at LAB_SIZE=small on the project's 2-core machine: only the estimate of the time left reads
+# them, as shares (the time so far, scaled by the share of the work still to do).
+SHARES = {"analyses.quality_study": 104, "analyses.daam.study": 44, "analyses.dift.study": 144,
+          "analyses.svd.study": 64, "analyses.schedules.study": 156, "analyses.p2p.study": 60,
+          "analyses.classify.study": 45}
+
+
+def time_left(elapsed: float, done: list[str], todo: list[str]) -> float:
+    """Seconds left, estimated from the seconds so far and the studies' SHARES."""
+    share = sum(SHARES.get(n, 1) for n in done)
+    return elapsed * sum(SHARES.get(n, 1) for n in todo) / share if share else float("nan")
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds == seconds else "?"
 
 
 def run_one(run, argv: list[str] | None = None) -> str:
@@ -31,11 +48,16 @@ def run_one(run, argv: list[str] | None = None) -> str:
 def main(out: Path = Path("figures")) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sections = [f"# Diffusion Lab report\n\nSize: `{size()}`. Every number below was measured by this run.\n"]
-    for name in STUDIES:
+    start = time.perf_counter()
+    for i, name in enumerate(STUDIES):
         t0 = time.perf_counter()
-        print(f"[run_all] {name} ...", flush=True)
+        print(f"[run_all] {i + 1}/{len(STUDIES)} {name} ...", flush=True)
         section = importlib.import_module(name).run(out)
-        sections.append(section + f"\n_{name}: {time.perf_counter() - t0:.0f} s_\n")
+        took, elapsed = time.perf_counter() - t0, time.perf_counter() - start
+        sections.append(section + f"\n_{name}: {took:.0f} s_\n")
+        left = time_left(elapsed, STUDIES[:i + 1], STUDIES[i + 1:])
+        print(f"[run_all] {i + 1}/{len(STUDIES)} {name} done in {_clock(took)}; {_clock(elapsed)} so far, about "
+              f"{_clock(left)} left", flush=True)
     report = out / "REPORT.md"
     tmp = report.with_suffix(".tmp")
     tmp.write_text("\n".join(sections))

@@ -9,9 +9,12 @@
     >>> fig = tour.step_figure(run, step=2, guidance=3.0)     # indexes stored tensors; the UNet does not run
 
 tokens / token_table / embed / similarity / text_figure   1. the prompt as the text encoder sees it
-denoise -> Trajectory / decode / step_figure              2. the denoising loop, every step kept
+denoise -> Trajectory / step_figure                     2. the denoising loop, every step kept
 divergence / compare_figure                               3. two prompts from the same noise
 text_explorer / step_explorer / compare_explorer          ipywidgets around the figure functions above
+
+denoise is the pipeline's loop written out for teaching; lab.trajectory.record keeps the same steps of an ordinary
+pipeline call (any scheduler, SDXL), and predict_x0 / decode come from there.
 
 Memory of a Trajectory (fp32): 4 latent-sized tensors per step (for SD1.5 at 512 px: 64 KiB each) plus one decoded
 image per step (uint8, 768 KiB at 512 px): ~25 MiB for 25 steps; 2 MiB for the built-in model.
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from .trajectory import decode, predict_x0
 
 DIVERGING = "RdBu_r"  # latents and noise are signed: blue < 0 < red
 
@@ -125,31 +130,6 @@ class Trajectory:
         """uncond + guidance * (cond - uncond) at `step`: (C, h, w). Any guidance, from the stored predictions."""
         g = self.guidance if guidance is None else guidance
         return self.eps_uncond[step] + g * (self.eps_cond[step] - self.eps_uncond[step])
-
-
-def predict_x0(noisy: torch.Tensor, model_output: torch.Tensor, alpha: torch.Tensor | float,
-               prediction_type: str = "epsilon") -> torch.Tensor:
-    """The clean latent implied by one prediction: noisy = sqrt(alpha) x0 + sqrt(1 - alpha) eps, solved for x0."""
-    a = torch.as_tensor(alpha, dtype=noisy.dtype)
-    if prediction_type == "epsilon":
-        return (noisy - (1 - a).sqrt() * model_output) / a.sqrt()
-    if prediction_type == "v_prediction":
-        return a.sqrt() * noisy - (1 - a).sqrt() * model_output
-    if prediction_type == "sample":
-        return model_output
-    raise ValueError(f"prediction_type {prediction_type!r} is not supported; supported: epsilon, v_prediction, "
-                     f"sample")
-
-
-@torch.no_grad()
-def decode(pipe, latents: torch.Tensor, batch: int = 8) -> np.ndarray:
-    """Latents (N, C, h, w) -> images (N, H, W, 3) float in [0, 1], the way the pipeline decodes its output."""
-    vae = pipe.vae
-    out = []
-    for chunk in latents.split(batch):
-        x = chunk.to(vae.device, vae.dtype) / vae.config.scaling_factor
-        out.append(pipe.image_processor.postprocess(vae.decode(x).sample, output_type="np"))  # (n, H, W, 3)
-    return np.concatenate(out)
 
 
 @torch.no_grad()

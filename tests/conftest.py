@@ -4,6 +4,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LAB_SMALL", "1")
+os.environ.setdefault("LAB_PROGRESS", "0")  # no progress bars in test logs (tests/test_progress.py turns them on)
 
 
 @pytest.fixture(scope="session")

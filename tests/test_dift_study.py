@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from analyses.dift.explore import make_view, new_pair, on_click, set_setting
-from analyses.dift.study import SHAPE_CYCLE, run, subsets, world_pairs
+from analyses.dift.explore import controls, make_view, new_pair, on_click, set_setting
+from analyses.dift.evaluate import subsets
+from analyses.dift.pairs import SHAPE_CYCLE, world_pairs
+from analyses.dift.study import config, run
 from tiny_models import one_thread  # noqa: F401
 
 
@@ -47,16 +49,31 @@ def test_mirrored_subsets_tell_meaning_from_geometry():
     assert s["arrows, mirrored"]["points"] == len(names) and s["same colour"]["pairs"] == 0
 
 
+def _rows(section: str, first_cell: str) -> list[list[float]]:
+    """The numbers of each Markdown table row whose first cell starts with `first_cell`, in order."""
+    out = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0].startswith(first_cell):
+            out.append([float(c) for c in cells[1:] if c.replace(".", "", 1).isdigit()])
+    return out
+
+
 def test_run_writes_figures_and_a_report_section(pipe, tmp_path):
-    config = {"pairs": 2, "timesteps": [261], "blocks": ["up_blocks.1"], "ensemble": 1}
-    section = run(tmp_path, config=config)
+    section = run(tmp_path, config=config(pairs=2, timesteps=[261], blocks=["up_blocks.1"], ensemble=1))
     for name in ("dift_grid.png", "dift_baselines.png", "dift_examples.png", "dift_similarity.png"):
         assert (tmp_path / name).stat().st_size > 1000
-    assert section.startswith("## DIFT") and "| pixels |" in section and "Goal" in section
-    assert "| features | alpha 0.1 | alpha 0.2 | alpha 0.3 | alpha 0.5 |" in section
-    assert "cells of up_blocks.1" in section
-    assert "| B differs from A only in |" in section and "| background |" in section
-    assert "grid figure's right panel repeats the grid on the pairs that differ only in the " in section
+        assert f"({name})" in section
+    # each method: a row of the features table (per point, per image) and of the looser-threshold table (4 alphas)
+    for method in ("DIFT (t=261, up_blocks.1)", "pixels", "VAE latents", "random UNet (best: t=261"):
+        table, curve = _rows(section, method)[:2]
+        assert len(table) == 2 and all(0 <= x <= 1 for x in table)
+        assert len(curve) == 4 and curve == sorted(curve) and curve[0] == table[0]  # PCK never falls as alpha grows
+    for factor in ("colour", "size", "position", "background"):  # DIFT, pixels, VAE latents on one-factor pairs
+        assert [len(r) for r in _rows(section, factor)] == [3]
+    scores = {m: _rows(section, m)[0][0] for m in ("DIFT (t=261", "pixels", "VAE latents", "random UNet")}
+    met = scores["DIFT (t=261"] >= 0.8 and scores["DIFT (t=261"] - max(list(scores.values())[1:]) >= 0.2
+    assert ("**met**" in section) == met and ("**not met**" in section) == (not met)
 
 
 def test_pck_curve_rises_with_alpha_and_matches_the_evaluation():
@@ -64,7 +81,7 @@ def test_pck_curve_rises_with_alpha_and_matches_the_evaluation():
 
     from analyses.dift.features import FeatureMap
     from analyses.dift.match import evaluate_pairs
-    from analyses.dift.study import pck_curve
+    from analyses.dift.evaluate import pck_curve
     pairs = world_pairs(3)
     fmaps = {}
     for p in pairs:  # features: the images themselves, so the curve is a pixel-matching one
@@ -94,7 +111,7 @@ def test_a_click_on_image_a_shows_its_match_in_b(pipe):
 
 
 def test_one_factor_pairs_change_b_in_that_factor_only():
-    from analyses.dift.study import FACTORS, one_factor_pairs
+    from analyses.dift.pairs import FACTORS, one_factor_pairs
     pairs = world_pairs(len(SHAPE_CYCLE))
     for factor in FACTORS:
         for p, q in zip(pairs, one_factor_pairs(pairs, factor)):
@@ -110,3 +127,22 @@ def test_one_factor_pairs_change_b_in_that_factor_only():
             assert q.trg.shape == (128, 128, 3) and q.info["factor"] == factor
     with pytest.raises(ValueError, match="'shape'.*colour, size, position, background"):
         one_factor_pairs(pairs, "shape")
+
+
+def test_the_notebooks_controls_drive_the_view(pipe):
+    from ipympl.backend_nbagg import Canvas  # the notebook's %matplotlib widget canvas
+
+    fig = Figure()
+    Canvas(fig)
+    view = make_view(pipe, fig, pair_index=0, ensemble=1)
+    box = controls(view)
+    t_slider, block_menu, button = box.children[0].children
+    assert (t_slider.value, block_menu.value, button.description) == (261, "up_blocks.1", "new pair")
+    assert block_menu.options == tuple(f"up_blocks.{i}" for i in range(len(pipe.unet.up_blocks)))
+    t_slider.value = 50
+    assert view.t == 50 and view.fa.meta["t"] == 50
+    block_menu.value = "up_blocks.2"
+    assert view.block == "up_blocks.2" and view.fb.meta["block"] == "up_blocks.2"
+    button.click()
+    assert view.pair_index == 1 and view.pair.name.startswith("001")
+    assert box.children[1] is fig.canvas

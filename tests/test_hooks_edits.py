@@ -1,10 +1,10 @@
-"""Interventions through trace(edits=...): scale_tokens, replace_attention, block edits, and run_until."""
+"""Interventions through trace(edits=...) and edited(): scale_tokens, replace_attention, block edits, run_until."""
 import pytest
 import torch
 
 from tiny_models import generate, one_thread, tiny_pipeline  # noqa: F401 (one_thread: autouse fixture)
 
-from lab.hooks import Keep, replace_attention, run_until, scale_tokens, select, trace
+from lab.hooks import Keep, edited, replace_attention, run_until, scale_tokens, select, trace
 
 ATTN2 = "up_blocks.3.attentions.0.transformer_blocks.0.attn2"
 
@@ -47,6 +47,43 @@ def test_scale_tokens_mask_limits_the_edit_to_masked_queries(pipe):
     a, b = plain.cache[ATTN2][0, 0, 0].reshape(8, 8, 8, 77), edited.cache[ATTN2][0, 0, 0].reshape(8, 8, 8, 77)
     assert torch.allclose(b[:, :, :4, 1], 3 * a[:, :, :4, 1], atol=1e-6)  # left half: tripled
     assert torch.allclose(b[:, :, 4:, 1], a[:, :, 4:, 1], atol=1e-6)  # right half: untouched
+
+
+def _pair(pipe, edits=None, prompts=("a red square", "a blue circle")):
+    """Two prompts in one batch, each from its own seed: (2, 3, H, W)."""
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    with trace(pipe, [], edits=edits or {}):
+        return pipe(list(prompts), height=64, width=64, num_inference_steps=2, generator=gens,
+                    output_type="pt").images
+
+
+def test_scale_tokens_per_row_tokens_and_masks_edit_each_prompt_as_alone(pipe):
+    names = select(pipe, kind="attn2")
+    left = torch.zeros(64, 64)
+    left[:, :32] = 1
+    masks = torch.stack([left, torch.zeros(64, 64)])  # row 1: an all-zero mask, so no edit
+    both = _pair(pipe, {n: scale_tokens([[2], [3]], 0.0, mask=masks) for n in names})
+    row0 = _pair(pipe, {n: scale_tokens([2], 0.0, mask=left) for n in names})[0]
+    plain = _pair(pipe)
+    assert (both[0] - row0).abs().max() <= 1e-5  # row 0 edited as the one-mask edit edits it (float rounding aside)
+    assert (both[0] - plain[0]).abs().max() > 1e-4
+    assert (both[1] - plain[1]).abs().max() <= 1e-5  # row 1 untouched
+
+
+def test_scale_tokens_refuses_rows_that_do_not_match_the_batch(pipe):
+    names = select(pipe, kind="attn2")
+    with pytest.raises(ValueError, match="3 rows of tokens or masks but the batch"):
+        _pair(pipe, {n: scale_tokens([[2], [3], [4]], 0.0) for n in names})
+
+
+def test_edited_is_trace_with_edits_only(pipe):
+    names = select(pipe, kind="attn2")
+    with trace(pipe, [], edits={n: scale_tokens([2], 0.0) for n in names}):
+        ref = generate(pipe)
+    with edited(pipe, {n: scale_tokens([2], 0.0) for n in names}) as tr:
+        out = generate(pipe)
+    assert (out - ref).abs().max() == 0 and len(tr.cache) == 0
+    assert all(type(m.processor).__name__ != "CaptureProcessor" for m in pipe.unet.modules() if hasattr(m, "processor"))
 
 
 def test_replace_attention_puts_the_source_maps_in_the_target_run(pipe):

@@ -1,5 +1,6 @@
 """lab.world.quality and the quality study, on the built-in model at small size."""
 import numpy as np
+import pytest
 
 from lab.world import make_scene, parse, render, score
 from lab.world.quality import Evaluation, evaluate, generate, rates, table, wilson
@@ -11,6 +12,8 @@ def test_wilson_interval_contains_the_rate_and_narrows_with_n():
     lo2, hi2 = wilson(80, 100)
     assert hi2 - lo2 < hi - lo
     assert abs(wilson(0, 10)[0]) < 1e-12
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook 95% Wilson interval of 8/10
+    assert wilson(10, 10)[1] == 1.0 and all(x != x for x in wilson(0, 0))  # clamped to [0, 1]; NaN for no trials
 
 
 def test_table_scores_rendered_scenes_as_perfect():

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from analyses.schedules import study
+from analyses.schedules import experiments, study
 from lab.world import render
 
 
@@ -36,7 +36,7 @@ def test_known_schedule_values_and_leak(report):
 
 
 def test_brightness_scenes_ask_for_the_background():
-    scenes = study.brightness_scenes("white", 3)
+    scenes = experiments.brightness_scenes("white", 3)
     assert all(s.background == "white" and s.caption.endswith("on a white background") for s in scenes)
-    assert study.brightness(np.stack([render(s) for s in scenes])).min() > 0.9
-    assert study.brightness(np.stack([render(study.on_background(s, "black")) for s in scenes])).max() < 0.1
+    assert experiments.brightness(np.stack([render(s) for s in scenes])).min() > 0.9
+    assert experiments.brightness(np.stack([render(experiments.on_background(s, "black")) for s in scenes])).max() < 0.1

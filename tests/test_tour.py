@@ -5,6 +5,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lab import tour
+from lab.trajectory import predict_x0
 
 STEPS = 3
 
@@ -80,14 +81,24 @@ def test_step_outside_run_is_an_error(run):
         tour.step_figure(run, STEPS)
 
 
-def test_widgets_build(pipe, run):
-    for box in (tour.text_explorer(pipe, "a red circle"), tour.step_explorer(pipe, run),
-                tour.compare_explorer(run, run)):
-        assert box.children
+def test_widgets_show_the_run_they_were_given(pipe, run):
+    text = tour.text_explorer(pipe, "a red circle")
+    prompt, (table, _) = text.children[0], text.children[1].children
+    assert prompt.value == "a red circle" and "red</w>" in table.value and "49406" in table.value
+    prompt.value = "a green square"  # Enter in the box: the table follows
+    assert "green</w>" in table.value and "red</w>" not in table.value
+
+    steps = tour.step_explorer(pipe, run)
+    (step, guidance), (prompt, button) = steps.children[0].children, steps.children[1].children
+    assert (step.min, step.max, step.value) == (1, STEPS, 1) and guidance.value == run.guidance
+    assert prompt.value == run.prompt and button.description == "run the model again"
+
+    compare = tour.compare_explorer(run, run)
+    assert (compare.children[0].max, compare.children[0].value) == (STEPS, STEPS // 2 + 1)
 
 
 def test_x0_recomputed_from_stored_tensors_matches_the_loop(run):
     for step in range(STEPS):
-        x0 = tour.predict_x0(tour._scaled(run, step), run.guided(step), run.alphas[step], run.prediction_type)
+        x0 = predict_x0(tour._scaled(run, step), run.guided(step), run.alphas[step], run.prediction_type)
         assert torch.allclose(x0, run.x0[step], atol=1e-4)
     assert torch.allclose(tour._scaled(run, 0), run.latents[0], atol=1e-4)  # DDIM does not rescale its input

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lab.progress import progress
 from lab.world import SHAPES, Scene, make_scene, match, parse
 
 from .capture import Run, generate
@@ -37,17 +38,21 @@ def held_out_scenes(n: int, first_seed: int = SEED_BASE) -> list[Scene]:
 
 
 def runs(pipe, scenes: list[Scene], steps: int, guidance: float = 7.5, batch: int = 8, slices: bool = False,
-         mid: bool = True, queries: bool = False, head_steps="all"):
+         mid: bool = True, queries: bool = False, head_steps="all", desc: str = "DAAM: generating"):
     """Yield (index of the first scene, Run) per batch; scene i is generated with the seed scene.seed.
 
     By default every head is kept at every step (head_steps="all"), so every slice the study scores is the method's
     exactly (the built-in model's maps are small); slices=True adds the head-averaged view the notebook uses.
+    desc: the progress bar's label (one tick per image).
     """
+    bar = progress(total=len(scenes), desc=desc, unit="image")
     for first in range(0, len(scenes), batch):
         chunk = scenes[first:first + batch]
         yield first, generate(pipe, [s.caption for s in chunk], seed=[s.seed for s in chunk], steps=steps,
                               guidance=guidance, slices=slices, mid=mid, queries=queries, head_steps=head_steps,
                               height=chunk[0].size, width=chunk[0].size)
+        bar.update(len(chunk))
+    bar.close()
 
 
 @dataclass

@@ -10,10 +10,11 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
+from lab.world.quality import wilson
+
 from .evaluate import TAUS
 from .faithfulness import CONDITIONS
 from .maps import global_maps, word_maps
-from .metrics import wilson
 from .plot import _short, word_grid
 from .report import BASELINES, keys, select_rows, summary
 

@@ -68,15 +68,6 @@ def mean_ci(values, groups, n: int = 2000, seed: int = 0) -> tuple[float, float,
     return float(np.nanmean(values)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-
-
 def fmt(m: float, lo: float, hi: float, digits: int = 3) -> str:
     """'0.512 [0.480, 0.545]' or 'n/a'."""
     if math.isnan(m):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .maps import DEFAULT_BLOCKS, TAU, binarize, block_of, global_maps, layer_names, word_map
+from .maps import DEFAULT_BLOCKS, TAU, binarize, global_maps, layer_names, word_map
 from .sources import kept_steps
 
 CMAP = "inferno"
@@ -154,8 +154,3 @@ def view(cache, tokenizer, image, word: str, batch: int = 0, occurrence: int | N
             ("all heads, averaged first" if g.heads_averaged else "all heads"), branch]
     fig.suptitle(", ".join(what), fontsize=8)
     return fig
-
-
-def block_label(name: str) -> str:
-    """'down' / 'mid' / 'up' ('double' / 'single' on a DiT) and the layer's short name, for legends."""
-    return f"{block_of(name)}: {_short(name)}"

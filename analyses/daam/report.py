@@ -11,7 +11,9 @@ import numpy as np
 
 from .evaluate import TAUS
 from .faithfulness import CONDITIONS
-from .metrics import bootstrap, fmt, mean_ci, wilson
+from lab.world.quality import wilson
+
+from .metrics import bootstrap, fmt, mean_ci
 
 BASELINES = ("random unet", "gaussian prior", "whole image")
 GOAL = 0.15

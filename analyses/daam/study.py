@@ -1,7 +1,10 @@
 """Study: how well DAAM's word maps find the objects of the built-in model's images, and what they mean.
 
     python -m analyses.daam [out]        # LAB_SIZE=small (4 images) | default (200) | full (500); writes out/daam_*.png
-    run(out) -> str                      # the REPORT section (Markdown); also written to out/daam.md
+    run(out, config=config(n=8)) -> str  # the REPORT section (Markdown); also written to out/daam.md
+
+Items are held-out scenes (evaluate.held_out_scenes); each image gives per-object rows (evaluate.score_image), the
+random-UNet and faithfulness rows follow; figures.py draws them and report.py writes the section.
 
 Held-out captions of the shapes world ("test" split, seeds 2,000,000 + i) are generated with DAAM captured (the
 published maps, and every head at every step of both branches, mid block included, so every slice is the
@@ -14,26 +17,45 @@ look, open-vocabulary maps, and faithfulness (silencing a noun inside vs outside
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import lab
-from lab.hooks import select, trace
+from lab.hooks import edited, scale_tokens, select
 from lab.plotting import save_figure
 from lab.load import with_random_unet
 from lab.sizes import pick, size
+from lab.progress import progress
 from lab.world import parse
 
 from .evaluate import TAUS, held_out_scenes, occurrence_in_caption, runs, score_image
-from .faithfulness import CONDITIONS, condition_masks, region_edit
+from .faithfulness import CONDITIONS, condition_masks
 from .figures import examples_figure, faithfulness_figure, miou_figure, slices_figure, words_figure
 from .maps import binarize, global_maps, word_map
 from .metrics import iou
 from .plot import layer_step_grid
 from .report import section
+
+
+@dataclass(frozen=True)
+class Config:
+    """How big the study runs: held-out images, DDIM steps, objects silenced for faithfulness, images per batch."""
+    n: int
+    steps: int
+    n_faith: int
+    guidance: float = 7.5
+    batch: int = 8
+
+
+def config(**overrides) -> Config:
+    """The study's size for LAB_SIZE (small | default | full), with any field overridden: config(n=8)."""
+    return dataclasses.replace(Config(n=pick(4, 200, 500), steps=pick(6, 25, 25), n_faith=pick(4, 80, 400)),
+                               **overrides)
 
 
 def random_unet_rows(pipe, scenes, targets, steps, guidance, batch) -> list[dict]:
@@ -45,7 +67,7 @@ def random_unet_rows(pipe, scenes, targets, steps, guidance, batch) -> list[dict
     order = sorted(by_image)  # generation indices that have targets
     chosen = [scenes[i] for i in order]
     rows = []
-    for first, run in runs(rp, chosen, steps, guidance, batch, mid=False, head_steps=None):
+    for first, run in runs(rp, chosen, steps, guidance, batch, mid=False, head_steps=None, desc="DAAM: random UNet"):
         for b, scene in enumerate(chosen[first:first + len(run.images)]):
             image = order[first + b]
             g = global_maps(run, batch=b)
@@ -62,26 +84,29 @@ def faithfulness_rows(pipe, targets, steps, guidance, batch, factor: float = 0.0
     """Regenerate each target's image with its noun silenced in each condition's region; did the object survive?"""
     names = select(pipe, kind="attn2")
     rows = []
+    bar = progress(total=len(targets) * len(CONDITIONS), desc="DAAM: faithfulness", unit="image")
     for first in range(0, len(targets), batch):
         chunk = targets[first:first + batch]
         regions = [condition_masks(binarize(t.noun_map)) for t in chunk]
         for condition in CONDITIONS:
             masks = torch.stack([r[condition] for r in regions])  # (rows, H, W)
-            edit = region_edit([t.noun_tokens for t in chunk], masks, factor)
+            edit = scale_tokens([t.noun_tokens for t in chunk], factor, mask=masks)
             gens = [torch.Generator(pipe.device).manual_seed(t.scene.seed) for t in chunk]
-            with trace(pipe, [], edits={n: edit for n in names}):
+            with edited(pipe, {n: edit for n in names}):
                 out = pipe([t.scene.caption for t in chunk], num_inference_steps=steps, guidance_scale=guidance,
                            generator=gens, output_type="np").images
             images = (np.asarray(out) * 255).round().astype(np.uint8)
-            for t, edited, mask in zip(chunk, images, masks):
+            for t, after_image, mask in zip(chunk, images, masks):
                 obj = t.scene.objects[t.index]
                 before = _count(parse(t.picture), obj)
-                after = _count(parse(edited), obj)
-                change = np.abs(edited.astype(np.float32) - t.picture.astype(np.float32)).mean(-1) / 255.0
+                after = _count(parse(after_image), obj)
+                change = np.abs(after_image.astype(np.float32) - t.picture.astype(np.float32)).mean(-1) / 255.0
                 base = {"image": t.image, "obj": t.index, "key": condition}
                 rows += [{**base, "metric": "faith_lost", "value": float(after < before)},
                          {**base, "metric": "faith_change", "value": float(change[t.mask].mean())},
                          {**base, "metric": "faith_area", "value": float(mask.mean())}]
+            bar.update(len(chunk))
+    bar.close()
     return rows
 
 
@@ -89,12 +114,12 @@ def _count(parsed, obj) -> int:
     return sum(f.colour == obj.colour and f.shape == obj.shape for f in parsed.objects)
 
 
-def run(out: Path, model: str = "shapes") -> str:
+def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     """Run the study; write its figures and out/daam.md; return the REPORT section."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n, steps = pick(4, 200, 500), pick(6, 25, 25)
-    n_faith, guidance, batch = pick(4, 80, 400), 7.5, 8
+    cfg = config if config is not None else globals()["config"]()
+    n, steps, n_faith, guidance, batch = cfg.n, cfg.steps, cfg.n_faith, cfg.guidance, cfg.batch
     t_start = time.perf_counter()
     pipe = lab.load(model)
     scenes = held_out_scenes(n)

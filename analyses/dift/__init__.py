@@ -9,9 +9,12 @@ features   featurize(pipe, images, t, block, ensemble, prompt, size, seed, batch
 dit        SD3 / Flux for featurize: flow-matching noise, their conditioning, block="transformer_blocks.k"
 match      match, similarity, sample, pck, summarize, Pair, evaluate_pairs
 spair      load_pairs(root, split), evaluate(pipe, root, ...) on SPair-71k on disk
-study      world_pairs, grid, baselines, run(out) (python -m analyses.dift [out])
+pairs      world_pairs, one_factor_pairs: the study's items (shapes-world pairs with keypoints)
+evaluate   grid, baselines, subsets, by_factor, pck_curve: the study's measurements
+figures    report    the study's figures and its REPORT section
+study      Config, config(), run(out) (python -m analyses.dift [out])
 plots      plot_matches, plot_similarity, plot_grid (take an ax, return it)
-explore    the notebook's click-to-match view (notebooks/dift.ipynb)
+explore    the notebook's click-to-match view and its controls (notebooks/dift.ipynb)
 """
 from .features import DEFAULT_BLOCK, DEFAULT_T, FeatureMap, featurize, input_size, load_image
 from .match import Matches, Pair, evaluate_pairs, match, pck, sample, similarity, summarize

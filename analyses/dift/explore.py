@@ -1,13 +1,14 @@
 """Click a point on image A, see its best match and the similarity map on image B (notebooks/dift.ipynb).
 
     view = make_view(pipe, fig, pair_index=0, t=261, block="up_blocks.1", ensemble=8)
-    fig.canvas.mpl_connect("button_press_event", lambda event: on_click(event, view))
-    show_point(view, 40, 60)                      # what a click at (40, 60) on A does
-    set_setting(view, t=100, block="up_blocks.2")  # recompute features (the sliders)
-    new_pair(view, 5)                              # another pair of the study (the button)
+    box = controls(view)                           # timestep slider, block menu, 'new pair', the canvas; clicks on A
+    show_point(view, 40, 60)                       # what a click at (40, 60) on A does
+    set_setting(view, t=100, block="up_blocks.2")  # recompute features (what the slider and the menu call)
+    new_pair(view, 5)                              # another pair of the study (what the button calls)
 
 View is plain state (pipe, pair, settings, feature maps, axes); the functions change it and redraw. on_click is a
 plain function of a matplotlib event, so it can be called with any object that has inaxes, xdata and ydata.
+controls(view) wires ipywidgets and the figure's clicks to those functions; the notebook only displays it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from .features import featurize
 from .match import Pair, similarity
 from .plots import QUERY, RIGHT, plot_similarity
-from .study import world_pairs
+from .pairs import world_pairs
 
 SNAP = 4.0  # a click this close (pixels) to a named keypoint of A also shows that keypoint's true match in B
 
@@ -113,3 +114,20 @@ def new_pair(view: View, pair_index: int | None = None) -> None:
     view.query = view.best = None
     _featurize(view)
     _draw(view)
+
+
+def controls(view: View):
+    """The notebook's controls around ``view``: a timestep slider, a block menu and a 'new pair' button above the
+    figure's canvas (ipympl), with clicks on A connected. Each control calls set_setting / new_pair / on_click."""
+    import ipywidgets as W
+
+    T = view.pipe.scheduler.config.num_train_timesteps
+    t_slider = W.IntSlider(value=view.t, min=0, max=T - 1, step=1, description="timestep", continuous_update=False)
+    blocks = [f"up_blocks.{i}" for i in range(len(view.pipe.unet.up_blocks))]
+    block_menu = W.Dropdown(options=blocks, value=view.block, description="block")
+    button = W.Button(description="new pair")
+    t_slider.observe(lambda change: set_setting(view, t=change["new"]), names="value")
+    block_menu.observe(lambda change: set_setting(view, block=change["new"]), names="value")
+    button.on_click(lambda _: new_pair(view))
+    view.fig.canvas.mpl_connect("button_press_event", lambda event: on_click(event, view))
+    return W.VBox([W.HBox([t_slider, block_menu, button]), view.fig.canvas])

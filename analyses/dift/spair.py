@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.progress import progress
+
 from .features import DEFAULT_BLOCK, DEFAULT_T, featurize
 from .match import Pair, evaluate_pairs
 
@@ -111,11 +113,17 @@ def evaluate(pipe, root: str | os.PathLike, split: str = "test", alpha: float = 
     if not pairs:
         raise ValueError(f"no pairs in {root} split {split!r} for categories={categories!r}")
 
-    def features(ids, images, category):
-        return featurize(pipe, images, t=t, block=block, ensemble=ensemble, prompt=prompt.format(category=category),
+    bar = progress(total=len({p.category for p in pairs}), desc=f"SPair-71k {split}", unit="category")
+
+    def features(ids, images, category):  # called once per category (evaluate_pairs)
+        bar.set_postfix_str(f"{category}: {len(images)} images")
+        maps = featurize(pipe, images, t=t, block=block, ensemble=ensemble, prompt=prompt.format(category=category),
                          size=size, seed=seed, batch_size=batch_size)
+        bar.update()
+        return maps
 
     result = evaluate_pairs(pairs, features, alpha=alpha, mutual=mutual)
+    bar.close()
     result["setting"] = {"split": split, "alpha": alpha, "t": t, "block": block, "ensemble": ensemble,
                          "prompt": prompt, "size": size, "seed": seed}
     return result

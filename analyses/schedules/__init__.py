@@ -8,15 +8,16 @@
     run_with_timesteps(pipe, timesteps, prompt=...); published_schedules(); plot_snr(...); plot_spacings(...)
     run = follow(pipe, prompt, seed, num_inference_steps)   # per step: x_t, x0-hat, their images, bands, step size
 
-Modules: `maths` (schedules, spacings, rescales, signal leak, frequency bands, timestep selection, plots),
-`trajectory` (`follow`), `study` (the experiment: ``python -m analyses.schedules``).
+Modules: `maths` (schedules, spacings, rescales, signal leak, frequency bands, timestep selection), `plots` (Axes
+helpers and the study's figures), `trajectory` (`follow`, on lab.trajectory's recorder), `views` (the notebook's
+figures and widgets), `study` (``python -m analyses.schedules``) with its `experiments` and `report`.
 """
 from .maths import (BETA_SCHEDULES, DATA_DIR, SPACINGS, Schedule, SignalLeak, band_energy, band_power,
                     beta_timesteps, betas_from_config, check_custom_timesteps, custom_timestep_schedulers,
-                    first_step_snr, plot_snr, plot_spacings, published_configs, published_schedules,
-                    rescale_cfg, rescale_zero_terminal_snr, run_with_timesteps, sampled_timesteps, schedule_of,
-                    signal_leak, spaced_timesteps, supports_custom_timesteps, uniform_timesteps,
-                    with_zero_terminal_snr)
+                    first_step_snr, published_configs, published_schedules, rescale_cfg, rescale_zero_terminal_snr,
+                    run_with_timesteps, sampled_timesteps, schedule_of, signal_leak, spaced_timesteps,
+                    supports_custom_timesteps, uniform_timesteps, with_zero_terminal_snr)
+from .plots import plot_snr, plot_spacings
 from .trajectory import Run, follow
 
 __all__ = ["BETA_SCHEDULES", "DATA_DIR", "SPACINGS", "Schedule", "SignalLeak", "band_energy", "band_power",

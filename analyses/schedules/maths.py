@@ -5,7 +5,7 @@
     spaced_timesteps(10, "leading", steps_offset=1)  # tensor([901, 801, ..., 1]), as diffusers' DDIM/DDPM pick them
     first_step_snr(s, 10); with_zero_terminal_snr(s); rescale_zero_terminal_snr(betas); rescale_cfg(guided, cond)
     signal_leak(images, s); band_energy(x, bands=3); beta_timesteps(n); uniform_timesteps(n)
-    run_with_timesteps(pipe, timesteps, prompt=...); published_schedules(); plot_snr(...); plot_spacings(...)
+    run_with_timesteps(pipe, timesteps, prompt=...); published_schedules()     # plots: analyses.schedules.plots
 
 Conventions: t indexes training timesteps 0..T-1 (t = T-1 is the noisiest); alpha-bar (``alphas_cumprod``) is the
 signal variance kept at t, SNR(t) = abar / (1 - abar), log-SNR is the natural log. Schedule tensors are float64.
@@ -453,46 +453,3 @@ def run_with_timesteps(pipe: Any, timesteps: Sequence[int] | torch.Tensor, **cal
     The pipeline is not changed: if its scheduler cannot take custom timesteps the error names ones that can.
     """
     return pipe(timesteps=check_custom_timesteps(pipe.scheduler, timesteps), **call_kwargs)
-
-
-# --- plots ----------------------------------------------------------------------------------------------------------
-def _axes(ax: Any) -> Any:
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(6, 4))
-    return ax
-
-
-def plot_snr(schedules: Mapping[str, Any], ax: Any = None) -> Any:
-    """log-SNR against t for each schedule, with its terminal SNR in the legend; returns the ax.
-
-        >>> ax = plot_snr({"SD": published_schedules()["sd-1.5"]})
-    """
-    ax = _axes(ax)
-    for label, schedule in schedules.items():
-        s = schedule_of(schedule)
-        ax.plot(torch.arange(s.num_train_timesteps), s.log_snr, label=f"{label} (terminal SNR {s.terminal_snr:.3g})")
-    ax.set(xlabel="timestep t", ylabel="log SNR(t)", title="Noise schedules")
-    ax.legend()
-    return ax
-
-
-def plot_spacings(schedule: Any, n: int, ax: Any = None, *, spacings: Sequence[str] = SPACINGS,
-                  extra: Mapping[str, Sequence[int]] | None = None) -> Any:
-    """The n timesteps each spacing picks (and any `extra` named timestep lists), marked on the log-SNR curve.
-
-        >>> ax = plot_spacings(published_schedules()["sd-1.5"], 10, extra={"beta": beta_timesteps(10)})
-    """
-    ax = _axes(ax)
-    s = schedule_of(schedule)
-    ax.plot(torch.arange(s.num_train_timesteps), s.log_snr, color="0.6", lw=1, label=s.name)
-    picks = {sp: sampled_timesteps(s, n, sp) for sp in spacings}
-    picks.update({k: torch.as_tensor(v, dtype=torch.long) for k, v in (extra or {}).items()})
-    markers = "ovs^Dpx*"
-    for i, (label, ts) in enumerate(picks.items()):
-        ax.scatter(ts, s.log_snr[ts], marker=markers[i % len(markers)], s=70 - 12 * i, facecolors="none",
-                   edgecolors=f"C{i}", label=f"{label} (first t={int(ts[0])})")
-    ax.set(xlabel="timestep t", ylabel="log SNR(t)", title=f"Timesteps picked for {n} steps")
-    ax.legend()
-    return ax

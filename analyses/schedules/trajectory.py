@@ -15,11 +15,11 @@ Painters" (Wang & Vastola 2023) and "Beta Sampling is All You Need" (Lee et al. 
 settles first and the details last; ``band_error`` measures it: per band, the energy of x0-hat minus the final image,
 over the energy of the final image.
 
-How it reads the model: a forward hook on the UNet (removed afterwards, also on error) records each call's input
-and output; diffusers' ``callback_on_step_end`` marks where each step ends. The pipeline call is otherwise ordinary:
-any scheduler, ``timesteps=``, ``guidance_rescale`` and SDXL's added conditioning work unchanged. x0-hat is computed
-from the UNet's input (the variance-preserving x_t, also for Euler-type schedulers whose latents are scaled) and the
-guided output: uncond + g (cond - uncond), then CFG rescale when the call set it, then the epsilon or v formula.
+How it reads the model: ``lab.trajectory.record(..., unet=True)`` records an ordinary pipeline call with the UNet's
+input and output at each step, so any scheduler, ``timesteps=``, ``guidance_rescale`` and SDXL's added conditioning
+work unchanged. x0-hat is computed from the UNet's input (the variance-preserving x_t, also for Euler-type
+schedulers whose latents are scaled) and the guided output: uncond + g (cond - uncond), then CFG rescale when the
+call set it, then the epsilon or v formula.
 """
 from __future__ import annotations
 
@@ -28,13 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lab.tour import decode as _decode_unit, predict_x0
+from lab.trajectory import decode as _decode_unit, predict_x0, record
 
 from .maths import band_power, rescale_cfg
-
-# Arguments `follow` owns; a caller passing them would silently change what is recorded.
-_OWNED = ("generator", "callback_on_step_end", "callback_on_step_end_tensor_inputs", "num_images_per_prompt",
-          "output_type", "prompt_embeds", "return_dict", "callback", "callback_steps")
 
 
 @dataclass
@@ -88,40 +84,16 @@ def follow(pipe, prompt: str, seed: int = 0, num_inference_steps: int = 25, band
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string; got {prompt!r}")
-    for name in _OWNED:
-        if name in call_kwargs:
-            raise ValueError(f"{name}= is set by follow (one image per call from the given seed); everything else of "
-                             f"{type(pipe).__name__}.__call__ is yours, e.g. guidance_scale, timesteps, eta")
     if bands < 1:
         raise ValueError(f"bands={bands} must be at least 1")
-    unet, calls, ends, latents = pipe.unet, [], [], []
-
-    def on_unet(module, args, kwargs, output):
-        sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
-        out = output[0] if isinstance(output, tuple) else output.sample
-        t_value = float(torch.as_tensor(t).flatten()[0])
-        calls.append((sample.detach().float().cpu(), t_value, out.detach().float().cpu()))
-
-    def on_step_end(_pipe, i, t, kwargs):
-        ends.append(len(calls))
-        latents.append(kwargs["latents"].detach().float().cpu()[0])
-        return {}
-
-    handle = unet.register_forward_hook(on_unet, with_kwargs=True)
-    try:
-        out = pipe(prompt, num_inference_steps=num_inference_steps, generator=torch.Generator("cpu").manual_seed(seed),
-                   output_type="np", callback_on_step_end=on_step_end,
-                   callback_on_step_end_tensor_inputs=["latents"], **call_kwargs)
-    finally:
-        handle.remove()
+    traj = record(pipe, prompt, seeds=seed, num_inference_steps=num_inference_steps, unet=True, **call_kwargs)
     sched = pipe.scheduler
     g, phi = float(getattr(pipe, "guidance_scale", 1.0)), float(getattr(pipe, "guidance_rescale", 0.0) or 0.0)
     alphas_cumprod = sched.alphas_cumprod.double().cpu()
     T = len(alphas_cumprod)
     xs, x0s, ts, alphas = [], [], [], []
-    for end in ends:  # the last UNet call of each step is the one the step's update used
-        sample, t, output = calls[end - 1]
+    calls = traj.unet
+    for sample, output, t in zip(calls.inputs, calls.outputs, calls.timesteps.tolist()):  # (rows, C, h, w) each
         if sample.shape[0] == 2:  # classifier-free guidance: the batch is [uncond, cond]
             guided = output[0] + g * (output[1] - output[0])
             if phi > 0:
@@ -133,8 +105,8 @@ def follow(pipe, prompt: str, seed: int = 0, num_inference_steps: int = 25, band
         xs.append(sample), ts.append(t), alphas.append(alpha)
         x0s.append(predict_x0(sample, guided, alpha, sched.config.prediction_type))
     x0 = torch.stack(x0s)  # (steps, C, h, w)
-    x_vp = torch.stack(xs + [latents[-1]])  # (steps + 1, C, h, w): the variance-preserving x_t, then the final latent
-    image = (np.asarray(out.images[0]) * 255).round().astype(np.uint8)  # (H, W, 3)
+    x_vp = torch.stack(xs + [traj.latents[-1, 0]])  # (steps + 1, C, h, w): the variance-preserving x_t, then z_0
+    image = traj.images[0]  # (H, W, 3) uint8
     x0_images = _decode(pipe, x0)
     xt_images = _decode(pipe, x_vp) if decode else np.zeros((len(x_vp), *image.shape), np.uint8)
     final = _unit(image[None])  # (1, 3, H, W)
@@ -147,4 +119,4 @@ def follow(pipe, prompt: str, seed: int = 0, num_inference_steps: int = 25, band
                xt_images=xt_images, image=image, bands=per_band, band_error=error, step_size=size,
                meta={"pipeline": type(pipe).__name__, "scheduler": type(sched).__name__, "guidance_scale": g,
                      "guidance_rescale": phi, "prediction_type": sched.config.prediction_type,
-                     "unet_calls": len(calls)})
+                     "unet_calls": calls.calls})

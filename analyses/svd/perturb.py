@@ -2,7 +2,7 @@
 changes in the final image.
 
     >>> import lab
-    >>> from analyses.svd.trajectory import record
+    >>> from lab.trajectory import record
     >>> from analyses.svd.perturb import perturb
     >>> pipe = lab.load("shapes")
     >>> traj = record(pipe, "a small red circle on a black background", seeds=0, num_inference_steps=10)
@@ -31,8 +31,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lab.trajectory import Trajectory, check_step, run_edited
+
 from .spectra import channel_svd
-from .trajectory import Trajectory, _check_step, run_edited
 
 DIRECTIONS = ("top", "random")
 
@@ -74,7 +75,7 @@ def perturb(pipe, traj: Trajectory, steps_at: Sequence[int], size: float, direct
         raise ValueError(f"size={size!r}; use a finite norm >= 0")
     steps_at = [int(s) for s in steps_at]
     for s in steps_at:
-        _check_step(s, traj.steps)
+        check_step(s, traj.steps)
     rand = random_direction(traj.latents.shape[2:], seed)  # (C, h, w)
 
     def edit(name: str):

@@ -1,7 +1,7 @@
 """Attribute transfer between two latents by swapping their top-k singular values and/or vectors, per channel.
 
     >>> import lab
-    >>> from analyses.svd.trajectory import record
+    >>> from lab.trajectory import record
     >>> from analyses.svd.transfer import transfer
     >>> pipe = lab.load("shapes")
     >>> src = record(pipe, "a small red circle on a black background", seeds=0, num_inference_steps=10)
@@ -36,8 +36,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lab.trajectory import Trajectory, check_step, run_edited
+
 from .spectra import channel_svd
-from .trajectory import Trajectory, _check_step, run_edited
 
 MODES = ("values", "vectors", "both")
 
@@ -104,7 +105,7 @@ def transfer(pipe, source: Trajectory, target: Trajectory, ks: Sequence[int], ts
     for k in ks:
         _check_k(k, r)
     for t in ts:
-        _check_step(t, source.steps)
+        check_step(t, source.steps)
     edits = []
     for t in ts:
         z_target = target.latents[t, target_index]  # (C, h, w)

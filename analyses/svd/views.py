@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from lab.trajectory import Trajectory, record
+
 from . import geometry, plots, spectra
-from .trajectory import Trajectory, record
 from .transfer import TransferGrid, swap_top_k, transfer
 
 

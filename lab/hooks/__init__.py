@@ -12,9 +12,10 @@ points(model, image_size)      every hookable point (Point: name, kind, block, b
 select(model, kind, block, resolution, pattern, image_size)   names matching all filters
 trace(model, names, keep, edits, max_bytes, branches, meta)   context manager; .cache after the with-block;
                                traces nest on different attention layers (each with its own Keep)
+edited(model, edits, branches) trace(model, [], edits=edits): edit only, keep nothing
 Keep(steps, heads, tokens, branches)   what to keep: every step, chosen steps, or a sum/mean; heads or their mean
 Cache                          plain data: {name: tensor} + axes + meta; save/load as safetensors
-scale_tokens, replace_attention   ready edits: fn(probs, ctx) -> replacement
+scale_tokens, replace_attention   ready edits: fn(probs, ctx) -> replacement (scale_tokens: per-row tokens/masks)
 run_until(unet, point, *args, **kwargs)   run the UNet only until `point`, return its output (DIFT)
 """
 from .cache import Cache
@@ -22,9 +23,9 @@ from .edits import replace_attention, run_until, scale_tokens
 from .keep import Keep
 from .points import Point, points, select
 from .processor import CaptureProcessor
-from .trace import Context, Trace, trace
+from .trace import Context, Trace, edited, trace
 
 __all__ = [
-    "Cache", "CaptureProcessor", "Context", "Keep", "Point", "Trace", "points", "replace_attention", "run_until",
-    "scale_tokens", "select", "trace",
+    "Cache", "CaptureProcessor", "Context", "Keep", "Point", "Trace", "edited", "points", "replace_attention",
+    "run_until", "scale_tokens", "select", "trace",
 ]

@@ -14,39 +14,63 @@ import torch.nn.functional as F
 from .points import check_names, denoiser_of, points
 
 
-def scale_tokens(token_indices: Sequence[int] | int, factor: float, mask: torch.Tensor | None = None,
-                 branches: Sequence[str] = ("cond",)) -> Callable:
+def scale_tokens(token_indices: Sequence[int] | Sequence[Sequence[int]] | int, factor: float,
+                 mask: torch.Tensor | None = None, branches: Sequence[str] = ("cond",)) -> Callable:
     """Edit that multiplies cross-attention to the key tokens `token_indices` by `factor` (0 removes them).
 
         edits = {name: scale_tokens([1, 2], 2.0) for name in select(pipe, kind="attn2")}
         edits = {name: scale_tokens(3, 0.0, mask=left_half) for name in names}   # only queries where mask is 1
+        edits = {name: scale_tokens([[2], [4, 5]], 0.0, mask=masks) for name in names}   # per prompt of a batch of 2
 
-    mask: (h, w) tensor in [0, 1] over the image; resized (bilinear) to each layer's resolution, the factor applies as
-    1 + (factor - 1) * mask. branches: which guidance branches are edited (the unconditional prompt has different
-    tokens, so by default only 'cond'). Probabilities are not renormalised.
+    token_indices: one list for every row of the batch, or one list per row (a batch of different prompts).
+    mask: (H, W) tensor in [0, 1] over the image, or (rows, H, W) with one mask per row; resized (bilinear) to each
+    layer's resolution, the factor applies as 1 + (factor - 1) * mask. branches: which guidance branches are edited
+    (the unconditional prompt has different tokens, so by default only 'cond'). Probabilities are not renormalised.
     """
-    tokens = [int(token_indices)] if isinstance(token_indices, int) else [int(t) for t in token_indices]
+    if isinstance(token_indices, int):
+        token_indices = [token_indices]
+    per_row = any(not isinstance(t, int) and not (torch.is_tensor(t) and t.ndim == 0) for t in token_indices)
+    rows_tokens = [[int(t) for t in row] for row in token_indices] if per_row else None
+    tokens = None if per_row else [int(t) for t in token_indices]
     branches = (branches,) if isinstance(branches, str) else tuple(branches)
+    masks = None if mask is None else torch.as_tensor(mask, dtype=torch.float32)
+    if masks is not None and masks.ndim not in (2, 3):
+        raise ValueError(f"scale_tokens: mask must be (H, W) or (rows, H, W); got shape {tuple(masks.shape)}")
+    if masks is not None and masks.ndim == 3 and rows_tokens is not None and len(masks) != len(rows_tokens):
+        raise ValueError(f"scale_tokens: {len(masks)} masks for {len(rows_tokens)} rows of tokens")
 
     def edit(probs: torch.Tensor, ctx) -> torch.Tensor:  # probs: (B, heads, q, k)
-        bad = [t for t in tokens if not -probs.shape[-1] <= t < probs.shape[-1]]
+        n_rows = len(rows_tokens) if rows_tokens is not None else (len(masks) if masks is not None
+                                                                       and masks.ndim == 3 else None)
+        if n_rows is not None and n_rows != ctx.batch:
+            raise ValueError(f"scale_tokens: {n_rows} rows of tokens or masks but the batch at {ctx.point!r} has "
+                             f"{ctx.batch} prompts")
+        every = [t for row in rows_tokens for t in row] if rows_tokens is not None else tokens
+        bad = [t for t in every if not -probs.shape[-1] <= t < probs.shape[-1]]
         if bad:
             raise ValueError(f"scale_tokens: token {bad[0]} out of range for {probs.shape[-1]} keys at {ctx.point!r}")
-        if mask is None:
-            scale = torch.full((probs.shape[2], 1), float(factor), dtype=probs.dtype, device=probs.device)  # (q, 1)
+        if masks is None:
+            scale = torch.full((1, probs.shape[2], 1), float(factor), dtype=probs.dtype, device=probs.device)
         else:
             if ctx.resolution is None:
                 raise ValueError(f"scale_tokens: no resolution known for {ctx.point!r} to resize the mask to")
-            m = torch.as_tensor(mask, dtype=torch.float32, device=probs.device)[None, None]  # (1, 1, H, W)
-            m = F.interpolate(m, size=ctx.resolution, mode="bilinear", align_corners=False)  # (1, 1, h, w)
-            if m.numel() != probs.shape[2]:
+            m = masks.to(probs.device).reshape(-1, 1, *masks.shape[-2:])  # (1 or rows, 1, H, W)
+            m = F.interpolate(m, size=ctx.resolution, mode="bilinear", align_corners=False)  # (1 or rows, 1, h, w)
+            if m[0].numel() != probs.shape[2]:
                 raise ValueError(f"scale_tokens: {ctx.point!r} has {probs.shape[2]} queries, not {ctx.resolution}")
-            scale = (1 + (factor - 1) * m.reshape(-1, 1)).to(probs.dtype)  # (q, 1)
+            scale = (1 + (factor - 1) * m.reshape(len(m), -1, 1)).to(probs.dtype)  # (1 or rows, q, 1)
         out = probs.clone()
         for branch in branches:
-            if branch in ctx.branches:
-                rows = ctx.rows(branch)
-                out[rows, :, :, tokens] = out[rows, :, :, tokens] * scale  # (b, heads, q, len(tokens))
+            if branch not in ctx.branches:
+                continue
+            rows = ctx.rows(branch)
+            if rows_tokens is None and len(scale) == 1:
+                out[rows, :, :, tokens] = out[rows, :, :, tokens] * scale[0]  # (b, heads, q, len(tokens))
+                continue
+            for b in range(ctx.batch):  # one row at a time: its own tokens and/or its own mask
+                toks = rows_tokens[b] if rows_tokens is not None else tokens
+                row = rows.start + b
+                out[row, :, :, toks] = out[row, :, :, toks] * scale[b if len(scale) > 1 else 0]  # (heads, q, t)
         return out
 
     return edit

@@ -93,6 +93,17 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
     return Trace(model, names, keep, edits, max_bytes, branches, meta)
 
 
+def edited(model, edits: Mapping[str, Callable], branches=None) -> "Trace":
+    """Context manager that applies `edits` and keeps nothing: ``trace(model, [], edits=edits)`` by its own name.
+
+        with edited(pipe, {n: scale_tokens([2], 0.0) for n in select(pipe, kind="attn2")}):
+            image = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
+
+    edits and branches as for trace(); the model is restored when the with-block ends, also after an error.
+    """
+    return Trace(model, (), None, edits, DEFAULT_MAX_BYTES, branches, None)
+
+
 class Trace(Budget):
     """The running trace; ``tr.cache`` is its Cache once the with-block has ended. Build it with ``trace(...)``."""
 

@@ -12,13 +12,14 @@ renders them as Markdown with 95% Wilson intervals.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.stats import binomtest, norm
 
+from ..progress import progress
 from .parser import parse, score
 from .scenes import Scene, make_scene
 
@@ -26,10 +27,11 @@ SEED_BASE = 1_000_000  # evaluation scenes use seeds far from any training seed,
 
 
 def generate(pipe, scenes: list[Scene], steps: int = 25, guidance: float = 7.5, seed: int = 0, batch: int = 8,
-             **call_kwargs) -> np.ndarray:
-    """(N, H, W, 3) uint8 images for the scenes' captions; image i uses generator seed ``seed + i``."""
+             desc: str | None = None, **call_kwargs) -> np.ndarray:
+    """(N, H, W, 3) uint8 images for the scenes' captions; image i uses generator seed ``seed + i``. desc: label of
+    a progress bar (none without it)."""
     out = []
-    for i in range(0, len(scenes), batch):
+    for i in progress(range(0, len(scenes), batch), desc, unit="batch", disable=desc is None):
         chunk = scenes[i:i + batch]
         gens = [torch.Generator(pipe.device).manual_seed(seed + i + j) for j in range(len(chunk))]
         images = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
@@ -69,11 +71,13 @@ def evaluation_scenes(group: str, n: int) -> list[Scene]:
 
 def evaluate(pipe, n: int = 200, steps: int = 25, guidance: float = 7.5, groups=tuple(GROUPS), batch: int = 8,
              keep_images: bool = False) -> Evaluation:
+    """Generate n unseen captions per group (one object, two objects, held-out pairs), parse each image and score
+    it against its scene; a progress bar per group."""
     result, seconds, count = Evaluation(steps=steps, guidance=guidance), 0.0, 0
     for group in groups:
         scenes = evaluation_scenes(group, n)
         t0 = time.perf_counter()
-        images = generate(pipe, scenes, steps, guidance, seed=SEED_BASE, batch=batch)
+        images = generate(pipe, scenes, steps, guidance, seed=SEED_BASE, batch=batch, desc=f"quality: {group}")
         seconds += time.perf_counter() - t0
         count += len(scenes)
         result.verdicts[group] = [score(s, parse(im)) for s, im in zip(scenes, images)]
@@ -83,14 +87,22 @@ def evaluate(pipe, n: int = 200, steps: int = 25, guidance: float = 7.5, groups=
     return result
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
+Z = 1.96  # the textbook two-sided 95% normal quantile; every report of the lab has used it
+
+
+def wilson(k: int, n: int, z: float = Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (scipy's), as (low, high); NaNs for n = 0.
+
+        wilson(8, 10)      # (0.49..., 0.94...)
+
+    z = 1.96 is passed to scipy as its confidence level, 2 * Phi(1.96) - 1 = 0.95000421, so the intervals are the
+    textbook ones the reports have always printed (scipy's exact 0.95 moves a few last printed digits).
+    """
     if n == 0:
         return float("nan"), float("nan")
-    p = k / n
-    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-    return max(0.0, lo), min(1.0, hi)  # rounding can put an end a hair outside [0, 1] (printed as -0.0%)
+    level = 2 * float(norm.cdf(z)) - 1
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 TARGETS = {("one object", "colour"): 0.95, ("one object", "shape"): 0.90, ("two objects", "objects"): 0.75,

@@ -143,6 +143,26 @@ def _log(run: Path, **row) -> None:
     print(json.dumps(row), flush=True)
 
 
+def _progress(clock: Clock, first_step: int, desc: str, show: bool = True):
+    """A progress bar over the stage's budget in percent (whichever of --minutes and --steps ends it first), with
+    the elapsed time and the estimated time left; _advance moves it."""
+    from ..progress import progress
+    bar = progress(total=100, desc=desc, leave=True, disable=not show,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+    bar.first_step = first_step
+    return bar
+
+
+def _advance(bar, clock: Clock, step: int, **postfix) -> None:
+    done = max((time.time() - clock.start) / clock.limit if clock.limit > 0 else 0.0,
+               (step - bar.first_step) / max(1, clock.steps - bar.first_step))
+    n = min(100, int(100 * done))
+    if n > bar.n:
+        bar.update(n - bar.n)
+    if postfix:
+        bar.set_postfix(postfix, refresh=False)
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():  # one fused call rather than a kernel per parameter (which dominated small GPU steps)
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
@@ -229,6 +249,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
     clock = Clock(minutes, steps, every)
     gen = torch.Generator().manual_seed(step)
     images_dev = images.to(device)
+    bar = _progress(clock, step, "vae")
     while not clock.done(step):
         idx = torch.randint(0, len(images_dev), (batch,), generator=gen).to(device)
         x = to_unit(images_dev[idx])  # (B, 3, 128, 128)
@@ -243,10 +264,13 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
+        _advance(bar, clock, step)
         if step % 100 == 0:
             _log(run, stage="vae", step=step, rec=round(rec.item(), 5), kl=round(kl.item(), 4))
+            _advance(bar, clock, step, step=step, rec=round(rec.item(), 5))
         if clock.checkpoint_due():
             _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    bar.close()
     _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
     if init is None or encoder:
@@ -346,6 +370,7 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         return lr_final + (warm - lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     losses = []
+    bar = _progress(clock, step, f"unet-{variant}", show=rank == 0)
     while not _agreed(clock.done(step), world):
         idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
         x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
@@ -373,12 +398,15 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         _ema_update(ema_unet, unet, min(ema, (1 + step) / (10 + step)))
         _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
         losses.append(loss.item() if step % 50 == 0 else None)
+        _advance(bar, clock, step)
         if step % 500 == 0 and rank == 0:
             _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5),
                  processes=world, lr=float(f"{learning_rate():.3g}"))
+            _advance(bar, clock, step, step=step, loss=round(np.mean([l for l in losses if l is not None]), 5))
             losses = []
         if clock.checkpoint_due() and rank == 0:
             save()
+    bar.close()
     if rank == 0:
         save()
         _log(run, stage=f"unet-{variant}", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2),

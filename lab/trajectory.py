@@ -1,22 +1,28 @@
-"""Record the latent trajectory z_t of ordinary pipeline calls, and re-run a recorded generation with latent edits.
+"""Record the latent trajectory of ordinary pipeline calls, re-run a recorded generation with latent edits, and
+the two formulas every trajectory analysis needs (x0-hat from a prediction, decoding latents).
 
     >>> import lab
-    >>> from analyses.svd.trajectory import record, run_edited
+    >>> from lab.trajectory import record, run_edited
     >>> pipe = lab.load("shapes")
     >>> traj = record(pipe, ["a small red circle on a black background"], seeds=[0, 1], num_inference_steps=4)
     >>> traj.latents.shape                       # (steps+1, batch, C, h, w): [0] is the initial noise z_T
     torch.Size([5, 2, 4, 16, 16])
     >>> again = run_edited(pipe, traj, [(2, lambda z: z), (3, lambda z: 2 * z)], index=0)   # one run per edit
 
-record(pipe, prompts, seeds, num_inference_steps, latents=None, batch=8, product=True, **call_kwargs)
+record(pipe, prompts, seeds, num_inference_steps, latents=None, batch=8, product=True, unet=False, **call_kwargs)
 run_edited(pipe, traj, edits, index=0, batch=8) -> Trajectory     re-run element `index`, edit (step, fn) per run
-Trajectory                   plain data: latents, timesteps, prompts, seeds, images, call, meta
+Trajectory                   plain data: latents, timesteps, prompts, seeds, images, call, meta, unet (UNetSteps)
+predict_x0(noisy, model_output, alpha, prediction_type)          the clean latent one prediction implies
+decode(pipe, latents, batch) -> (N, H, W, 3) float in [0, 1]     as the pipeline decodes its output
 
-Nothing about the pipeline is changed: the latents are read and (for edits) replaced through diffusers'
-``callback_on_step_end`` with ``callback_on_step_end_tensor_inputs=["latents"]``, which every Stable Diffusion
-pipeline (1.x, 2.x, SDXL) supports. The initial noise is drawn here exactly as the pipeline draws it (diffusers'
-``randn_tensor`` on one CPU generator per image, seeded with that image's seed) and passed as ``latents=``, so a
-recorded call makes the same image as ``pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))``.
+The readable, teaching copy of the denoising loop is lab.tour.denoise; this module records the pipeline's own loop,
+so any scheduler and pipeline option works. Nothing about the pipeline is changed: the latents are read and (for
+edits) replaced through diffusers' ``callback_on_step_end`` with ``callback_on_step_end_tensor_inputs=["latents"]``,
+which every Stable Diffusion pipeline (1.x, 2.x, SDXL) supports. The initial noise is drawn here exactly as the
+pipeline draws it (diffusers' ``randn_tensor`` on one CPU generator per image, seeded with that image's seed) and
+passed as ``latents=``, so a recorded call makes the same image as
+``pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))``. With ``unet=True`` a forward hook on the UNet
+(removed afterwards, also on error) also keeps, per step, the input and output of the UNet call the step used.
 
 Step convention: ``latents[i]`` is the latent that enters denoising step ``i`` (timestep ``timesteps[i]``);
 ``latents[0]`` is the initial noise times the scheduler's ``init_noise_sigma`` (z_T) and ``latents[steps]`` the
@@ -24,7 +30,8 @@ final latent z_0 that the VAE decodes (after dividing by ``vae.config.scaling_fa
 replaces ``latents[s]``: s = 0 edits the noise, s = steps edits only what the VAE decodes.
 
 Memory: all steps are kept, 4 bytes x (steps+1) x batch x C x h x w on the CPU (SD at 512 px, 50 steps: 3.3 MB
-per image); the pipeline's own memory is unchanged.
+per image); ``unet=True`` adds 2 x 2 x that for the UNet's input and output of both guidance branches. The
+pipeline's own memory is unchanged.
 """
 from __future__ import annotations
 
@@ -42,6 +49,17 @@ _OWNED = ("generator", "callback_on_step_end", "callback_on_step_end_tensor_inpu
 
 
 @dataclass
+class UNetSteps:
+    """Per denoising step, the UNet call the step's update used (the last one of the step), on the CPU in float32.
+
+    With classifier-free guidance a call's batch is [uncond rows, cond rows] (2 x batch rows), else batch rows."""
+    inputs: torch.Tensor      # (steps, rows, C, h, w) the UNet's sample argument (after scale_model_input)
+    outputs: torch.Tensor     # (steps, rows, C, h, w) its prediction (noise, v or sample)
+    timesteps: torch.Tensor   # (steps,) float64: the timestep argument of each call
+    calls: int = 0            # UNet calls in all (more than steps for multi-call schedulers such as Heun)
+
+
+@dataclass
 class Trajectory:
     """One or more recorded generations. Batch element b used prompt ``prompts[b]`` and seed ``seeds[b]``."""
     latents: torch.Tensor     # (steps+1, batch, C, h, w) float32, CPU; [0] = z_T, [steps] = z_0
@@ -51,6 +69,7 @@ class Trajectory:
     images: np.ndarray        # (batch, H, W, 3) uint8, the decoded final images
     call: dict = field(default_factory=dict)  # the pipeline arguments, to repeat the call (num_inference_steps, ...)
     meta: dict = field(default_factory=dict)  # pipeline, scheduler, model, init_noise_sigma, vae scaling factor
+    unet: UNetSteps | None = None             # with record(..., unet=True): the UNet's input and output per step
 
     @property
     def steps(self) -> int:
@@ -76,16 +95,18 @@ def _noise(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     return randn_tensor(shape, generator=gens if len(gens) > 1 else gens[0], device=device, dtype=_embed_dtype(pipe))
 
 
-def _check_step(step: int, steps: int) -> None:
+def check_step(step: int, steps: int) -> None:
+    """Refuse a step outside 0..steps of a trajectory, saying what 0 and `steps` mean."""
     if not isinstance(step, (int, np.integer)) or not 0 <= step <= steps:
         raise ValueError(f"step {step!r} is outside 0..{steps} (0 = the initial noise, {steps} = the final latent, "
                          f"for a {steps}-step trajectory)")
 
 
 def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: torch.Tensor | None,
-              edits: Sequence[Edit | None]) -> tuple[torch.Tensor, list[float], np.ndarray, float]:
+              edits: Sequence[Edit | None], unet: bool = False):
     """One pipeline call. start: (batch, C, h, w) z_T to use instead of fresh noise. Returns latents
-    (steps+1, batch, C, h, w), timesteps, images (batch, H, W, 3) uint8, init_noise_sigma."""
+    (steps+1, batch, C, h, w), timesteps, images (batch, H, W, 3) uint8, init_noise_sigma, and with `unet` the
+    UNetSteps of the call (else None)."""
     noise = _noise(pipe, seeds, call["height"], call["width"])  # drawn also when unused: same generator state
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     for g in gens:  # advance each generator past the noise, as the pipeline would have (matters for eta > 0)
@@ -97,6 +118,8 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
             by_step.setdefault(int(edit[0]), []).append((b, edit[1]))
     kept: list[torch.Tensor] = []
     times: list[float] = []
+    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []  # every UNet call: (sample, t, output)
+    ends: list[int] = []  # len(calls) at the end of each step
 
     def apply(latents: torch.Tensor, step: int) -> torch.Tensor:
         if step not in by_step:
@@ -106,7 +129,15 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
             latents[b] = fn(latents[b]).to(latents.dtype)
         return latents
 
+    def on_unet(module, args, kwargs, output):
+        sample = args[0] if args else kwargs["sample"]                       # (rows, C, h, w)
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        out = output[0] if isinstance(output, tuple) else output.sample     # (rows, C, h, w)
+        calls.append((sample.detach().float().cpu(), float(torch.as_tensor(t).flatten()[0]),
+                      out.detach().float().cpu()))
+
     def on_step_end(_pipe, i, t, kwargs):
+        ends.append(len(calls))
         latents = apply(kwargs["latents"], i + 1)  # (batch, C, h, w): the latent entering step i+1
         kept.append(latents.detach().to("cpu", torch.float32, copy=True))
         times.append(float(t))
@@ -115,13 +146,23 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
     if 0 in by_step:  # edit the noise itself: undo the scheduler's scaling, which the pipeline applies again
         sigma0 = _init_noise_sigma(pipe, call)
         z_T = apply(z_T * sigma0, 0) / sigma0
-    out = pipe(prompts, generator=gens if len(gens) > 1 else gens[0], latents=z_T, output_type="np",
-               callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"], **call)
+    handle = pipe.unet.register_forward_hook(on_unet, with_kwargs=True) if unet else None
+    try:
+        out = pipe(prompts, generator=gens if len(gens) > 1 else gens[0], latents=z_T, output_type="np",
+                   callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"], **call)
+    finally:
+        if handle is not None:
+            handle.remove()
     sigma = float(pipe.scheduler.init_noise_sigma)  # the value this call used (it can depend on set_timesteps)
     first = (z_T * sigma).detach().to("cpu", torch.float32)  # (batch, C, h, w) z_T, edited if an edit was at 0
     latents = torch.stack([first] + kept)  # (steps+1, batch, C, h, w)
     images = (np.asarray(out.images) * 255).round().astype(np.uint8)  # (batch, H, W, 3)
-    return latents, times, images, sigma
+    steps = None
+    if unet:
+        used = [calls[end - 1] for end in ends]  # the last UNet call of each step is the one its update used
+        steps = UNetSteps(torch.stack([c[0] for c in used]), torch.stack([c[2] for c in used]),
+                          torch.tensor([c[1] for c in used], dtype=torch.float64), len(calls))
+    return latents, times, images, sigma, steps
 
 
 def _init_noise_sigma(pipe, call: dict) -> float:
@@ -152,12 +193,15 @@ def _meta(pipe, sigma: float) -> dict:
 
 
 def record(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, num_inference_steps: int = 25,
-           latents: torch.Tensor | None = None, batch: int = 8, product: bool = True, **call_kwargs) -> Trajectory:
+           latents: torch.Tensor | None = None, batch: int = 8, product: bool = True, unet: bool = False,
+           **call_kwargs) -> Trajectory:
     """Generate every (prompt, seed) pair, prompt-major (element p * len(seeds) + s), keeping z_t at every step;
     with ``product=False``, prompt i with seed i instead (equal lengths).
 
     ``latents`` (optional): (batch, C, h, w) initial noise as diffusers takes it (before init_noise_sigma).
-    ``batch``: images per pipeline call. ``call_kwargs`` go to the pipeline unchanged (guidance_scale, ...).
+    ``batch``: images per pipeline call. ``unet=True`` also keeps the UNet's input and output per step
+    (``traj.unet``; batch must hold every image then). ``call_kwargs`` go to the pipeline unchanged
+    (guidance_scale, negative_prompt, timesteps, guidance_rescale, eta, ...).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
@@ -170,7 +214,10 @@ def record(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, n
     pairs = [(p, s) for p in prompts for s in seeds] if product else list(zip(prompts, seeds))
     if latents is not None and latents.shape[0] != len(pairs):
         raise ValueError(f"latents has {latents.shape[0]} initial noises for {len(pairs)} (prompt, seed) pairs")
-    return _run(pipe, [p for p, _ in pairs], [s for _, s in pairs], call, latents, [None] * len(pairs), batch)
+    if unet and len(pairs) > batch:
+        raise ValueError(f"unet=True keeps one UNetSteps per pipeline call; record at most batch={batch} images "
+                         f"(got {len(pairs)}) or raise batch")
+    return _run(pipe, [p for p, _ in pairs], [s for _, s in pairs], call, latents, [None] * len(pairs), batch, unet)
 
 
 def run_edited(pipe, traj: Trajectory, edits: Sequence[Edit | None], index: int = 0, batch: int = 8) -> Trajectory:
@@ -183,22 +230,50 @@ def run_edited(pipe, traj: Trajectory, edits: Sequence[Edit | None], index: int 
         raise ValueError(f"index {index} is outside 0..{len(traj.prompts) - 1} (the trajectory's batch)")
     for edit in edits:
         if edit is not None:
-            _check_step(edit[0], traj.steps)
+            check_step(edit[0], traj.steps)
     n = len(edits)
     sigma = traj.meta.get("init_noise_sigma", 1.0)
     start = (traj.latents[0, index] / sigma).expand(n, *traj.latents.shape[2:])  # (n, C, h, w)
     return _run(pipe, [traj.prompts[index]] * n, [traj.seeds[index]] * n, traj.call, start, list(edits), batch)
 
 
-def _run(pipe, prompts, seeds, call, start, edits, batch) -> Trajectory:
+def _run(pipe, prompts, seeds, call, start, edits, batch, unet: bool = False) -> Trajectory:
     if batch < 1:
         raise ValueError(f"batch={batch}; use an integer >= 1")
     parts = []
     for i in range(0, len(prompts), batch):
         chunk = slice(i, i + batch)
         parts.append(_generate(pipe, prompts[chunk], seeds[chunk], call,
-                               None if start is None else start[chunk], edits[chunk]))
+                               None if start is None else start[chunk], edits[chunk], unet))
     latents = torch.cat([p[0] for p in parts], dim=1)  # (steps+1, batch, C, h, w)
     return Trajectory(latents=latents, timesteps=torch.tensor(parts[0][1], dtype=torch.float64),
                       prompts=list(prompts), seeds=list(seeds), images=np.concatenate([p[2] for p in parts]),
-                      call=dict(call), meta=_meta(pipe, parts[0][3]))
+                      call=dict(call), meta=_meta(pipe, parts[0][3]), unet=parts[0][4])
+
+
+def predict_x0(noisy: torch.Tensor, model_output: torch.Tensor, alpha: torch.Tensor | float,
+               prediction_type: str = "epsilon") -> torch.Tensor:
+    """The clean latent implied by one prediction: noisy = sqrt(alpha) x0 + sqrt(1 - alpha) eps, solved for x0.
+
+        x0 = predict_x0(x_t, eps, scheduler.alphas_cumprod[t], scheduler.config.prediction_type)   # same shapes
+    """
+    a = torch.as_tensor(alpha, dtype=noisy.dtype)
+    if prediction_type == "epsilon":
+        return (noisy - (1 - a).sqrt() * model_output) / a.sqrt()
+    if prediction_type == "v_prediction":
+        return a.sqrt() * noisy - (1 - a).sqrt() * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"prediction_type {prediction_type!r} is not supported; supported: epsilon, v_prediction, "
+                     f"sample")
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """Latents (N, C, h, w) -> images (N, H, W, 3) float in [0, 1], the way the pipeline decodes its output."""
+    vae = pipe.vae
+    out = []
+    for chunk in latents.split(batch):
+        x = chunk.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        out.append(pipe.image_processor.postprocess(vae.decode(x).sample, output_type="np"))  # (n, H, W, 3)
+    return np.concatenate(out)

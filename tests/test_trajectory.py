@@ -1,10 +1,11 @@
-"""analyses.svd.trajectory: recording z_t through callback_on_step_end leaves the generation as it was."""
+"""lab.trajectory: recording z_t (and the UNet's input and output) leaves the generation as it was."""
 import numpy as np
 import pytest
 import torch
 from tiny_models import one_thread, tiny_pipeline  # noqa: F401  (one_thread: autouse for this module)
 
-from analyses.svd import record, run_edited
+from lab import tour
+from lab.trajectory import record, run_edited
 
 PROMPT = "a small red circle on a black background"
 
@@ -61,3 +62,22 @@ def test_recording_with_stochastic_ddim_matches_a_plain_call(shapes_pipe):
     plain = shapes_pipe([PROMPT] * 2, generator=gens, num_inference_steps=2, eta=1.0,
                         output_type="latent").images.cpu()
     torch.testing.assert_close(traj.latents[-1], plain)
+
+
+def test_unet_steps_hold_the_call_each_step_used(shapes_pipe):
+    traj = record(shapes_pipe, PROMPT, seeds=3, num_inference_steps=3, unet=True)
+    plain = record(shapes_pipe, PROMPT, seeds=3, num_inference_steps=3)
+    assert np.array_equal(traj.images, plain.images)  # the hook only observes
+    assert traj.unet.inputs.shape == traj.unet.outputs.shape == (3, 2, 4, 16, 16)  # (steps, [uncond, cond], C, h, w)
+    assert traj.unet.timesteps.tolist() == traj.timesteps.tolist() and traj.unet.calls == 3
+    torch.testing.assert_close(traj.unet.inputs[0, 1], traj.latents[0, 0])  # DDIM does not scale its input
+    assert not shapes_pipe.unet._forward_hooks
+
+
+def test_the_tours_readable_loop_walks_the_recorded_trajectory(shapes_pipe):
+    """lab.tour.denoise, written out for teaching, visits the latents the pipeline's own loop visits."""
+    traj = record(shapes_pipe, PROMPT, seeds=3, num_inference_steps=4, unet=True)
+    run = tour.denoise(shapes_pipe, PROMPT, seed=3, steps=4, guidance=7.5)
+    torch.testing.assert_close(run.latents, traj.latents[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(run.eps_cond, traj.unet.outputs[:, 1], atol=1e-4, rtol=1e-4)
+    assert run.timesteps.tolist() == traj.timesteps.tolist()
