@@ -30,6 +30,7 @@ import torch
 
 from lab.trajectory import decode as _decode_unit, predict_x0, record
 
+from .flow_trajectory import follow_flow, is_flow_pipeline
 from .maths import band_power, rescale_cfg
 
 
@@ -81,11 +82,14 @@ def follow(pipe, prompt: str, seed: int = 0, num_inference_steps: int = 25, band
 
     ``call_kwargs`` go to the pipeline unchanged (guidance_scale, negative_prompt, timesteps, guidance_rescale, ...).
     ``decode=False`` skips decoding the x_t (saves one VAE pass per step; x0-hat is always decoded).
+    SD3 / SD3.5 / Flux pipelines go to `flow_trajectory.follow_flow` (x0-hat = x_t - sigma * v, Flux unpacked).
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string; got {prompt!r}")
     if bands < 1:
         raise ValueError(f"bands={bands} must be at least 1")
+    if is_flow_pipeline(pipe):
+        return follow_flow(pipe, prompt, seed, num_inference_steps, bands, decode, **call_kwargs)
     traj = record(pipe, prompt, seeds=seed, num_inference_steps=num_inference_steps, unet=True, **call_kwargs)
     sched = pipe.scheduler
     g, phi = float(getattr(pipe, "guidance_scale", 1.0)), float(getattr(pipe, "guidance_rescale", 0.0) or 0.0)
