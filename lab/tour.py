@@ -120,7 +120,8 @@ class Trajectory:
     x0: torch.Tensor           # (steps, C, h, w) the clean latent predicted at each step (from the guided prediction)
     images: np.ndarray         # (steps, H, W, 3) uint8: x0 decoded by the VAE
     image: np.ndarray          # (H, W, 3) float in [0, 1]: the final image, as pipe(..., output_type="np") gives it
-    prediction_type: str = "epsilon"
+    prediction_type: str = "epsilon"   # or "flow" (SD3: the predictions are velocities, see lab.tour_flow)
+    sigmas: torch.Tensor | None = None  # flow matching only: (steps + 1,) the noise level of each step, then 0
 
     @property
     def steps(self) -> int:
@@ -134,7 +135,7 @@ class Trajectory:
 
 @torch.no_grad()
 def denoise(pipe, prompt: str, seed: int = 0, steps: int = 25, guidance: float = 7.5,
-            negative_prompt: str | None = None) -> Trajectory:
+            negative_prompt: str | None = None, **flow_options) -> Trajectory:
     """Generate `prompt` with a readable copy of StableDiffusionPipeline's loop, keeping every step.
 
         run = denoise(pipe, "a red circle", seed=0, steps=25, guidance=7.5)
@@ -145,7 +146,14 @@ def denoise(pipe, prompt: str, seed: int = 0, steps: int = 25, guidance: float =
     without the prompt) are always computed, so guidance can be changed afterwards at any
     step. The noise comes from a CPU generator (as diffusers does for a CPU generator on any device). The pipeline's
     own scheduler is not touched: the loop uses a fresh one from the same config.
+    SD3 / SD3.5 pipelines get the flow-matching loop, lab.tour_flow.denoise_flow (``max_sequence_length``: T5's).
     """
+    if getattr(pipe, "transformer", None) is not None:
+        from .tour_flow import denoise_flow
+        return denoise_flow(pipe, prompt, seed, steps, guidance, negative_prompt, **flow_options)
+    if flow_options:
+        raise ValueError(f"{', '.join(sorted(flow_options))}= apply to SD3 pipelines; {type(pipe).__name__} takes "
+                         f"prompt, seed, steps, guidance, negative_prompt")
     if hasattr(pipe, "text_encoder_2"):
         raise ValueError(f"{type(pipe).__name__} needs extra conditioning (SDXL); the tour supports SD 1.x / 2.x")
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype

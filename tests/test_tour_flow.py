@@ -1,0 +1,58 @@
+"""The tour's readable flow-matching loop (lab/tour_flow.py) on tiny SD3 / SD3.5 pipelines: it equals pipe(...)."""
+import numpy as np
+import pytest
+import torch
+
+from lab import tour
+from tiny_models import one_thread, tiny_dit_pipeline  # noqa: F401 (one_thread: autouse fixture)
+
+STEPS = 3
+T5 = 16  # max_sequence_length, to stay fast
+
+
+def _plain(pipe, guidance, output_type="np"):
+    return pipe("a red circle", num_inference_steps=STEPS, guidance_scale=guidance, max_sequence_length=T5,
+                generator=torch.Generator("cpu").manual_seed(0), output_type=output_type).images[0]
+
+
+@pytest.fixture(scope="module", params=["sd3", "sd35m"])
+def pipe_run(request):
+    pipe = tiny_dit_pipeline(request.param)
+    return pipe, tour.denoise(pipe, "a red circle", seed=0, steps=STEPS, guidance=7.0, max_sequence_length=T5)
+
+
+def test_readable_loop_equals_pipeline_bit_for_bit(pipe_run):
+    pipe, run = pipe_run
+    assert np.array_equal(run.image, _plain(pipe, 7.0))
+    assert torch.equal(run.latents[-1], _plain(pipe, 7.0, "latent").float())
+
+
+def test_capture_shapes_per_step(pipe_run):
+    _, run = pipe_run
+    assert run.latents.shape == (STEPS + 1, 16, 8, 8)
+    assert run.eps_uncond.shape == run.eps_cond.shape == run.x0.shape == (STEPS, 16, 8, 8)
+    assert run.images.shape == (STEPS, 64, 64, 3) and run.prediction_type == "flow"
+    assert run.sigmas.shape == (STEPS + 1,) and run.sigmas[0] == 1 and run.sigmas[-1] == 0
+
+
+def test_x0_at_the_last_step_is_the_final_latent(pipe_run):
+    _, run = pipe_run
+    torch.testing.assert_close(run.x0[-1], run.latents[-1], rtol=0, atol=1e-6)
+
+
+def test_guided_velocity_recomputes_the_step(pipe_run):
+    _, run = pipe_run
+    s = run.sigmas.float()
+    for i in range(STEPS):
+        torch.testing.assert_close(run.latents[i + 1], run.latents[i] + (s[i + 1] - s[i]) * run.guided(i),
+                                   rtol=0, atol=1e-6)
+
+
+def test_flux_is_refused_by_name():
+    with pytest.raises(ValueError, match="FluxPipeline.*SD3.*follow"):
+        tour.denoise(tiny_dit_pipeline("flux-schnell"), "a red circle", steps=1)
+
+
+def test_flow_options_refused_on_a_unet(shapes_pipe):
+    with pytest.raises(ValueError, match="max_sequence_length= apply to SD3"):
+        tour.denoise(shapes_pipe, "a red circle", steps=1, max_sequence_length=T5)
