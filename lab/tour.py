@@ -238,8 +238,12 @@ def step_figure(run: Trajectory, step: int, guidance: float | None = None, pipe=
     if g == run.guidance:
         x0_image, note = run.images[step], ""
     else:
-        x0 = predict_x0(_scaled(run, step), guided, run.alphas[step], run.prediction_type)
-        x0_image = decode(pipe, x0[None])[0] if pipe is not None else None
+        if run.prediction_type == "flow":  # SD3: x0 = x_t - sigma * v (lab.tour_flow)
+            from .tour_flow import decode_flow as dec, flow_x0
+            x0 = flow_x0(run.latents[step], guided, float(run.sigmas[step]))                  # (C, h, w)
+        else:
+            dec, x0 = decode, predict_x0(_scaled(run, step), guided, run.alphas[step], run.prediction_type)
+        x0_image = dec(pipe, x0[None])[0] if pipe is not None else None
         note = f" (recomputed at guidance {g:g})"
     fig = Figure(figsize=(11, 5.6), layout="constrained")
     ax = fig.subplots(2, 4)
@@ -248,7 +252,8 @@ def step_figure(run: Trajectory, step: int, guidance: float | None = None, pipe=
                  f"alpha-bar = {float(run.alphas[step]):.3f}, guidance {g:g}", fontsize=11)
     lim = float(torch.stack([run.eps_uncond[step], run.eps_cond[step], guided]).abs().max())
     _latent_panel(ax[0, 0], run.latents[step], "noisy latent x_t\n(4 channels)")
-    _latent_panel(ax[0, 1], guided, "predicted noise (guided)" + ("\n" + note.strip() if note else "\n"), lim)
+    what = "velocity" if run.prediction_type == "flow" else "noise"
+    _latent_panel(ax[0, 1], guided, f"predicted {what} (guided)" + ("\n" + note.strip() if note else "\n"), lim)
     if x0_image is not None:
         _image_panel(ax[0, 2], x0_image, "predicted clean image x0-hat\n(decoded by the VAE)" + note)
     else:

@@ -82,3 +82,11 @@ def test_sd3_guidance_changes_x0_not_the_rule():
 def test_refuses_arguments_it_sets():
     with pytest.raises(ValueError, match="latents= is set by follow.*guidance_scale"):
         follow(tiny_dit_pipeline("sd3"), "a red square", latents=torch.zeros(1))
+
+
+def test_views_draw_a_flow_run(pipe_run):
+    from analyses.schedules import views
+
+    _, run = pipe_run
+    assert len(views.step_figure(run, 1).axes) == 3
+    assert views.step_label(run, 0).startswith(f"step 1/{STEPS}: t = 1000, alpha-bar = 0.0000")

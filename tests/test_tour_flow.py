@@ -56,3 +56,11 @@ def test_flux_is_refused_by_name():
 def test_flow_options_refused_on_a_unet(shapes_pipe):
     with pytest.raises(ValueError, match="max_sequence_length= apply to SD3"):
         tour.denoise(shapes_pipe, "a red circle", steps=1, max_sequence_length=T5)
+
+
+def test_step_figure_recomputes_x0_at_another_guidance(pipe_run):
+    pipe, run = pipe_run
+    fig = tour.step_figure(run, 1, guidance=2.0, pipe=pipe)
+    titles = [a.get_title() for a in fig.axes]
+    assert "predicted velocity (guided)\n(recomputed at guidance 2)" in titles
+    assert any(t.startswith("predicted clean image x0-hat") for t in titles)
