@@ -15,7 +15,8 @@ from pathlib import Path
 from lab.sizes import size
 
 STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
-           "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study"]
+           "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study",
+           "analyses.pag.study"]
 
 
 def run_one(run, argv: list[str] | None = None) -> str:
