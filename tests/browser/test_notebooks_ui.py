@@ -162,3 +162,21 @@ def test_classify_picker_scene_and_attribute(notebook):
 
     nb.widget("widget-dropdown", "attribute").locator("select").select_option("colour")
     nb.wait_changed(picture, shown, "the Picker picture after attribute shape -> colour")
+
+
+def test_pag_guide_layers_and_scale(notebook):
+    nb = notebook("pag.ipynb")
+    run_and_check(nb, images=2, widgets=1)
+    picture = nb.root.locator("img.widget-image")
+    assert picture.count() == 1, "pag.ipynb: the Guide shows one picture"
+    shown = nb.digest(picture)
+
+    nb.widget("widget-dropdown", "layers").locator("select").select_option("mid")
+    shown = nb.wait_changed(picture, shown, "the Guide picture after layers up -> mid")
+
+    scale = nb.widget("widget-slider", "PAG scale")
+    readout = scale.locator(".widget-readout")
+    assert float(readout.inner_text()) == 5.0
+    nb.slide(scale, "ArrowRight")  # one step (0.5) up
+    nb.wait_text(readout, "5.50")
+    nb.wait_changed(picture, shown, "the Guide picture after PAG scale 5.0 -> 5.5")
