@@ -16,7 +16,7 @@ from lab.sizes import size
 
 STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
            "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study",
-           "analyses.pag.study"]
+           "analyses.pag.study", "analyses.clockwork.study"]
 
 
 def run_one(run, argv: list[str] | None = None) -> str:
