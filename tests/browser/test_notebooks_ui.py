@@ -180,3 +180,22 @@ def test_pag_guide_layers_and_scale(notebook):
     nb.slide(scale, "ArrowRight")  # one step (0.5) up
     nb.wait_text(readout, "5.50")
     nb.wait_changed(picture, shown, "the Guide picture after PAG scale 5.0 -> 5.5")
+
+
+def test_clockwork_noiser_step_and_reuser_blocks(notebook):
+    nb = notebook("clockwork.ipynb")
+    run_and_check(nb, images=3, widgets=2)
+    pictures = nb.root.locator("img.widget-image")
+    assert pictures.count() == 2, "clockwork.ipynb: the Noiser and the Reuser show one picture each"
+    noiser, reuser = pictures.nth(0), pictures.nth(1)
+    shown = nb.digest(noiser)
+    step = nb.widget("widget-slider", "step")
+    readout = step.locator(".widget-readout")
+    assert readout.inner_text().strip() == "0"
+    nb.slide(step, "ArrowRight")
+    nb.wait_text(readout, "1")
+    nb.wait_changed(noiser, shown, "the Noiser picture after step 0 -> 1")
+
+    shown = nb.digest(reuser)
+    nb.widget("widget-dropdown", "blocks").locator("select").select_option("low-res blocks")
+    nb.wait_changed(reuser, shown, "the Reuser picture after blocks mid_block -> low-res blocks")
