@@ -78,7 +78,7 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if len(prompts) != len(seeds) or not prompts:
         raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt")
-    names = _layers(pipe, layers) if pag_scale else []
+    names = _layers(pipe, layers)  # checked also at scale 0, so a bad choice is never silently ignored
     unet, device = pipe.unet, pipe._execution_device
     n, cfg = len(prompts), guidance > 1
     height = height or unet.config.sample_size * pipe.vae_scale_factor
@@ -104,7 +104,7 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25
         else:
             eps_cond = eps
         # 4. The perturbed model: the chosen self-attention maps replaced by the identity, conditional rows only
-        if names:
+        if pag_scale:
             with trace(unet, [], edits={name: identity_attention for name in names}, branches=("cond",)):
                 perturbed = unet(x[-n:], t, encoder_hidden_states=text[-n:], return_dict=False,
                                  added_cond_kwargs={k: v[-n:] for k, v in added.items()} or None)[0]  # (n, c, h, w)
