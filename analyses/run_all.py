@@ -17,12 +17,13 @@ from pathlib import Path
 from lab.sizes import size
 
 STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study", "analyses.svd.study",
-           "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study"]
+           "analyses.schedules.study", "analyses.p2p.study", "analyses.classify.study",
+           "analyses.pag.study", "analyses.clockwork.study"]
 # Seconds each study took at LAB_SIZE=small on the project's 2-core machine: only the estimate of the time left reads
 # them, as shares (the time so far, scaled by the share of the work still to do).
 SHARES = {"analyses.quality_study": 104, "analyses.daam.study": 44, "analyses.dift.study": 144,
           "analyses.svd.study": 64, "analyses.schedules.study": 156, "analyses.p2p.study": 60,
-          "analyses.classify.study": 45}
+          "analyses.classify.study": 45, "analyses.pag.study": 45, "analyses.clockwork.study": 40}
 
 
 def time_left(elapsed: float, done: list[str], todo: list[str]) -> float:

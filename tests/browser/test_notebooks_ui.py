@@ -162,3 +162,40 @@ def test_classify_picker_scene_and_attribute(notebook):
 
     nb.widget("widget-dropdown", "attribute").locator("select").select_option("colour")
     nb.wait_changed(picture, shown, "the Picker picture after attribute shape -> colour")
+
+
+def test_pag_guide_layers_and_scale(notebook):
+    nb = notebook("pag.ipynb")
+    run_and_check(nb, images=2, widgets=1)
+    picture = nb.root.locator("img.widget-image")
+    assert picture.count() == 1, "pag.ipynb: the Guide shows one picture"
+    shown = nb.digest(picture)
+
+    nb.widget("widget-dropdown", "layers").locator("select").select_option("mid")
+    shown = nb.wait_changed(picture, shown, "the Guide picture after layers up -> mid")
+
+    scale = nb.widget("widget-slider", "PAG scale")
+    readout = scale.locator(".widget-readout")
+    assert float(readout.inner_text()) == 5.0
+    nb.slide(scale, "ArrowRight")  # one step (0.5) up
+    nb.wait_text(readout, "5.50")
+    nb.wait_changed(picture, shown, "the Guide picture after PAG scale 5.0 -> 5.5")
+
+
+def test_clockwork_noiser_step_and_reuser_blocks(notebook):
+    nb = notebook("clockwork.ipynb")
+    run_and_check(nb, images=3, widgets=2)
+    pictures = nb.root.locator("img.widget-image")
+    assert pictures.count() == 2, "clockwork.ipynb: the Noiser and the Reuser show one picture each"
+    noiser, reuser = pictures.nth(0), pictures.nth(1)
+    shown = nb.digest(noiser)
+    step = nb.widget("widget-slider", "step")
+    readout = step.locator(".widget-readout")
+    assert readout.inner_text().strip() == "0"
+    nb.slide(step, "ArrowRight")
+    nb.wait_text(readout, "1")
+    nb.wait_changed(noiser, shown, "the Noiser picture after step 0 -> 1")
+
+    shown = nb.digest(reuser)
+    nb.widget("widget-dropdown", "blocks").locator("select").select_option("low-res blocks")
+    nb.wait_changed(reuser, shown, "the Reuser picture after blocks mid_block -> low-res blocks")

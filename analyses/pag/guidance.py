@@ -1,0 +1,144 @@
+"""Perturbed-attention guidance (Ahn et al., 2024) on lab.hooks: guide each step away from what the model predicts
+when its chosen self-attention maps are the identity (every query attends only to itself).
+
+    >>> import lab
+    >>> from analyses.pag import generate
+    >>> pipe = lab.load("shapes")
+    >>> images = generate(pipe, ["a small red circle on a white background"], seeds=[0], steps=10, pag_scale=3.0,
+    ...                   layers="mid")
+    >>> images.shape
+    (1, 128, 128, 3)
+
+identity_attention(probs, ctx)   the edit: (batch, heads, q, q) probabilities -> the identity map
+layers(pipe, choice)             self-attention (attn1) point names of 'down' | 'mid' | 'up' | 'all' or full names
+generate(pipe, prompts, seeds, steps, guidance, pag_scale, layers)   (n, H, W, 3) float images in [0, 1]
+
+Why a loop here and not diffusers' StableDiffusionPAGPipeline: that pipeline perturbs with its own attention
+processors, set on the UNet it is given (the user's, shared with their pipeline) and refused by lab.hooks, and it
+exists per model family. The loop below is the pipeline's own, step for step (prompt encoding, latents, scheduler
+step and decoding are the pipeline's methods), so at pag_scale 0 its images equal ``pipe(...)``'s exactly; at
+each step with pag_scale != 0 the UNet runs a second time on the conditional rows inside ``trace(..., edits=)``
+with the identity on the chosen layers:
+
+    eps = uncond + guidance * (cond - uncond) + pag_scale * (cond - perturbed)      (guidance > 1: with CFG)
+    eps = cond + pag_scale * (cond - perturbed)                                     (guidance <= 1: without)
+
+The perturbed pass is a separate UNet call (not a third row in the guided batch) so the unperturbed rows run the
+user's own attention processors untouched. SD 1.x / 2.x and SDXL (its pooled text and size conditioning).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lab.hooks import select, trace
+
+GROUPS = ("down", "mid", "up", "all")
+
+
+def identity_attention(probs: torch.Tensor, ctx) -> torch.Tensor:  # probs: (B, heads, q, q)
+    """Edit: each query attends only to its own position, so the layer's output at a position is its own value."""
+    if probs.shape[-1] != probs.shape[-2]:
+        raise ValueError(f"identity_attention needs self-attention (queries = keys); {ctx.point!r} has "
+                         f"{probs.shape[-2]} queries and {probs.shape[-1]} keys")
+    out = torch.zeros_like(probs)  # (B, heads, q, q)
+    out.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return out
+
+
+def layers(pipe, choice: str | Sequence[str] = "mid") -> list[str]:
+    """Full names of the self-attention layers `choice` names: 'down', 'mid', 'up', 'all', attn1 point names, or a
+    list of those (forward order, no repeats)."""
+    items = [choice] if isinstance(choice, str) else list(choice)
+    every = select(pipe, kind="attn1")
+    if not items:
+        raise ValueError(f"no layers chosen; choose from: {', '.join(GROUPS)}, or attn1 names such as {every[0]}")
+    chosen: set[str] = set()
+    for item in items:
+        if item == "all":
+            chosen.update(every)
+        elif item in GROUPS:
+            chosen.update(select(pipe, kind="attn1", block=item))
+        elif item in every:
+            chosen.add(item)
+        else:
+            raise ValueError(f"layer {item!r} is not a self-attention layer of this UNet; valid: "
+                             f"{', '.join(GROUPS)}, or one of: {', '.join(every)}")
+    return [n for n in every if n in chosen]
+
+
+@torch.no_grad()
+def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25, guidance: float = 0.0,
+             pag_scale: float = 3.0, layers: str | Sequence[str] = "mid", height: int | None = None,
+             width: int | None = None) -> np.ndarray:
+    """(n, H, W, 3) float images in [0, 1] (as ``pipe(..., output_type="np")``), prompt i from seed i; with
+    guidance > 1 classifier-free guidance as the pipeline does it, plus pag_scale times (cond - perturbed)."""
+    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    if len(prompts) != len(seeds) or not prompts:
+        raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt")
+    names = _layers(pipe, layers)  # checked also at scale 0, so a bad choice is never silently ignored
+    unet, device = pipe.unet, pipe._execution_device
+    n, cfg = len(prompts), guidance > 1
+    height = height or unet.config.sample_size * pipe.vae_scale_factor
+    width = width or unet.config.sample_size * pipe.vae_scale_factor
+    gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # the user's scheduler is left as it is
+
+    # 1. Text: [uncond, cond] rows with guidance, [cond] without; SDXL adds pooled text and size ids
+    text, added = _conditioning(pipe, prompts, device, cfg, height, width)  # (rows, tokens, d), {name: (rows, ...)}
+
+    # 2. Timesteps and starting noise, as the pipeline makes them
+    scheduler.set_timesteps(steps, device=device)
+    latents = pipe.prepare_latents(n, unet.config.in_channels, height, width, text.dtype, device, gens)  # (n, c, h, w)
+    extra = _step_kwargs(scheduler, gens)
+
+    for t in scheduler.timesteps:
+        # 3. The model as it is: both guidance branches in one batch, the user's processors untouched
+        x = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)  # (rows, c, h, w)
+        eps = unet(x, t, encoder_hidden_states=text, added_cond_kwargs=added or None, return_dict=False)[0]
+        if cfg:
+            eps_uncond, eps_cond = eps.chunk(2)  # each (n, c, h, w)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)  # (n, c, h, w)
+        else:
+            eps_cond = eps
+        # 4. The perturbed model: the chosen self-attention maps replaced by the identity, conditional rows only
+        if pag_scale:
+            with trace(unet, [], edits={name: identity_attention for name in names}, branches=("cond",)):
+                perturbed = unet(x[-n:], t, encoder_hidden_states=text[-n:], return_dict=False,
+                                 added_cond_kwargs={k: v[-n:] for k, v in added.items()} or None)[0]  # (n, c, h, w)
+            eps = eps + pag_scale * (eps_cond - perturbed)  # (n, c, h, w)
+        # 5. One scheduler step
+        latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]  # (n, c, h, w)
+
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=gens)[0]
+    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * n)  # (n, H, W, 3)
+
+
+def _layers(pipe, choice) -> list[str]:
+    return layers(pipe, choice)
+
+
+def _conditioning(pipe, prompts, device, cfg: bool, height: int, width: int):
+    """(text (rows, tokens, d), added_cond_kwargs) with rows [uncond, cond] when cfg, as the pipeline builds them."""
+    if not hasattr(pipe, "text_encoder_2"):
+        cond, uncond = pipe.encode_prompt(prompts, device, 1, cfg)  # each (n, tokens, d)
+        return (torch.cat([uncond, cond]) if cfg else cond), {}
+    cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                             do_classifier_free_guidance=cfg)
+    proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else pooled.shape[-1]
+    ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
+                                 text_encoder_projection_dim=proj).to(device).repeat(len(prompts), 1)  # (n, 6)
+    if cfg:
+        return torch.cat([uncond, cond]), {"text_embeds": torch.cat([uncond_pooled, pooled]),
+                                           "time_ids": torch.cat([ids, ids])}
+    return cond, {"text_embeds": pooled, "time_ids": ids}
+
+
+def _step_kwargs(scheduler, generator) -> dict:
+    """The scheduler.step keywords the pipeline passes (eta=0 for DDIM, the generator where it takes one)."""
+    import inspect
+
+    params = set(inspect.signature(scheduler.step).parameters)
+    return {k: v for k, v in (("eta", 0.0), ("generator", generator)) if k in params}

@@ -1,0 +1,67 @@
+"""The notebook's guide: pick the perturbed layers and the PAG and CFG scales; see the caption drawn from one seed
+without PAG and with it, side by side, and the parser's verdict on each.
+
+    gd = Guide(pipe, steps=10)
+    display(gd.box)
+    gd.update(layers="up", scale=5.0, cfg=0.0, scene=2)   # what the controls call; returns the Figure
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .guidance import GROUPS, generate
+from .score import scenes, verdict
+
+
+def pair_figure(pipe, scene, layers: str = "mid", scale: float = 3.0, cfg: float = 0.0, steps: int = 10):
+    """The scene's caption from its seed without PAG and with it (a Figure), each titled with the parser's verdict."""
+    from matplotlib.figure import Figure
+
+    shown = {}
+    for label, s in (("no PAG", 0.0), (f"PAG {layers} x {scale:g}", scale)):
+        image = generate(pipe, [scene.caption], [scene.seed], steps=steps, guidance=cfg, pag_scale=s, layers=layers)
+        shown[label] = (image[0] * 255).round().astype(np.uint8)  # (H, W, 3)
+    fig = Figure(figsize=(5, 2.9), layout="constrained")
+    for ax, (label, image) in zip(fig.subplots(1, 2), shown.items()):
+        v = verdict(scene, image)
+        ax.imshow(image)
+        ax.set_xticks([]), ax.set_yticks([])
+        wrong = [c for c in ("colour", "shape", "size", "one object") if not v[c]]
+        ax.set_title(f"{label}\n{'clean' if v['clean'] else 'wrong: ' + ', '.join(wrong)}", fontsize=8)
+    fig.suptitle(f"{scene.caption} (CFG {cfg:g})", fontsize=8)
+    return fig
+
+
+class Guide:
+    """Widgets over pair_figure; ``update(layers=, scale=, cfg=, scene=)`` redraws (the controls call it)."""
+
+    def __init__(self, pipe, steps: int = 10, n: int = 20):
+        import ipywidgets as W
+
+        self.pipe, self.steps, self.scenes = pipe, steps, scenes(n)
+        self.w = {"layers": W.Dropdown(options=list(GROUPS), value="mid", description="layers"),
+                  "scale": W.FloatSlider(value=3.0, min=0.0, max=8.0, step=0.5, description="PAG scale"),
+                  "cfg": W.FloatSlider(value=0.0, min=0.0, max=10.0, step=0.5, description="CFG scale"),
+                  "scene": W.IntSlider(value=0, min=0, max=n - 1, description="scene")}
+        self.picture = W.Image(format="png")
+        for widget in self.w.values():
+            widget.observe(lambda _: self.update(), names="value")
+        self.box = W.VBox([W.HBox([self.w["layers"], self.w["scene"]]), W.HBox([self.w["scale"], self.w["cfg"]]),
+                           self.picture])
+        self.update()
+
+    def update(self, **values):
+        """Set the given controls (layers, scale, cfg, scene) and redraw; returns the Figure."""
+        bad = [k for k in values if k not in self.w]
+        if bad:
+            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
+        for key, value in values.items():
+            self.w[key].value = value
+        v = {k: w.value for k, w in self.w.items()}
+        fig = pair_figure(self.pipe, self.scenes[v["scene"]], v["layers"], v["scale"], v["cfg"], self.steps)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        self.picture.value = buf.getvalue()
+        return fig

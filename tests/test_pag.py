@@ -1,0 +1,91 @@
+"""Perturbed-attention guidance: the identity edit, the layer choice and the sampling loop on tiny SD1.5 / SD2.1 /
+SDXL pipelines built from their real configs, the clean-object verdict, and the study at small size."""
+import numpy as np
+import pytest
+import torch
+
+from analyses import pag
+from analyses.pag.score import CHECKS, scenes, verdict
+from lab.hooks import trace
+from lab.world import render
+from tiny_models import one_thread, tiny_pipeline  # noqa: F401
+
+PROMPTS, SEEDS = ["a red square", "a blue circle"], [0, 1]
+
+
+@pytest.fixture(scope="module", params=["sd15", "sd21", "sdxl"])
+def pipe(request):
+    return tiny_pipeline(request.param)
+
+
+def _pipeline_images(pipe, guidance):
+    gens = [torch.Generator(pipe.device).manual_seed(s) for s in SEEDS]
+    return pipe(PROMPTS, num_inference_steps=3, guidance_scale=guidance, generator=gens, height=64, width=64,
+                output_type="np").images
+
+
+@pytest.mark.parametrize("guidance", [0.0, 7.5])
+def test_at_scale_0_the_images_equal_the_pipelines_exactly(pipe, guidance):
+    ours = pag.generate(pipe, PROMPTS, SEEDS, steps=3, guidance=guidance, pag_scale=0.0, height=64, width=64)
+    assert np.array_equal(ours, _pipeline_images(pipe, guidance))
+
+
+def test_a_nonzero_scale_changes_the_images(pipe):
+    plain = pag.generate(pipe, PROMPTS, SEEDS, steps=3, pag_scale=0.0, height=64, width=64)
+    guided = pag.generate(pipe, PROMPTS, SEEDS, steps=3, pag_scale=3.0, layers="all", height=64, width=64)
+    assert np.abs(plain - guided).max() > 1e-3
+
+
+def test_the_identity_edit_makes_each_querys_output_its_own_value(pipe):
+    name = pag.layers(pipe, "mid")[0]
+    attn = dict(pipe.unet.named_modules())[name]
+    seen = {}
+    hooks = [attn.to_v.register_forward_hook(lambda m, i, o: seen.__setitem__("v", o)),  # (B, q, inner)
+             attn.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))]  # (B, q, channels)
+    x = torch.randn(2, pipe.unet.config.in_channels, 8, 8)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
+    added = None
+    if hasattr(pipe, "text_encoder_2"):
+        added = {"text_embeds": torch.randn(2, pipe.text_encoder_2.config.projection_dim),
+                 "time_ids": torch.zeros(2, 6)}
+    try:
+        with torch.no_grad(), trace(pipe.unet, [], edits={name: pag.identity_attention}, branches=("cond",)):
+            pipe.unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added)
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(seen["out"], attn.to_out[0](seen["v"]))
+
+
+def test_the_identity_edit_refuses_cross_attention_maps():
+    from lab.hooks import Context
+    ctx = Context("mid_block.attentions.0.transformer_blocks.0.attn2", 0, 0.0, ("cond",), 1, (2, 2))
+    with pytest.raises(ValueError, match="4 queries and 77 keys"):
+        pag.identity_attention(torch.rand(1, 2, 4, 77), ctx)
+
+
+def test_layer_groups_are_the_self_attention_layers_of_that_part(pipe):
+    mid = pag.layers(pipe, "mid")
+    assert mid and all(n.startswith("mid_block.") and n.endswith(".attn1") for n in mid)
+    assert pag.layers(pipe, ["up", "down"]) == pag.layers(pipe, "down") + pag.layers(pipe, "up")
+    assert pag.layers(pipe, "all") == pag.layers(pipe, ["down", "mid", "up"])
+
+
+def test_an_unknown_layer_is_refused_naming_the_valid_ones(pipe):
+    with pytest.raises(ValueError, match=r"layer 'middle' is not a self-attention layer.*valid: down, mid, up, all, "
+                                         r"or one of: .*mid_block\.attentions\.0\.transformer_blocks\.0\.attn1"):
+        pag.generate(pipe, PROMPTS, SEEDS, steps=1, pag_scale=1.0, layers="middle", height=64, width=64)
+
+
+def test_a_rendered_scene_is_a_clean_object_and_a_blank_image_is_not():
+    scene = scenes(1)[0]
+    assert verdict(scene, render(scene)) == {c: True for c in CHECKS}
+    assert not verdict(scene, np.full_like(render(scene), 255))["clean"]
+
+
+def test_the_study_at_small_size_reports_each_condition_and_the_papers_setting(tmp_path):
+    from analyses.pag.study import conditions, run
+    text = run(tmp_path)
+    assert all(f"| {c.label} |" in text for c in conditions())
+    assert "`no CFG + PAG mid 3` against `no CFG`" in text and "improvement **" in text
+    assert (tmp_path / "pag_rates.png").exists() and (tmp_path / "pag_examples.png").exists()
