@@ -29,6 +29,7 @@ from .plot import error_curves, margin_curves
 from .score import attention, errors, rank, timesteps
 
 METHODS = ("denoising error", "attention agreement")
+SPLITS_ITEMS = True  # its pairs go through lab.parallel.run_items: analyses.run_all runs it on every process
 
 
 @dataclass(frozen=True)
