@@ -6,6 +6,10 @@ Each study is a module with ``config()`` (its size, a frozen Config read from LA
 ``run(out_dir, config=None) -> str`` that writes its figures and returns its REPORT section; its command line
 (``python -m analyses.daam [OUT_DIR]`` and so on) is ``run_one(run)``. Each study prints one line when it ends: its
 time, the time so far and an estimate of the time left; its loops show tqdm progress bars (LAB_PROGRESS=0: none).
+
+Under ``accelerate launch --num_processes N -m analyses.run_all`` the studies whose module sets ``SPLITS_ITEMS = True``
+(their items go through ``lab.parallel.run_items``) run first, on every process; then the main process alone runs
+the others and writes REPORT (sections in STUDIES order either way).
 """
 from __future__ import annotations
 
@@ -42,26 +46,35 @@ def run_one(run, argv: list[str] | None = None) -> str:
     out = Path(argv[1]) if len(argv) > 1 else Path("figures")
     out.mkdir(parents=True, exist_ok=True)
     section = run(out)
-    print(section)
+    if section:  # "" on the processes other than the main one under accelerate launch
+        print(section)
     return section
 
 
-def main(out: Path = Path("figures")) -> Path:
+def main(out: Path = Path("figures")) -> Path | None:
+    """Run every study into out; write out/REPORT.md and return its path (None on a process other than the main)."""
+    from lab.parallel import state
     out.mkdir(parents=True, exist_ok=True)
-    sections = [f"# Diffusion Lab report\n\nSize: `{size()}`. Every number below was measured by this run.\n"]
-    start = time.perf_counter()
-    for i, name in enumerate(STUDIES):
+    main_process, order = state().is_main_process, list(STUDIES)
+    if state().num_processes > 1:
+        split = [n for n in STUDIES if getattr(importlib.import_module(n), "SPLITS_ITEMS", False)]
+        order = split + ([n for n in STUDIES if n not in split] if main_process else [])
+    sections, start = {}, time.perf_counter()
+    for i, name in enumerate(order):
         t0 = time.perf_counter()
-        print(f"[run_all] {i + 1}/{len(STUDIES)} {name} ...", flush=True)
+        print(f"[run_all] {i + 1}/{len(order)} {name} ...", flush=True)
         section = importlib.import_module(name).run(out)
         took, elapsed = time.perf_counter() - t0, time.perf_counter() - start
-        sections.append(section + f"\n_{name}: {took:.0f} s_\n")
-        left = time_left(elapsed, STUDIES[:i + 1], STUDIES[i + 1:])
-        print(f"[run_all] {i + 1}/{len(STUDIES)} {name} done in {_clock(took)}; {_clock(elapsed)} so far, about "
+        sections[name] = section + f"\n_{name}: {took:.0f} s_\n"
+        left = time_left(elapsed, order[:i + 1], order[i + 1:])
+        print(f"[run_all] {i + 1}/{len(order)} {name} done in {_clock(took)}; {_clock(elapsed)} so far, about "
               f"{_clock(left)} left", flush=True)
+    if not main_process:
+        return None
+    head = f"# Diffusion Lab report\n\nSize: `{size()}`. Every number below was measured by this run.\n"
     report = out / "REPORT.md"
     tmp = report.with_suffix(".tmp")
-    tmp.write_text("\n".join(sections))
+    tmp.write_text("\n".join([head] + [sections[n] for n in STUDIES]))
     tmp.replace(report)
     print(f"[run_all] wrote {report}")
     return report

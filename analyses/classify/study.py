@@ -10,45 +10,79 @@ decision in UNet evaluations and seconds.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import lab
+from lab import parallel
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import render
 from lab.world.quality import wilson
 
-from .binding import ATTRIBUTES, pairs
+from .binding import ATTRIBUTES, Pair, pairs
 from .plot import error_curves, margin_curves
 from .score import attention, errors, rank, timesteps
 
 METHODS = ("denoising error", "attention agreement")
+SPLITS_ITEMS = True  # its pairs go through lab.parallel.run_items: analyses.run_all runs it on every process
+
+
+@dataclass(frozen=True)
+class Config:
+    """How big the study runs: binding pairs per attribute, timesteps per decision."""
+    n: int
+    timesteps: int
+
+
+def config(**overrides) -> Config:
+    """The study's size for LAB_SIZE (small | default | full), with any field overridden: config(n=1)."""
+    return dataclasses.replace(Config(n=pick(3, 30, 300), timesteps=pick(4, 10, 20)), **overrides)
+
+
+def items(n: int) -> list[Pair]:
+    """The study's items: n binding pairs per attribute, attribute by attribute; each seeded by its scene."""
+    return [p for attribute in ATTRIBUTES for p in pairs(n, attribute)]
+
+
+def judge(pipe, p: Pair, ts: list[int]) -> dict:
+    """One pair's scores: {"errors": (2, T), "attention": (2, T), "seconds": {method: s}}; seeded by the scene."""
+    image = render(p.scene)
+    t0 = time.perf_counter()
+    e = errors(pipe, image, [p.true, p.swapped], ts, seed=p.scene.seed)  # (2, T)
+    t1 = time.perf_counter()
+    a = attention(pipe, image, [p.true, p.swapped], ts, seed=p.scene.seed)  # (2, T)
+    return {"errors": e, "attention": a, "seconds": {METHODS[0]: t1 - t0, METHODS[1]: time.perf_counter() - t1}}
+
+
+def tally(pairs_: list[Pair], judged: list[dict]):
+    """({(attribute, method): [correct per pair]}, {attribute: (pairs, T) relative margins}, seconds per method,
+    an example (pair, errors)) from the pairs and their judge() results, in order."""
+    right, rows, seconds = {}, {}, {m: 0.0 for m in METHODS}
+    for p, j in zip(pairs_, judged):
+        e, a = j["errors"], j["attention"]
+        right.setdefault((p.attribute, "denoising error"), []).append(rank(e)[0] == 0)
+        right.setdefault((p.attribute, "attention agreement"), []).append(rank(a, higher_is_better=True)[0] == 0)
+        rows.setdefault(p.attribute, []).append(((e[1] - e[0]) / e[0]).numpy())
+        for m in METHODS:
+            seconds[m] += j["seconds"][m]
+    margins = {attribute: np.stack(r) for attribute, r in rows.items()}
+    example = (pairs_[0], judged[0]["errors"])
+    return right, margins, {m: s / len(pairs_) for m, s in seconds.items()}, example
 
 
 def measure(pipe, n: int, ts: list[int]):
-    """({(attribute, method): [correct per pair]}, {attribute: (pairs, T) relative margins}, seconds per method,
-    an example (pair, errors))."""
-    right, margins, seconds, example = {}, {}, {m: 0.0 for m in METHODS}, None
-    for attribute in ATTRIBUTES:
-        rows = []
-        for p in pairs(n, attribute):
-            image = render(p.scene)
-            t0 = time.perf_counter()
-            e = errors(pipe, image, [p.true, p.swapped], ts, seed=p.scene.seed)  # (2, T)
-            seconds["denoising error"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            a = attention(pipe, image, [p.true, p.swapped], ts, seed=p.scene.seed)  # (2, T)
-            seconds["attention agreement"] += time.perf_counter() - t0
-            right.setdefault((attribute, "denoising error"), []).append(rank(e)[0] == 0)
-            right.setdefault((attribute, "attention agreement"), []).append(rank(a, higher_is_better=True)[0] == 0)
-            rows.append(((e[1] - e[0]) / e[0]).numpy())
-            example = example or (p, e)
-        margins[attribute] = np.stack(rows)
-    decisions = n * len(ATTRIBUTES)
-    return right, margins, {m: s / decisions for m, s in seconds.items()}, example
+    """tally() of every pair judged in this process (no parts on disk): run() splits them over processes."""
+    ps = items(n)
+    return tally(ps, [judge(pipe, p, ts) for p in ps])
+
+
+def _key(p: Pair) -> str:
+    return f"{p.attribute}-{p.scene.seed}"
 
 
 def section(right, info) -> str:
@@ -73,14 +107,21 @@ def section(right, info) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out: Path, model: str = "shapes") -> str:
-    """Run the study; write its figures and out/classify.md; return the REPORT section."""
+def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
+    """Run the study; write its figures and out/classify.md; return the REPORT section ("" on a process other
+    than the main one under ``accelerate launch``: its pairs are split over the processes, see lab.parallel)."""
+    cfg = config if config is not None else globals()["config"]()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n, ts = pick(3, 30, 300), timesteps(pick(4, 10, 20))
+    n, ts = cfg.n, timesteps(cfg.timesteps)
     t0 = time.perf_counter()
-    pipe = lab.load(model)
-    right, margins, seconds, (pair, e) = measure(pipe, n, ts)
+    pipe = lab.load(model, device=parallel.device())
+    ps = items(n)
+    judged = parallel.run_items("classify", ps, lambda p: judge(pipe, p, ts), out, key=_key,
+                                tag=parallel.tag_of((model, cfg)), desc="classify: pairs")
+    if judged is None:
+        return ""
+    right, margins, seconds, (pair, e) = tally(ps, judged)
     from matplotlib.figure import Figure
     fig = Figure(figsize=(9, 3.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
