@@ -141,6 +141,17 @@ def test_the_explorer_capture_runs_on_a_dit(pipe):
     assert daam.word_map(daam.global_maps(run, steps=[1], heads=0), pipe, "red").shape == (64, 64)
 
 
+def test_the_explorer_offers_and_draws_every_layer_choice_of_a_dit(pipe, run):
+    from analyses.daam.widgets import Explorer, layer_options
+
+    labels = [label for label, _ in layer_options(run)]
+    assert labels[0] == "every joint layer (published)" and "down+up (published)" not in labels
+    ex = Explorer(run, pipe, run.images[0])
+    for label in labels[:3]:
+        fig = ex.update(word="red", steps=(0, 1), layer=label, head="all", branch="cond", tau=0.4)
+        assert fig is not None and ex.message.value == "", ex.message.value
+
+
 def test_relative_maps_divide_by_every_prompt_token_of_each_window(pipe, run):
     g = daam.global_maps(run)
     keys = dit.prompt_keys(g, pipe)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import html
 import io
 
-from .maps import TAU, layer_names, prompt_of
+from .maps import DEFAULT_BLOCKS, TAU, layer_names, prompt_of
 from .plot import CMAP, _short, view
 from .sources import caches, kept_steps, run_steps, widest
-from .words import tokenizer_of, words
+from .words import words
 
 
 def layer_options(cache) -> list[tuple[str, tuple]]:
@@ -25,7 +25,9 @@ def layer_options(cache) -> list[tuple[str, tuple]]:
     global_maps."""
     every = layer_names(cache, blocks=None)
     cache = widest(cache)
-    opts = [("down+up (published)", (("blocks", ("down", "up")),)), ("all captured", (("blocks", None),))]
+    on_dit = any(n.split(".")[0] in ("transformer_blocks", "single_transformer_blocks") for n in every)
+    published = "every joint layer (published)" if on_dit else "down+up (published)"
+    opts = [(published, (("blocks", DEFAULT_BLOCKS),)), ("all captured", (("blocks", None),))]
     for r in sorted({tuple(cache.resolution(n)) for n in every}, reverse=True):
         opts.append((f"{r[0]}x{r[1]}", (("blocks", None), ("resolution", r))))
     opts += [(_short(n), (("layers", (n,)),)) for n in every]
@@ -47,7 +49,7 @@ class Explorer:
     def __init__(self, cache, tokenizer, image, batch: int = 0, cmap: str = CMAP):
         import ipywidgets as W
 
-        self.cache, self.tokenizer, self.image = cache, tokenizer_of(tokenizer), image
+        self.cache, self.tokenizer, self.image = cache, tokenizer, image  # a DiT pipeline aligns through its encoders
         self.batch, self.cmap = batch, cmap
         self.prompt = prompt_of(cache, batch)
         self.words = list(dict.fromkeys(w.text.lower() for w in words(self.tokenizer, self.prompt) if w.kept))
