@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from lab.world import make_scene
-from lab.world.clip import Pool, embed_texts, load, swapped
+from lab.world.clip import Pool, embed_texts, hard_negative, load, swapped
 from lab.world.train import main
 
 TINY = ["--width", "32", "--layers", "1", "--batch", "16", "--pool", "64", "--lr", "2e-3"]
@@ -67,3 +67,25 @@ def test_swapped_captions_differ_in_exactly_one_attribute():
             assert changed == 1 or (attribute == "shape" and "arrow" in c + scene.caption)
     backgrounds = swapped(scene, "background")
     assert len(set(backgrounds)) == 47 and all(c.startswith(scene.caption.split(" on a ")[0]) for c in backgrounds)
+
+
+def test_a_hard_negative_is_one_of_the_scenes_shape_or_colour_swaps_and_repeats():
+    scenes = [make_scene(i, "train", world=2) for i in range(40)]
+    negatives = [hard_negative(s) for s in scenes]
+    for scene, negative in zip(scenes, negatives):
+        assert negative in swapped(scene, "shape") + swapped(scene, "colour") and negative != scene.caption
+    assert negatives == [hard_negative(s) for s in scenes]  # from the scene's seed: a rebuilt pool is the same
+    kinds = {"shape" if n in swapped(s, "shape") else "colour" for s, n in zip(scenes, negatives)}
+    assert kinds == {"shape", "colour"}
+
+
+def test_clip_stage_with_negatives_learns_and_remembers_it_on_resume(tmp_path):
+    main(["clip", "--run", str(tmp_path), "--steps", "50", "--refresh", "0", "--eval-n", "0", "--negatives", *TINY])
+    losses = [row["loss"] for row in _log(tmp_path) if row.get("stage") == "clip" and "loss" in row]
+    assert len(losses) == 2 and losses[-1] < losses[0], losses
+    assert torch.load(tmp_path / "clip.ckpt")["negatives"] is True
+    going = Pool(40, 0, negatives=True)
+    going.refresh(25)
+    rebuilt = Pool(40, going.next_seed, negatives=True)
+    assert np.array_equal(going.negative_ids, rebuilt.negative_ids)
+    assert not np.array_equal(going.ids, going.negative_ids)

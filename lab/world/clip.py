@@ -11,7 +11,8 @@
     ['background', 'colour', 'shape', 'top-1 of 8']
 
 API: ``clip_config(width, layers)``, ``train_clip(run, ...)`` (the ``clip`` stage), ``embed_images``/``embed_texts``,
-``retrieval(model, n)``, ``swapped(scene, attribute)`` (captions that differ in one attribute), ``export(run, out)``.
+``retrieval(model, n)``, ``swapped(scene, attribute)`` (captions that differ in one attribute), ``hard_negative(scene)``
+(one of them, for training with ``--negatives``), ``export(run, out)``.
 
 The model is a transformers ``CLIPModel``; its text tower is a ``CLIPTextModel`` (same weights, ``export`` writes it
 as ``text_encoder/``) that reads the real CLIP BPE tokens, so a diffusion UNet can later condition on its frozen
@@ -115,6 +116,15 @@ def swapped(scene: Scene, attribute: str) -> list[str]:
     return out
 
 
+def hard_negative(scene: Scene) -> str:
+    """One caption of `scene` with an object's shape (or colour) swapped, chosen by the scene's seed (NegCLIP-style
+    hard negative: the binding of attributes to objects is what contrastive training on whole captions misses)."""
+    rng = np.random.default_rng(scene.seed + 7_777_777)
+    first = "shape" if rng.random() < 0.5 else "colour"
+    options = swapped(scene, first) or swapped(scene, "colour" if first == "shape" else "shape")
+    return options[int(rng.integers(len(options)))]
+
+
 @torch.no_grad()
 def retrieval(model, n: int = 500, first_seed: int = EVAL_SEED) -> dict[str, float]:
     """Zero-shot caption retrieval on n unseen world-2 scenes (test split).
@@ -141,13 +151,18 @@ def retrieval(model, n: int = 500, first_seed: int = EVAL_SEED) -> dict[str, flo
 
 # ---------------------------------------------------------------------------------------------------- training
 class Pool:
-    """``size`` training scenes as uint8 images and token ids; the scene of seed s lives in slot s mod size."""
+    """``size`` training scenes as uint8 images and token ids; the scene of seed s lives in slot s mod size.
 
-    def __init__(self, size: int, next_seed: int):
+    With ``negatives``, each slot also holds the token ids of a hard negative: the scene's caption with one object's
+    shape (or, half the time, colour) swapped, drawn from the scene's own seed, so a rebuilt pool is the same.
+    """
+
+    def __init__(self, size: int, next_seed: int, negatives: bool = False):
         from .train import token_ids
-        self.size, self.next_seed, self._ids = size, next_seed, token_ids
+        self.size, self.next_seed, self._ids, self.negatives = size, next_seed, token_ids, negatives
         self.images = np.zeros((size, 128, 128, 3), np.uint8)
         self.ids = np.zeros((size, 77), np.int64)
+        self.negative_ids = np.zeros((size, 77), np.int64) if negatives else None
         if next_seed == 0:  # a new run
             self.refresh(size)
         for start in range(max(0, next_seed - size), next_seed, 1000):  # a resumed one: the pool it left
@@ -158,6 +173,8 @@ class Pool:
         slots = [s % self.size for s in seeds]
         self.images[slots] = np.stack([render(s) for s in scenes])
         self.ids[slots] = self._ids([s.caption for s in scenes])
+        if self.negatives:
+            self.negative_ids[slots] = self._ids([hard_negative(s) for s in scenes])
 
     def refresh(self, k: int) -> None:
         """Replace the k oldest scenes with scenes of new seeds."""
@@ -167,8 +184,12 @@ class Pool:
 
 
 def train_clip(run: Path, minutes: float, steps: int, batch: int = 256, lr: float = 5e-4, every: float = 300.0,
-               pool: int = 20_000, refresh: int = 8, width: int = 128, layers: int = 4, eval_n: int = 500) -> None:
-    """The ``clip`` stage: contrastive training with checkpoint and resume; at the end, ``retrieval`` is logged."""
+               pool: int = 20_000, refresh: int = 8, width: int = 128, layers: int = 4, eval_n: int = 500,
+               negatives: bool = False) -> None:
+    """The ``clip`` stage: contrastive training with checkpoint and resume; at the end, ``retrieval`` is logged.
+
+    negatives: each image is also scored against its own hard negative (``hard_negative``), as extra columns of
+    the image-to-text softmax; kept in the checkpoint, so a resumed run trains as it started unless told."""
     from transformers import CLIPModel
     from .train import Clock, _device, _log, _save
     device = _device()
@@ -177,6 +198,7 @@ def train_clip(run: Path, minutes: float, steps: int, batch: int = 256, lr: floa
     state = torch.load(ckpt, map_location=device) if ckpt.exists() else None
     if state is not None:
         width, layers, step, next_seed = state["width"], state["layers"], state["step"], state["next_seed"]
+        negatives = negatives or state.get("negatives", False)
     model = CLIPModel(clip_config(width, layers)).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -184,13 +206,13 @@ def train_clip(run: Path, minutes: float, steps: int, batch: int = 256, lr: floa
     if state is not None:
         model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
     t0 = time.time()
-    data = Pool(pool, next_seed)
+    data = Pool(pool, next_seed, negatives)
     _log(run, stage="clip-data", pool=pool, next_seed=data.next_seed, seconds=round(time.time() - t0, 1))
     clock, gen = Clock(minutes, steps, every), torch.Generator().manual_seed(step)
 
     def save() -> None:
         _save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "next_seed": data.next_seed,
-               "width": width, "layers": layers}, ckpt)
+               "width": width, "layers": layers, "negatives": negatives}, ckpt)
 
     losses = []
     model.train()
@@ -205,8 +227,15 @@ def train_clip(run: Path, minutes: float, steps: int, batch: int = 256, lr: floa
         logits = model.logit_scale.exp() * img @ txt.T  # (B, B): image i against caption j
         same = torch.from_numpy(data.ids[idx][:, None] == data.ids[idx][None]).all(-1).to(device)  # equal captions
         target = same.float() / same.sum(1, keepdim=True)  # a caption shared by several images is right for each
-        loss = (torch.sum(-target * logits.log_softmax(1), 1).mean()
-                + torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
+        to_text = logits
+        if negatives:
+            neg = _crop(torch.from_numpy(data.negative_ids[idx]).to(device))  # (B, L)
+            neg = F.normalize(model.text_projection(model.text_model(input_ids=neg).pooler_output), dim=-1)
+            hard = model.logit_scale.exp() * (img * neg).sum(-1, keepdim=True)  # (B, 1): image i, its own negative
+            to_text = torch.cat([logits, hard], dim=1)  # (B, B + 1)
+            target = torch.cat([target, torch.zeros_like(hard)], dim=1)
+        loss = (torch.sum(-target * to_text.log_softmax(1), 1).mean()
+                + torch.sum(-target[:, :batch] * logits.T.log_softmax(1), 1).mean()) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -474,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=20_000, help="clip stage: training scenes held at once")
     p.add_argument("--refresh", type=int, default=8, help="clip stage: scenes of new seeds swapped in per step")
     p.add_argument("--eval-n", type=int, default=500, help="clip stages: unseen scenes the retrieval is scored on")
+    p.add_argument("--negatives", action="store_true",
+                   help="clip stage: score each image against its caption with one shape or colour swapped too")
     p.add_argument("--world", type=int, choices=(1, 2), default=1, help="vae stage: the world its scenes come from")
     p.add_argument("--train-encoder", action="store_true",
                    help="vae stage with --init: fine-tune the encoder too (its latents change meaning)")
@@ -483,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         from . import clip
         if a.stage == "clip":
             clip.train_clip(a.run, a.minutes, a.steps, a.batch or 256, a.lr or 5e-4, a.checkpoint_every, a.pool,
-                            a.refresh, a.width, a.layers, a.eval_n)
+                            a.refresh, a.width, a.layers, a.eval_n, a.negatives)
         elif a.stage == "clip-eval":
             _log(a.run, stage="clip-eval", step=torch.load(a.run / "clip.ckpt")["step"],
                  **clip.retrieval(clip.load(a.run), a.eval_n))
