@@ -28,6 +28,7 @@ STUDIES = ["analyses.quality_study", "analyses.daam.study", "analyses.dift.study
 SHARES = {"analyses.quality_study": 104, "analyses.daam.study": 44, "analyses.dift.study": 144,
           "analyses.svd.study": 64, "analyses.schedules.study": 156, "analyses.p2p.study": 60,
           "analyses.classify.study": 45, "analyses.pag.study": 45, "analyses.clockwork.study": 40}
+# (the last four are estimates from their CPU time at default size, not timings at LAB_SIZE=small)
 
 
 def time_left(elapsed: float, done: list[str], todo: list[str]) -> float:
