@@ -6,8 +6,8 @@
 """
 from __future__ import annotations
 
-import io
 
+from lab.widgets import png, set_controls
 from lab.world import render
 
 from .binding import ATTRIBUTES, pairs
@@ -48,14 +48,8 @@ class Picker:
 
     def update(self, **values):
         """Set the given controls (attribute, scene) and redraw; returns the Figure."""
-        bad = [k for k in values if k not in self.w]
-        if bad:
-            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
-        for key, value in values.items():
-            self.w[key].value = value
+        set_controls(self.w, values)
         pair = pairs(self.n, self.w["attribute"].value)[self.w["scene"].value]
         fig = scene_figure(self.pipe, pair, self.ts)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        self.picture.value = buf.getvalue()
+        self.picture.value = png(fig)
         return fig

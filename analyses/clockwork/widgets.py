@@ -9,11 +9,11 @@ plain run of the same seed, with the pixel distance and the parser's reading.
 """
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import torch
 
+from lab.widgets import png, set_controls
 from lab.hooks import select
 
 from .perturb import Perturbation, perturbed
@@ -77,16 +77,10 @@ class _Panel:
         self.update()
 
     def update(self, **values):
-        bad = [k for k in values if k not in self.w]
-        if bad:
-            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
-        for key, value in values.items():
-            self.w[key].value = value
+        set_controls(self.w, values)
         v = {k: w.value for k, w in self.w.items()}
         fig = self.figure(self.scenes[v.pop("scene")], **v)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        self.picture.value = buf.getvalue()
+        self.picture.value = png(fig)
         return fig
 
 

@@ -12,7 +12,8 @@ cond branch comes from the published maps, at other steps from capture(head_step
 from __future__ import annotations
 
 import html
-import io
+
+from lab.widgets import png, set_controls
 
 from .maps import DEFAULT_BLOCKS, TAU, layer_names, prompt_of
 from .plot import CMAP, _short, view
@@ -91,13 +92,9 @@ class Explorer:
         Returns the Figure; a slice that cannot be drawn (e.g. a head a layer does not have) shows its error under
         the picture and returns None.
         """
-        bad = [k for k in values if k not in self.w]
-        if bad:
-            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
         self._hold = True
         try:
-            for key, value in values.items():
-                self.w[key].value = value
+            set_controls(self.w, values)  # refuses an unknown name before setting anything
         finally:
             self._hold = False
         try:
@@ -105,9 +102,7 @@ class Explorer:
         except ValueError as e:
             self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
             return None
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        self.picture.value = buf.getvalue()
+        self.picture.value = png(fig)
         self.message.value = ""
         return fig
 

@@ -11,7 +11,8 @@ sees, under the picture; ``update`` returns None then.
 from __future__ import annotations
 
 import html
-import io
+
+from lab.widgets import png, set_controls
 
 from .align import METHODS
 from .control import Control, Request, generate
@@ -65,18 +66,12 @@ class Editor:
     def update(self, **values):
         """Set the given controls (source, target, method, cross_steps, self_steps, blend, reweight, factor), run the
         edit and show it; returns the Figure, or None when the edit is refused (the message says why)."""
-        bad = [k for k in values if k not in self.w]
-        if bad:
-            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
-        for key, value in values.items():
-            self.w[key].value = value
+        set_controls(self.w, values)
         try:
             fig = edit_figure(self.pipe, steps=self.steps, seed=self.seed, **self.values())
         except ValueError as e:
             self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
             return None
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        self.picture.value = buf.getvalue()
+        self.picture.value = png(fig)
         self.message.value = ""
         return fig

@@ -7,9 +7,10 @@ without PAG and with it, side by side, and the parser's verdict on each.
 """
 from __future__ import annotations
 
-import io
 
 import numpy as np
+
+from lab.widgets import png, set_controls
 
 from .guidance import GROUPS, generate
 from .score import scenes, verdict
@@ -54,14 +55,8 @@ class Guide:
 
     def update(self, **values):
         """Set the given controls (layers, scale, cfg, scene) and redraw; returns the Figure."""
-        bad = [k for k in values if k not in self.w]
-        if bad:
-            raise ValueError(f"unknown control {bad[0]!r}; controls: {', '.join(self.w)}")
-        for key, value in values.items():
-            self.w[key].value = value
+        set_controls(self.w, values)
         v = {k: w.value for k, w in self.w.items()}
         fig = pair_figure(self.pipe, self.scenes[v["scene"]], v["layers"], v["scale"], v["cfg"], self.steps)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        self.picture.value = buf.getvalue()
+        self.picture.value = png(fig)
         return fig
