@@ -91,3 +91,41 @@ def test_vae_stage_fine_tunes_the_whole_vae_on_world_2(tmp_path):
     assert not torch.equal(state["encoder.conv_in.weight"], shipped["encoder.conv_in.weight"])  # the encoder learnt
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])["world"] == 2
     assert torch.load(tmp_path / "latents.pt")["latents"].shape == (4, 4, 16, 16)  # re-encoded with the new encoder
+
+
+def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path):
+    """The world-2 chain, as SD: a VAE run's encoder makes the latents, the UNet (cross-attention at every
+    resolution) learns on a frozen CLIP text tower, and the export ships that tower unchanged, in float16."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from lab.load import BUILTIN
+    vae_run, run, encoder = tmp_path / "vae", tmp_path / "unet", tmp_path / "clip" / "text_encoder"
+    vae_run.mkdir()
+    shipped = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae")
+    torch.save({"model": shipped.state_dict(), "step": 7}, vae_run / "vae.ckpt")
+    main(["latents", "--run", str(run), "--init", str(vae_run), "--world", "2", "--scenes", "6", "--workers", "1"])
+    assert torch.load(run / "latents.pt")["world"] == 2
+    try:
+        main(["unet", "--run", str(run), "--steps", "1", "--batch", "2"])
+        raise AssertionError("world-2 latents trained without a text encoder")
+    except SystemExit as e:
+        assert "--text-encoder" in str(e)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                                        num_attention_heads=4, max_position_embeddings=77, eos_token_id=49407))
+    text.save_pretrained(str(encoder))
+    main(["unet", "--run", str(run), "--steps", "2", "--batch", "2", "--ema", "0.9", "--text-encoder", str(encoder)])
+    main(["unet", "--run", str(run), "--steps", "3", "--batch", "2", "--ema", "0.9"])  # resumes on the same encoder
+    ckpt = torch.load(run / "unet-sd.ckpt")
+    assert ckpt["step"] == 3 and ckpt["world"] == 2 and "text" not in ckpt
+    main(["export", "--run", str(run), "--out", str(tmp_path / "model")])
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))  # float16 on disk, float32 here
+    cross = {".".join(name.split(".")[:2]) for name, _ in pipe.unet.named_modules() if name.endswith("attn2")}
+    assert cross == {"down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block.attentions",
+                     "up_blocks.0", "up_blocks.1", "up_blocks.2"}  # every resolution, 16x16 to 4x4
+    written = pipe.text_encoder.state_dict()
+    assert all(torch.equal(written[k], v.half().float()) for k, v in text.state_dict().items())  # frozen, as given
+    stored = load_file(str(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16} and pipe.unet.config.cross_attention_dim == 128
+    image = pipe("a red circle on a striped background", num_inference_steps=1, output_type="np").images
+    assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()

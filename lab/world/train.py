@@ -14,6 +14,15 @@ gloo); on the project's 2-core machine that trained about 90 samples per second 
 
     python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2
 
+World 2, as Stable Diffusion was made: a CLIP trained contrastively first, then the UNet on its frozen text tower.
+
+    python -m lab.world.train clip --run runs/clip --minutes 120 --negatives
+    python -m lab.world.train clip-export --run runs/clip --out runs/clip/export
+    python -m lab.world.train vae --run runs/w2-vae --init lab/models/shapes --world 2 --train-encoder
+    python -m lab.world.train latents --run runs/w2 --init runs/w2-vae --world 2 --scenes 30000
+    python -m lab.world.train unet --run runs/w2 --text-encoder runs/clip/export/text_encoder
+    python -m lab.world.train export --run runs/w2 --out lab/models/shapes     # float16 on disk
+
 The ``vae`` stage also renders the training scenes and stores their latents, so the UNet stages only read tensors.
 To go on from a shipped model instead, ``latents --init lab/models/shapes`` encodes scenes with its VAE and
 ``unet --init lab/models/shapes`` starts from its weights; ``lab/world/train_gpu_refine.sh`` is that recipe for one
@@ -47,12 +56,23 @@ def vae_config() -> dict:
                 latent_channels=4, norm_num_groups=16, sample_size=128)
 
 
-def unet_config() -> dict:
-    # Cross-attention at 16x16 and 8x8 latents, 2 heads: the layout of SD at a fraction of the width.
+def unet_config(world: int = 1) -> dict:
+    """World 1: cross-attention at 16x16 and 8x8 latents, 2 heads, on a jointly trained 64-wide text encoder.
+
+    World 2: cross-attention at every resolution (16x16, 8x8, 4x4 and the middle block, as SD 1.x has at 64, 32 and
+    16 and its middle), on the frozen CLIP text tower's 128-wide hidden states, heads of 16 channels at every
+    resolution (as SD 2.x keeps 64). The widths are world 1's: 4.3M parameters (8.2 MiB in float16) beside the text
+    tower's 13.6 MiB, and 0.68 s per step of 32 on one CPU core, against 1.0 s and 18 MiB at 1.5x the width, which
+    would not fit 30 MiB with the text tower.
+    """
+    if world == 1:
+        return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128),
+                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                    cross_attention_dim=64, attention_head_dim=2, norm_num_groups=16)
     return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128),
-                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=64, attention_head_dim=2, norm_num_groups=16)
+                down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+                cross_attention_dim=128, attention_head_dim=(2, 4, 8), norm_num_groups=16)
 
 
 def text_config() -> dict:
@@ -275,13 +295,15 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
     _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
     if init is None or encoder:
         chunk, ids = (512 if device.type == "cuda" else 32), token_ids(captions)
-        encode_latents(run, vae, ((images[i:i + chunk], ids[i:i + chunk]) for i in range(0, len(ids), chunk)), device)
+        encode_latents(run, vae, ((images[i:i + chunk], ids[i:i + chunk]) for i in range(0, len(ids), chunk)), device,
+                       world=world)
 
 
 @torch.no_grad()
-def encode_latents(run: Path, vae, chunks, device: torch.device, scaling: float | None = None) -> None:
-    """Store every training scene's latent (posterior mean), the scaling factor (by default 1 / the latents' std)
-    and the caption token ids. chunks yields (uint8 images (B, 3, H, W), token ids (B, 77)), a chunk at a time."""
+def encode_latents(run: Path, vae, chunks, device: torch.device, scaling: float | None = None, world: int = 1) -> None:
+    """Store every training scene's latent (posterior mean), the scaling factor (by default 1 / the latents' std),
+    the caption token ids and the scenes' world. chunks yields (uint8 images (B, 3, H, W), token ids (B, 77)), a
+    chunk at a time."""
     vae.eval()
     means, ids, t0 = [], [], time.time()
     for images, chunk_ids in chunks:
@@ -292,19 +314,20 @@ def encode_latents(run: Path, vae, chunks, device: torch.device, scaling: float 
             print(f"encoded {sum(len(m) for m in means)}", flush=True)
     latents = torch.cat(means)  # (N, 4, 16, 16)
     scaling = scaling or float(1.0 / latents.std())
-    _save({"latents": (latents * scaling).half(), "ids": torch.cat(ids).int(), "scaling_factor": scaling},
-          run / "latents.pt")
+    _save({"latents": (latents * scaling).half(), "ids": torch.cat(ids).int(), "scaling_factor": scaling,
+           "world": world}, run / "latents.pt")
     _log(run, stage="latents", n=len(latents), scaling_factor=round(scaling, 5), seconds=round(time.time() - t0, 1))
 
 
-def _latent_chunk(seeds: range) -> tuple[np.ndarray, np.ndarray]:
+def _latent_chunk(seeds: range, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A chunk of training scenes as (uint8 images (B, 3, H, W), caption token ids), tokenised in the worker."""
-    images, captions = _render_chunk(seeds)
+    images, captions = _render_chunk(seeds, world)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), token_ids(captions)
 
 
-def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
-    """Render the training scenes and encode them with an existing pipeline's VAE (to continue its UNet).
+def make_latents(run: Path, init: Path, n_scenes: int, workers: int, world: int = 1) -> None:
+    """Render `world`'s training scenes and encode them with the VAE of `init`: a pipeline folder (to continue its
+    UNet) or a ``vae`` stage's run folder (its ``vae.ckpt``; the scaling factor is then 1 / the latents' std).
 
     Scenes stream from the workers to the encoder a chunk at a time, so only the latents are ever held: 400,000
     scenes take 0.8 GB rather than 20 GB of images. The VAE runs on the GPU when there is one.
@@ -313,40 +336,69 @@ def make_latents(run: Path, init: Path, n_scenes: int, workers: int) -> None:
     run.mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + 1000, n_scenes)) for i in range(0, n_scenes, 1000)]
     with Pool(workers) as pool:  # started before CUDA is, so the forked workers inherit none of it
-        vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(_device())
-        encode_latents(run, vae, pool.imap(_latent_chunk, chunks), _device(), scaling=vae.config.scaling_factor)
-    _save({"model": vae.cpu().state_dict(), "step": 0}, run / "vae.ckpt")
+        if (Path(init) / "vae.ckpt").exists():
+            state = torch.load(Path(init) / "vae.ckpt", map_location="cpu")
+            vae, scaling = AutoencoderKL(**vae_config()), None
+            vae.load_state_dict(state["model"])
+        else:
+            vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae")
+            state, scaling = {"step": 0}, vae.config.scaling_factor
+        vae = vae.to(_device())
+        encode_latents(run, vae, pool.imap(functools.partial(_latent_chunk, world=world), chunks), _device(),
+                       scaling=scaling, world=world)
+    if Path(init).resolve() != run.resolve():
+        _save({"model": vae.cpu().state_dict(), "step": state["step"]}, run / "vae.ckpt")
 
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
                init: Path | None = None, ema: float = 0.9995, lr_final: float | None = None,
-               ema_out: Path | None = None) -> None:
+               ema_out: Path | None = None, text_encoder: Path | None = None) -> None:
     """Train the UNet and text encoder; with `lr_final`, the learning rate falls from `lr` to it along a cosine
     over this run's minutes (or steps, whichever ends it first). With `ema_out`, every checkpoint also writes the
     EMA weights (what `export` ships) there as diffusers/transformers folders, small enough to fetch from a
-    remote machine."""
+    remote machine.
+
+    With `text_encoder` (a ``CLIPTextModel`` folder, such as ``clip-export``'s ``text_encoder/``), that encoder is
+    frozen and only the UNet trains, as Stable Diffusion trained on frozen CLIP. World-2 latents (what ``latents
+    --world 2`` stores) need one; the UNet then takes ``unet_config(2)``. A resumed run keeps its encoder.
+    """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     device = _device()
     data = torch.load(run / "latents.pt")
     latents, ids = data["latents"].to(device), data["ids"].long().to(device)  # (N, 4, 16, 16), (N, 77)
+    scenes = data.get("world", 1)  # the shapes world the latents come from
+    step, ckpt = 0, run / f"unet-{variant}.ckpt"
+    s = torch.load(ckpt, map_location=device) if ckpt.exists() else None
+    if s is not None and s.get("text_encoder") and text_encoder and Path(text_encoder) != Path(s["text_encoder"]):
+        raise SystemExit(f"{ckpt} was trained on the frozen text encoder {s['text_encoder']}, not {text_encoder}")
+    text_encoder = text_encoder or (s or {}).get("text_encoder")
+    if scenes == 2 and text_encoder is None:
+        raise SystemExit(f"{run / 'latents.pt'} holds world-2 latents: pass --text-encoder, the frozen CLIP text "
+                         "tower the UNet conditions on (clip-export writes it as <out>/text_encoder)")
     empty = torch.from_numpy(token_ids([""])).long().to(device)  # (1, 77)
     sched = DDPMScheduler(**{k: v for k, v in scheduler_config(variant).items() if k not in ("set_alpha_to_one",)})
-    unet = UNet2DConditionModel(**unet_config()).to(device)
-    text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
-    ema_unet = UNet2DConditionModel(**unet_config()).to(device).requires_grad_(False)
-    ema_text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device).requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_config(scenes)).to(device)
+    ema_unet = UNet2DConditionModel(**unet_config(scenes)).to(device).requires_grad_(False)
+    if text_encoder is None:  # world 1: the text encoder trains jointly with the UNet, and has an EMA too
+        text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
+        ema_text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device).requires_grad_(False)
+    else:
+        text = CLIPTextModel.from_pretrained(str(text_encoder)).to(device).requires_grad_(False).eval()
+        ema_text = None
     if init is not None:  # continue from a shipped model's weights, with a fresh optimiser
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(init), subfolder="unet").state_dict())
-        text.load_state_dict(CLIPTextModel.from_pretrained(str(init), subfolder="text_encoder").state_dict())
-    ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text.state_dict())
-    params = list(unet.parameters()) + list(text.parameters())
+        if ema_text is not None:
+            text.load_state_dict(CLIPTextModel.from_pretrained(str(init), subfolder="text_encoder").state_dict())
+    ema_unet.load_state_dict(unet.state_dict())
+    if ema_text is not None:
+        ema_text.load_state_dict(text.state_dict())
+    params = list(unet.parameters()) + (list(text.parameters()) if ema_text is not None else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
-    step, ckpt = 0, run / f"unet-{variant}.ckpt"
-    if ckpt.exists():
-        s = torch.load(ckpt, map_location=device)
-        unet.load_state_dict(s["unet"]), text.load_state_dict(s["text"]), opt.load_state_dict(s["opt"])
-        ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
+    if s is not None:
+        unet.load_state_dict(s["unet"]), opt.load_state_dict(s["opt"]), ema_unet.load_state_dict(s["ema_unet"])
+        if ema_text is not None:
+            text.load_state_dict(s["text"]), ema_text.load_state_dict(s["ema_text"])
         step = s["step"]
     alphas = sched.alphas_cumprod.to(device)
     rank, world = _data_parallel()  # every process starts from the same weights and takes the same averaged steps
@@ -355,11 +407,12 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     first_step = step
 
     def save() -> None:
-        _save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
-               "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "variant": variant,
-               "scaling_factor": data["scaling_factor"]}, ckpt)
+        texts = ({"text": text.state_dict(), "ema_text": ema_text.state_dict()} if ema_text is not None
+                 else {"text_encoder": str(text_encoder)})
+        _save({"unet": unet.state_dict(), "opt": opt.state_dict(), "step": step, "ema_unet": ema_unet.state_dict(),
+               "variant": variant, "world": scenes, "scaling_factor": data["scaling_factor"]} | texts, ckpt)
         if ema_out is not None:
-            _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text)
+            _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text if ema_text is not None else text)
 
     def learning_rate() -> float:
         warm = lr * min(1.0, (step + 1) / 500)
@@ -385,7 +438,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         for g in opt.param_groups:
             g["lr"] = rate
         with _autocast(device):
-            cond = text(tok)[0]  # (B, 77, 64)
+            with torch.set_grad_enabled(ema_text is not None):
+                cond = text(tok)[0]  # (B, 77, 64), or (B, 77, 128) from world 2's frozen CLIP
             pred = unet(xt, t, cond).sample
         loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
@@ -396,7 +450,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         opt.step()
         step += 1
         _ema_update(ema_unet, unet, min(ema, (1 + step) / (10 + step)))
-        _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
+        if ema_text is not None:
+            _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
         losses.append(loss.item() if step % 50 == 0 else None)
         _advance(bar, clock, step)
         if step % 500 == 0 and rank == 0:
@@ -426,19 +481,27 @@ def _agreed(value: float, world: int) -> float:
 
 
 def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
-    """Write a diffusers StableDiffusionPipeline folder from the run's EMA weights."""
+    """Write a diffusers StableDiffusionPipeline folder from the run's EMA weights (and its frozen text encoder, if
+    it had one). A world-2 model is stored in float16 (its CLIP text tower alone is 12 MiB of token embeddings);
+    ``lab.load`` runs it in float32 on a CPU."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     s = torch.load(run / f"unet-{variant}.ckpt", map_location="cpu")
-    unet = UNet2DConditionModel(**unet_config())
+    world = s.get("world", 1)
+    unet = UNet2DConditionModel(**unet_config(world))
     unet.load_state_dict(s["ema_unet"])
-    text = CLIPTextModel(CLIPTextConfig(**text_config()))
-    text.load_state_dict(s["ema_text"])
+    if "ema_text" in s:
+        text = CLIPTextModel(CLIPTextConfig(**text_config()))
+        text.load_state_dict(s["ema_text"])
+    else:
+        text = CLIPTextModel.from_pretrained(s["text_encoder"])
     vae = AutoencoderKL(**vae_config(), scaling_factor=s["scaling_factor"])
     vae.load_state_dict(torch.load(run / "vae.ckpt", map_location="cpu")["model"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(**scheduler_config(variant)), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
+    if world == 2:
+        pipe.to(torch.float16)
     pipe.save_pretrained(str(out), safe_serialization=True)
     meta = {"variant": variant, "unet_steps": s["step"], "vae_steps": torch.load(run / "vae.ckpt")["step"]}
     (out / "training.json").write_text(json.dumps(meta | (card or {}), indent=2))
@@ -476,7 +539,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-n", type=int, default=500, help="clip stages: unseen scenes the retrieval is scored on")
     p.add_argument("--negatives", action="store_true",
                    help="clip stage: score each image against its caption with one shape or colour swapped too")
-    p.add_argument("--world", type=int, choices=(1, 2), default=1, help="vae stage: the world its scenes come from")
+    p.add_argument("--world", type=int, choices=(1, 2), default=1,
+                   help="vae and latents stages: the world their scenes come from (the unet stage reads it from "
+                        "latents.pt)")
+    p.add_argument("--text-encoder", type=Path, default=None,
+                   help="unet stage: train on this frozen CLIPTextModel folder (world 2 needs one), as SD on CLIP")
     p.add_argument("--train-encoder", action="store_true",
                    help="vae stage with --init: fine-tune the encoder too (its latents change meaning)")
     a = p.parse_args(argv)
@@ -496,11 +563,11 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
                   a.lr or 2e-4, a.init, a.world, a.train_encoder)
     elif a.stage == "latents":
-        make_latents(a.run, a.init, a.scenes, a.workers)
+        make_latents(a.run, a.init, a.scenes, a.workers, a.world)
     elif a.stage == "unet":
         kwargs = dict(run=a.run, variant=a.variant, minutes=a.minutes, steps=a.steps, batch=a.batch or 128,
                       lr=a.lr or 5e-4, every=a.checkpoint_every, init=a.init, ema=a.ema, lr_final=a.lr_final,
-                      ema_out=a.ema_out)
+                      ema_out=a.ema_out, text_encoder=a.text_encoder)
         if a.processes > 1:
             if _device().type == "cuda":
                 raise SystemExit("--processes is for CPU cores; on a GPU raise --batch instead")
