@@ -85,7 +85,7 @@ def test_vae_stage_fine_tunes_the_whole_vae_on_world_2(tmp_path):
     from diffusers import AutoencoderKL
     from lab.load import BUILTIN
     main(["vae", "--run", str(tmp_path), "--init", str(BUILTIN["shapes"]), "--world", "2", "--train-encoder",
-          "--scenes", "4", "--steps", "2", "--batch", "2", "--workers", "1"])
+          "--scenes", "4", "--steps", "2", "--batch", "2", "--workers", "1", "--object-weight", "4"])
     state = torch.load(tmp_path / "vae.ckpt")["model"]
     shipped = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae").state_dict()
     assert not torch.equal(state["encoder.conv_in.weight"], shipped["encoder.conv_in.weight"])  # the encoder learnt

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scenes import make_scene, render
+from .scenes import make_scene, masks, render
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "models" / "shapes" / "tokenizer"
 VARIANTS = ("sd", "zsnr")
@@ -103,18 +103,26 @@ def token_ids(captions: list[str]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def _render_chunk(seeds: range, world: int = 1) -> tuple[np.ndarray, list[str]]:
+def _render_chunk(seeds: range, world: int = 1, near: bool = False):
+    """(uint8 images (B, H, W, 3), captions) of training scenes; with `near`, also (B, H, W) bool: the pixels
+    within 2 px of an object."""
     scenes = [make_scene(s, "train", world=world) for s in seeds]
-    return np.stack([render(s) for s in scenes]), [s.caption for s in scenes]
+    out = np.stack([render(s) for s in scenes]), [s.caption for s in scenes]
+    if not near:
+        return out
+    from scipy.ndimage import binary_dilation
+    return out + (np.stack([binary_dilation(masks(s).any(0), iterations=2) for s in scenes]),)
 
 
-def make_dataset(n: int, workers: int, world: int = 1) -> tuple[torch.Tensor, list[str]]:
-    """(n, 3, 128, 128) uint8 images of training scenes (seeds 0..n-1) of `world` and their captions."""
-    chunks = [(range(i, min(i + 2000, n)), world) for i in range(0, n, 2000)]
+def make_dataset(n: int, workers: int, world: int = 1, near: bool = False):
+    """(n, 3, 128, 128) uint8 images of training scenes (seeds 0..n-1) of `world` and their captions; with `near`,
+    also (n, 1, 128, 128) bool masks of the pixels within 2 px of an object."""
+    chunks = [(range(i, min(i + 2000, n)), world, near) for i in range(0, n, 2000)]
     with Pool(workers) as pool:
         parts = pool.starmap(_render_chunk, chunks)
     images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
-    return images, [c for p in parts for c in p[1]]
+    out = images, [c for p in parts for c in p[1]]
+    return out + (torch.from_numpy(np.concatenate([p[2] for p in parts]))[:, None],) if near else out
 
 
 def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
@@ -245,15 +253,19 @@ def _autocast(device: torch.device):
 
 # ---------------------------------------------------------------------------------------------------- stages
 def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float,
-              lr: float = 2e-4, init: Path | None = None, world: int = 1, encoder: bool = False) -> None:
+              lr: float = 2e-4, init: Path | None = None, world: int = 1, encoder: bool = False,
+              object_weight: float = 1.0) -> None:
     """Train the VAE on `world`'s scenes; with `init`, fine-tune that model's decoder (and its encoder too with
-    `encoder`, which changes what its latents mean: world 2's backgrounds need it)."""
+    `encoder`, which changes what its latents mean: world 2's backgrounds need it). With `object_weight` W, the
+    reconstruction error of pixels within 2 px of an object counts W times: objects cover a few percent of an
+    image, yet their shape and colour are what the parser (and every study) reads."""
     from diffusers import AutoencoderKL
     device = _device()
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    images, captions = make_dataset(n_scenes, workers, world)  # deterministic: a resumed run renders the same scenes
-    _log(run, stage="data", scenes=len(captions), world=world, seconds=round(time.time() - t0, 1))
+    images, captions, *near = make_dataset(n_scenes, workers, world, near=object_weight != 1)  # the same on resuming
+    _log(run, stage="data", scenes=len(captions), world=world, object_weight=object_weight,
+         seconds=round(time.time() - t0, 1))
     vae = AutoencoderKL(**vae_config()).to(device)
     if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
         vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(device)
@@ -269,6 +281,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
     clock = Clock(minutes, steps, every)
     gen = torch.Generator().manual_seed(step)
     images_dev = images.to(device)
+    weights = 1 + (object_weight - 1) * near[0].to(device).float() if near else None  # (N, 1, 128, 128)
     bar = _progress(clock, step, "vae")
     while not clock.done(step):
         idx = torch.randint(0, len(images_dev), (batch,), generator=gen).to(device)
@@ -276,9 +289,10 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
         with _autocast(device):
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
-        rec = F.mse_loss(recon.float(), x) + 0.5 * F.l1_loss(recon.float(), x)
+        err = (recon.float() - x).pow(2) + 0.5 * (recon.float() - x).abs()
+        rec = err.mean()  # MSE + 0.5 L1, what the log shows whatever the weights
         kl = posterior.kl().mean() / x[0].numel()
-        loss = rec + 1e-4 * kl
+        loss = (rec if weights is None else (err * weights[idx]).mean()) + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -482,8 +496,8 @@ def _agreed(value: float, world: int) -> float:
 
 def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
     """Write a diffusers StableDiffusionPipeline folder from the run's EMA weights (and its frozen text encoder, if
-    it had one). A world-2 model is stored in float16 (its CLIP text tower alone is 12 MiB of token embeddings);
-    ``lab.load`` runs it in float32 on a CPU."""
+    it had one). A world-2 model's weights are stored in float16 (its CLIP text tower alone is 12 MiB of token
+    embeddings); a plain ``from_pretrained`` computes in float32, as for world 1."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     s = torch.load(run / f"unet-{variant}.ckpt", map_location="cpu")
@@ -503,6 +517,10 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
     if world == 2:
         pipe.to(torch.float16)
     pipe.save_pretrained(str(out), safe_serialization=True)
+    if world == 2:  # transformers loads a model in the dtype its config names: float32, as diffusers does the rest
+        config = json.loads((out / "text_encoder" / "config.json").read_text())
+        config |= {key: "float32" for key in ("dtype", "torch_dtype") if key in config}
+        (out / "text_encoder" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     meta = {"variant": variant, "unet_steps": s["step"], "vae_steps": torch.load(run / "vae.ckpt")["step"]}
     (out / "training.json").write_text(json.dumps(meta | (card or {}), indent=2))
     return out
@@ -544,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
                         "latents.pt)")
     p.add_argument("--text-encoder", type=Path, default=None,
                    help="unet stage: train on this frozen CLIPTextModel folder (world 2 needs one), as SD on CLIP")
+    p.add_argument("--object-weight", type=float, default=1.0,
+                   help="vae stage: weight of the reconstruction error near objects (within 2 px)")
     p.add_argument("--train-encoder", action="store_true",
                    help="vae stage with --init: fine-tune the encoder too (its latents change meaning)")
     a = p.parse_args(argv)
@@ -561,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.stage == "vae":
         train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
-                  a.lr or 2e-4, a.init, a.world, a.train_encoder)
+                  a.lr or 2e-4, a.init, a.world, a.train_encoder, a.object_weight)
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers, a.world)
     elif a.stage == "unet":
