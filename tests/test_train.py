@@ -129,3 +129,12 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     assert {v.dtype for v in stored.values()} == {torch.float16} and pipe.unet.config.cross_attention_dim == 128
     image = pipe("a red circle on a striped background", num_inference_steps=1, output_type="np").images
     assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
+
+
+def test_the_progress_bar_shows_the_step_it_is_given():
+    """Every 100 VAE steps and 500 UNet steps the bar shows step= and the loss: that call once crashed the stage."""
+    from lab.world.train import Clock, _advance, _progress
+    clock = Clock(minutes=10, steps=200, every=60)
+    bar = _progress(clock, first_step=100, desc="vae", show=False)
+    _advance(bar, clock, 150, step=150, rec=0.1)
+    assert bar.n == 50

@@ -181,9 +181,10 @@ def _progress(clock: Clock, first_step: int, desc: str, show: bool = True):
     return bar
 
 
-def _advance(bar, clock: Clock, step: int, **postfix) -> None:
+def _advance(bar, clock: Clock, at: int, **postfix) -> None:
+    """Move the bar to step `at` of the clock's budget; postfix: what to show beside it (step=..., loss=...)."""
     done = max((time.time() - clock.start) / clock.limit if clock.limit > 0 else 0.0,
-               (step - bar.first_step) / max(1, clock.steps - bar.first_step))
+               (at - bar.first_step) / max(1, clock.steps - bar.first_step))
     n = min(100, int(100 * done))
     if n > bar.n:
         bar.update(n - bar.n)
