@@ -135,6 +135,6 @@ def test_the_progress_bar_shows_the_step_it_is_given():
     """Every 100 VAE steps and 500 UNet steps the bar shows step= and the loss: that call once crashed the stage."""
     from lab.world.train import Clock, _advance, _progress
     clock = Clock(minutes=10, steps=200, every=60)
-    bar = _progress(clock, first_step=100, desc="vae", show=False)
+    bar = _progress(clock, first_step=100, desc="vae")
     _advance(bar, clock, 150, step=150, rec=0.1)
-    assert bar.n == 50
+    assert bar.n == (0 if bar.disable else 50)  # half of the 100 steps this run may take (off with LAB_PROGRESS=0)
