@@ -18,9 +18,9 @@ decode(pipe, latents, batch) -> (N, H, W, 3) float in [0, 1]     as the pipeline
 The readable, teaching copy of the denoising loop is lab.tour.denoise; this module records the pipeline's own loop,
 so any scheduler and pipeline option works. Nothing about the pipeline is changed: the latents are read and (for
 edits) replaced through diffusers' ``callback_on_step_end`` with ``callback_on_step_end_tensor_inputs=["latents"]``,
-which every Stable Diffusion pipeline (1.x, 2.x, SDXL, SD3 / SD3.5) supports. The initial noise is drawn here exactly as the
-pipeline draws it (diffusers' ``randn_tensor`` on one CPU generator per image, seeded with that image's seed) and
-passed as ``latents=``, so a recorded call makes the same image as
+which every Stable Diffusion pipeline (1.x, 2.x, SDXL, SD3 / SD3.5) supports. The initial noise is drawn here
+exactly as the pipeline draws it (diffusers' ``randn_tensor`` on one CPU generator per image, seeded with that
+image's seed) and passed as ``latents=``, so a recorded call makes the same image as
 ``pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))``. With ``unet=True`` a forward hook on the UNet
 (removed afterwards, also on error) also keeps, per step, the input and output of the UNet call the step used.
 On SD3 the latents are the transformer's (16 channels, flow matching: init_noise_sigma 1); FLUX.1, whose latents
@@ -109,7 +109,8 @@ def _noise(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """(batch, C, h, w) initial noise, drawn as pipe.prepare_latents draws it from one CPU generator per image."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    shape = (len(seeds), _denoiser(pipe).config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    channels, scale = _denoiser(pipe).config.in_channels, pipe.vae_scale_factor
+    shape = (len(seeds), channels, height // scale, width // scale)
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     device = getattr(pipe, "_execution_device", pipe.device)
     return randn_tensor(shape, generator=gens if len(gens) > 1 else gens[0], device=device, dtype=_embed_dtype(pipe))
@@ -173,7 +174,8 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
     finally:
         if handle is not None:
             handle.remove()
-    sigma = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))  # the value this call used (flow matching: 1) (it can depend on set_timesteps)
+    # the value this call used (it can depend on set_timesteps; flow matching has none: 1)
+    sigma = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
     first = (z_T * sigma).detach().to("cpu", torch.float32)  # (batch, C, h, w) z_T, edited if an edit was at 0
     latents = torch.stack([first] + kept)  # (steps+1, batch, C, h, w)
     images = (np.asarray(out.images) * 255).round().astype(np.uint8)  # (batch, H, W, 3)
