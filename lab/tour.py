@@ -1,4 +1,5 @@
-"""The guided tour of Stable Diffusion (notebooks/tour.ipynb): capture once, explore many, on any SD 1.x / 2.x pipeline.
+"""The guided tour of Stable Diffusion (notebooks/tour.ipynb): capture once, explore many, on any SD 1.x / 2.x pipeline
+(SD3 / SD3.5 through lab.tour_flow; FLUX.1's text only).
 
     >>> import lab, lab.tour as tour
     >>> pipe = lab.load("shapes")
