@@ -1,4 +1,5 @@
-"""The guided tour of Stable Diffusion (notebooks/tour.ipynb): capture once, explore many, on any SD 1.x / 2.x pipeline.
+"""The guided tour of Stable Diffusion (notebooks/tour.ipynb): capture once, explore many, on any SD 1.x / 2.x pipeline
+(SD3 / SD3.5 through lab.tour_flow; FLUX.1's text only).
 
     >>> import lab, lab.tour as tour
     >>> pipe = lab.load("shapes")
@@ -41,10 +42,28 @@ class Token:
     text: str      # as the tokenizer writes it: 'red</w>' (</w> ends a word)
     id: int
     role: str      # "start", "word", "end" or "padding"
+    encoder: str = "CLIP"  # whose window the position is in: SD3 reads CLIP's 77 then T5's, Flux T5's alone
 
 
-def tokens(pipe, prompt: str) -> list[Token]:
-    """Every position the text encoder reads (77 for CLIP): start token, the words' tokens, end token, padding."""
+def _on_dit(pipe, flow_options: dict) -> bool:
+    """True for an SD3 / Flux pipeline (the tour's transformer half is lab.tour_flow); on a UNet pipeline the
+    options that only a transformer takes (max_sequence_length: T5's window) are refused."""
+    if getattr(pipe, "transformer", None) is not None:
+        return True
+    if flow_options:
+        raise ValueError(f"{', '.join(sorted(flow_options))}= apply to SD3 / Flux pipelines; {type(pipe).__name__} "
+                         f"takes prompt, seed, steps, guidance, negative_prompt")
+    return False
+
+
+def tokens(pipe, prompt: str, **flow_options) -> list[Token]:
+    """Every position the text encoder reads (77 for CLIP): start token, the words' tokens, end token, padding.
+
+    On SD3 the transformer reads CLIP's 77 positions then T5's (``max_sequence_length``, 256 by default), on Flux
+    T5's alone (512): lab.tour_flow.flow_tokens, each row's ``encoder`` says whose window it is in."""
+    if _on_dit(pipe, flow_options):
+        from .tour_flow import flow_tokens
+        return flow_tokens(pipe, prompt, **flow_options)
     tok = pipe.tokenizer
     ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
     end = ids.index(tok.eos_token_id, 1)  # the first end token after the start token
@@ -52,21 +71,49 @@ def tokens(pipe, prompt: str) -> list[Token]:
     return [Token(i, t, d, r) for i, (t, d, r) in enumerate(zip(tok.convert_ids_to_tokens(ids), ids, roles))]
 
 
+def _windows(rows: list[Token]) -> dict[str, list[Token]]:
+    """The rows of each text encoder's window, in order (one window, CLIP's, on a UNet pipeline)."""
+    out: dict[str, list[Token]] = {}
+    for r in rows:
+        out.setdefault(r.encoder, []).append(r)
+    return out
+
+
+def _shown(rows: list[Token], padding_shown: int) -> list[int]:
+    """Indices into `rows` of what the table and the figure show: in each window, every row but the padding, and the
+    first `padding_shown` padding rows."""
+    keep = []
+    for part in _windows(rows).values():
+        pads = [r for r in part if r.role == "padding"]
+        keep += [r.position for r in part if r.role != "padding"] + [r.position for r in pads[:padding_shown]]
+    first = rows[0].position if rows else 0
+    return sorted(p - first for p in keep)
+
+
 def token_table(rows: list[Token], padding_shown: int = 2) -> str:
-    """A plain-text table of the tokens; all but `padding_shown` padding rows are summarised in one line."""
-    pads = [r for r in rows if r.role == "padding"]
-    shown = [r for r in rows if r.role != "padding"] + pads[:padding_shown]
-    lines = [f"{'pos':>4}  {'token':<18} {'id':>6}  role"] + [
-        f"{r.position:>4}  {r.text:<18} {r.id:>6}  {r.role}" for r in shown]
-    if len(pads) > padding_shown:
-        rest = pads[padding_shown:]
-        lines.append(f"{'...':>4}  {len(rest)} more padding, positions {rest[0].position}-{rest[-1].position}")
+    """A plain-text table of the tokens; in each encoder's window all but `padding_shown` padding rows are
+    summarised in one line (an SD3 / Flux pipeline's windows are each headed by the encoder's name)."""
+    lines = [f"{'pos':>4}  {'token':<18} {'id':>6}  role"]
+    windows = _windows(rows)
+    for encoder, part in windows.items():
+        if list(windows) != ["CLIP"]:
+            lines.append(f"{encoder} window, positions {part[0].position}-{part[-1].position}:")
+        pads = [r for r in part if r.role == "padding"]
+        shown = [r for r in part if r.role != "padding"] + pads[:padding_shown]
+        lines += [f"{r.position:>4}  {r.text:<18} {r.id:>6}  {r.role}" for r in shown]
+        if len(pads) > padding_shown:
+            rest = pads[padding_shown:]
+            lines.append(f"{'...':>4}  {len(rest)} more padding, positions {rest[0].position}-{rest[-1].position}")
     return "\n".join(lines)
 
 
 @torch.no_grad()
-def embed(pipe, prompt: str) -> torch.Tensor:
-    """The text encoder's output for `prompt`: (tokens, width), e.g. (77, 768) for SD1.5; what the UNet attends to."""
+def embed(pipe, prompt: str, **flow_options) -> torch.Tensor:
+    """The text encoder's output for `prompt`: (tokens, width), e.g. (77, 768) for SD1.5; what the UNet attends to.
+    On SD3 / Flux what the transformer reads, in tokens()'s order (lab.tour_flow.flow_embed)."""
+    if _on_dit(pipe, flow_options):
+        from .tour_flow import flow_embed
+        return flow_embed(pipe, prompt, **flow_options)
     device = pipe.text_encoder.device
     cond, _ = pipe.encode_prompt(prompt, device, 1, False)  # (1, tokens, width)
     return cond[0].float().cpu()
@@ -83,10 +130,12 @@ def text_figure(rows: list[Token], sim: torch.Tensor, padding_shown: int = 2, ax
 
     CLIP's outputs all point roughly the same way, so the colours span the shown values, not -1..1.
     """
-    n = min(len(rows), sum(r.role != "padding" for r in rows) + padding_shown)
+    idx = _shown(rows, padding_shown)
+    n = len(idx)
     short = {"start": "<start>", "end": "<end>", "padding": "<pad>"}
-    labels = [r.text.replace("</w>", "") if r.role == "word" else short[r.role] for r in rows[:n]]
-    shown = sim[:n, :n].numpy()
+    labels = [(r.text.replace("</w>", "").lstrip("\u2581") if r.role == "word" else short[r.role])
+              + (f" ({r.encoder})" if r.encoder != rows[0].encoder else "") for r in (rows[i] for i in idx)]
+    shown = sim[idx][:, idx].numpy()
     if ax is None:
         ax = Figure(figsize=(1.6 + 0.5 * n, 1.0 + 0.45 * n), layout="constrained").add_subplot()
     im = ax.imshow(shown, cmap="viridis", vmin=float(shown.min()), vmax=1)
@@ -148,12 +197,9 @@ def denoise(pipe, prompt: str, seed: int = 0, steps: int = 25, guidance: float =
     own scheduler is not touched: the loop uses a fresh one from the same config.
     SD3 / SD3.5 pipelines get the flow-matching loop, lab.tour_flow.denoise_flow (``max_sequence_length``: T5's).
     """
-    if getattr(pipe, "transformer", None) is not None:
+    if _on_dit(pipe, flow_options):
         from .tour_flow import denoise_flow
         return denoise_flow(pipe, prompt, seed, steps, guidance, negative_prompt, **flow_options)
-    if flow_options:
-        raise ValueError(f"{', '.join(sorted(flow_options))}= apply to SD3 pipelines; {type(pipe).__name__} takes "
-                         f"prompt, seed, steps, guidance, negative_prompt")
     if hasattr(pipe, "text_encoder_2"):
         raise ValueError(f"{type(pipe).__name__} needs extra conditioning (SDXL); the tour supports SD 1.x / 2.x")
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
@@ -329,24 +375,26 @@ def _show(out, fig) -> None:
         display(fig)
 
 
-def text_explorer(pipe, prompt: str):
-    """A prompt box; on Enter the token table and the similarity heat map are redrawn (the text encoder is cheap)."""
+def text_explorer(pipe, prompt: str, **flow_options):
+    """A prompt box; on Enter the token table and the similarity heat map are redrawn (the text encoder is cheap).
+    SD3 / Flux: every window the transformer reads (``max_sequence_length``: T5's)."""
     import ipywidgets as W
     box, table, out = W.Text(value=prompt, description="prompt", continuous_update=False,
                              layout=W.Layout(width="60%")), W.HTML(), W.Output()
 
     def redraw(change=None):
-        rows = tokens(pipe, box.value)
+        rows = tokens(pipe, box.value, **flow_options)
         table.value = f"<pre>{token_table(rows)}</pre>"
-        _show(out, text_figure(rows, similarity(embed(pipe, box.value))))
+        _show(out, text_figure(rows, similarity(embed(pipe, box.value, **flow_options))))
 
     box.observe(redraw, names="value")
     redraw()
     return W.VBox([box, W.HBox([table, out])]).add_class("lab-tour-text")
 
 
-def step_explorer(pipe, run: Trajectory):
-    """Step slider and guidance slider over a stored run; a button runs the model again for a new prompt/guidance."""
+def step_explorer(pipe, run: Trajectory, **flow_options):
+    """Step slider and guidance slider over a stored run; a button runs the model again for a new prompt/guidance
+    (with the `flow_options` of denoise, on SD3: max_sequence_length)."""
     import ipywidgets as W
     state = {"run": run}
     step = W.IntSlider(value=1, min=1, max=run.steps, description="step", continuous_update=False)  # 1-based
@@ -362,7 +410,7 @@ def step_explorer(pipe, run: Trajectory):
     def rerun(_):
         r = state["run"]
         button.description = "running..."
-        state["run"] = denoise(pipe, prompt.value, r.seed, r.steps, guidance.value)
+        state["run"] = denoise(pipe, prompt.value, r.seed, r.steps, guidance.value, **flow_options)
         button.description = "run the model again"
         redraw()
 

@@ -11,11 +11,54 @@ velocity v = noise - x_0 instead of the noise, the noise level is sigma in [0, 1
 sigma * noise, and the step is Euler's x_next = x_t + (sigma_next - sigma) v. ``run.eps_uncond`` / ``eps_cond`` hold
 the two branches' velocities, ``run.sigmas`` the noise levels, ``run.alphas`` the signal share a variance-preserving
 process with the same SNR would have, (1 - sigma)^2 / ((1 - sigma)^2 + sigma^2).
+
+flow_tokens / flow_embed are lab.tour.tokens / embed for SD3 and FLUX.1 (the text the transformer reads, window by
+window); the loop itself is SD3's (Flux packs its latents and has no unconditional branch: it is refused by name).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def _windows(pipe, max_sequence_length: int | None = None) -> list[tuple[str, object, int]]:
+    """(encoder, tokenizer, positions) of each text window a DiT reads, in order: SD3 CLIP's 77 then T5's
+    (max_sequence_length, 256 by default), Flux T5's alone (512)."""
+    if hasattr(pipe, "text_encoder_3"):  # SD3 / SD3.5: both CLIPs share one tokenization, then T5
+        return [("CLIP", pipe.tokenizer, pipe.tokenizer_max_length),
+                ("T5", pipe.tokenizer_3, max_sequence_length or 256)]
+    return [("T5", pipe.tokenizer_2, max_sequence_length or 512)]
+
+
+def flow_tokens(pipe, prompt: str, max_sequence_length: int | None = None) -> list:
+    """lab.tour.tokens for an SD3 / Flux pipeline: every text position the transformer reads, window by window
+    (CLIP: start, words, end, padding; T5: words, end '</s>', padding '<pad>'), positions counted across windows."""
+    from .tour import Token
+
+    rows, offset = [], 0
+    for encoder, tok, length in _windows(pipe, max_sequence_length):
+        ids = tok(prompt, padding="max_length", max_length=length, truncation=True).input_ids  # (length,)
+        start = 1 if encoder == "CLIP" else 0  # T5 has no start token
+        end = ids.index(tok.eos_token_id, start) if tok.eos_token_id in ids[start:] else len(ids)
+        for i, (text, id_) in enumerate(zip(tok.convert_ids_to_tokens(ids), ids)):
+            role = "start" if i < start else "word" if i < end else "end" if i == end else "padding"
+            rows.append(Token(offset + i, text, id_, role, encoder))
+        offset += len(ids)
+    return rows
+
+
+@torch.no_grad()
+def flow_embed(pipe, prompt: str, max_sequence_length: int | None = None) -> torch.Tensor:
+    """lab.tour.embed for an SD3 / Flux pipeline: the text states the transformer reads, (tokens, width), in
+    flow_tokens' order (SD3: both CLIPs' states side by side, zero-padded to T5's width, then T5's)."""
+    device = pipe._execution_device
+    length = _windows(pipe, max_sequence_length)[-1][2]
+    if hasattr(pipe, "text_encoder_3"):
+        cond = pipe.encode_prompt(prompt, prompt, prompt, device=device, do_classifier_free_guidance=False,
+                                  max_sequence_length=length)[0]   # (1, 77 + T5 tokens, width)
+    else:
+        cond = pipe.encode_prompt(prompt, prompt, device=device, max_sequence_length=length)[0]  # (1, T5, width)
+    return cond[0].float().cpu()
 
 
 def flow_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

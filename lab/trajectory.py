@@ -18,11 +18,13 @@ decode(pipe, latents, batch) -> (N, H, W, 3) float in [0, 1]     as the pipeline
 The readable, teaching copy of the denoising loop is lab.tour.denoise; this module records the pipeline's own loop,
 so any scheduler and pipeline option works. Nothing about the pipeline is changed: the latents are read and (for
 edits) replaced through diffusers' ``callback_on_step_end`` with ``callback_on_step_end_tensor_inputs=["latents"]``,
-which every Stable Diffusion pipeline (1.x, 2.x, SDXL) supports. The initial noise is drawn here exactly as the
-pipeline draws it (diffusers' ``randn_tensor`` on one CPU generator per image, seeded with that image's seed) and
-passed as ``latents=``, so a recorded call makes the same image as
+which every Stable Diffusion pipeline (1.x, 2.x, SDXL, SD3 / SD3.5) supports. The initial noise is drawn here
+exactly as the pipeline draws it (diffusers' ``randn_tensor`` on one CPU generator per image, seeded with that
+image's seed) and passed as ``latents=``, so a recorded call makes the same image as
 ``pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))``. With ``unet=True`` a forward hook on the UNet
 (removed afterwards, also on error) also keeps, per step, the input and output of the UNet call the step used.
+On SD3 the latents are the transformer's (16 channels, flow matching: init_noise_sigma 1); FLUX.1, whose latents
+are packed into tokens, is refused (analyses.schedules.follow keeps its steps unpacked).
 
 Step convention: ``latents[i]`` is the latent that enters denoising step ``i`` (timestep ``timesteps[i]``);
 ``latents[0]`` is the initial noise times the scheduler's ``init_noise_sigma`` (z_T) and ``latents[steps]`` the
@@ -82,14 +84,33 @@ def _embed_dtype(pipe) -> torch.dtype:
         module = getattr(pipe, name, None)
         if module is not None:
             return module.dtype
-    return pipe.unet.dtype
+    return _denoiser(pipe).dtype
+
+
+def _denoiser(pipe):
+    from .hooks.points import denoiser_of
+    return denoiser_of(pipe)
+
+
+def _check_pipe(pipe, unet: bool) -> None:
+    """Refuse FLUX.1 (packed latents) and unet=True on a diffusion transformer, by the pipeline's name."""
+    from .pipes import family_of
+    fam = family_of(pipe)
+    if fam == "flux":
+        raise NotImplementedError(f"{type(pipe).__name__} (FLUX.1) hands its callback latents packed 2x2 into tokens; "
+                                  "lab.trajectory records (C, h, w) latents of SD 1.x / 2.x / SDXL and SD3 / SD3.5 "
+                                  "pipelines (analyses.schedules.follow keeps Flux's steps unpacked)")
+    if unet and fam != "unet":
+        raise ValueError(f"unet=True keeps a UNet's input and output per step; {type(pipe).__name__} runs a "
+                         "transformer (record without unet=, or use analyses.schedules.follow for its predictions)")
 
 
 def _noise(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """(batch, C, h, w) initial noise, drawn as pipe.prepare_latents draws it from one CPU generator per image."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    shape = (len(seeds), pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    channels, scale = _denoiser(pipe).config.in_channels, pipe.vae_scale_factor
+    shape = (len(seeds), channels, height // scale, width // scale)
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     device = getattr(pipe, "_execution_device", pipe.device)
     return randn_tensor(shape, generator=gens if len(gens) > 1 else gens[0], device=device, dtype=_embed_dtype(pipe))
@@ -153,7 +174,8 @@ def _generate(pipe, prompts: list[str], seeds: list[int], call: dict, start: tor
     finally:
         if handle is not None:
             handle.remove()
-    sigma = float(pipe.scheduler.init_noise_sigma)  # the value this call used (it can depend on set_timesteps)
+    # the value this call used (it can depend on set_timesteps; flow matching has none: 1)
+    sigma = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
     first = (z_T * sigma).detach().to("cpu", torch.float32)  # (batch, C, h, w) z_T, edited if an edit was at 0
     latents = torch.stack([first] + kept)  # (steps+1, batch, C, h, w)
     images = (np.asarray(out.images) * 255).round().astype(np.uint8)  # (batch, H, W, 3)
@@ -170,7 +192,7 @@ def _init_noise_sigma(pipe, call: dict) -> float:
     import copy
     sched = copy.deepcopy(pipe.scheduler)  # the user's scheduler is left as it is
     sched.set_timesteps(call.get("num_inference_steps", 50))
-    return float(sched.init_noise_sigma)
+    return float(getattr(sched, "init_noise_sigma", 1.0))
 
 
 def _settle_call(pipe, num_inference_steps: int, call_kwargs: dict) -> dict:
@@ -181,7 +203,7 @@ def _settle_call(pipe, num_inference_steps: int, call_kwargs: dict) -> dict:
                              f"{type(pipe).__name__}.__call__, e.g. guidance_scale, negative_prompt, height, eta")
     if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps={num_inference_steps!r}; use an integer >= 1")
-    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    default = _denoiser(pipe).config.sample_size * pipe.vae_scale_factor
     return dict(call_kwargs, num_inference_steps=int(num_inference_steps),
                 height=call_kwargs.get("height") or default, width=call_kwargs.get("width") or default)
 
@@ -208,6 +230,7 @@ def record(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, n
     if not prompts or not seeds:
         raise ValueError(f"record needs at least one prompt and one seed; "
                          f"got {len(prompts)} prompts, {len(seeds)} seeds")
+    _check_pipe(pipe, unet)
     call = _settle_call(pipe, num_inference_steps, call_kwargs)
     if not product and len(prompts) != len(seeds):
         raise ValueError(f"product=False pairs prompt i with seed i; got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -226,6 +249,7 @@ def run_edited(pipe, traj: Trajectory, edits: Sequence[Edit | None], index: int 
     An edit ``(step, fn)`` replaces the latent entering ``step`` (0..steps) by ``fn(latent)`` (both (C, h, w)) and
     denoising continues from there; ``None`` re-runs unedited. Returns one trajectory element per edit.
     """
+    _check_pipe(pipe, False)
     if not 0 <= index < len(traj.prompts):
         raise ValueError(f"index {index} is outside 0..{len(traj.prompts) - 1} (the trajectory's batch)")
     for edit in edits:

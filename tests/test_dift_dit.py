@@ -1,4 +1,5 @@
 """DIFT features from a DiT block's image tokens, on tiny SD3.5-medium and FLUX.1-dev pipelines."""
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,29 @@ def test_the_pipeline_is_unchanged(pipe, image):
     assert all(pipe.transformer.attn_processors[k] is v for k, v in before.items())
     assert torch.equal(pipe.scheduler.sigmas, sigmas) and not pipe.transformer.training
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in pipe.transformer.modules())
+
+
+def test_the_notebooks_view_and_controls_read_a_transformer_block(pipe):
+    from ipympl.backend_nbagg import Canvas  # the notebook's %matplotlib widget canvas
+    from matplotlib.figure import Figure
+
+    from analyses.dift.explore import controls, make_view, show_point
+
+    fig = Figure()
+    Canvas(fig)
+    view = make_view(pipe, fig, ensemble=1, size=64)  # default block: the middle double-stream block
+    double = [f"transformer_blocks.{i}" for i in range(len(pipe.transformer.transformer_blocks))]
+    assert view.block == double[len(double) // 2] and view.fa.tensor.shape[-2:] == (4, 4)  # 64 px: 4x4 tokens
+    box = controls(view)
+    t_slider, block_menu, _ = box.children[0].children
+    single = [f"single_transformer_blocks.{i}" for i in range(len(getattr(pipe.transformer, "single_transformer_blocks",
+                                                                          [])))]
+    assert block_menu.options == tuple(double + single) and block_menu.value == view.block
+    x, y = view.pair.src_kps[0]
+    show_point(view, x, y)
+    before = fig.axes[2].images[-1].get_array().copy()  # the similarity map on B
+    block_menu.value = block_menu.options[-1]  # the last block: Flux's last single-stream block, SD3's last joint
+    assert view.block == block_menu.options[-1] and view.fa.meta["block"] == view.block
+    assert not np.allclose(fig.axes[2].images[-1].get_array(), before)  # redrawn from the other block's features
+    t_slider.value = 900
+    assert view.fa.meta["t"] == view.fb.meta["t"] == 900 and view.fb.meta["block"] == view.block

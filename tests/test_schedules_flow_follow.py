@@ -90,3 +90,18 @@ def test_views_draw_a_flow_run(pipe_run):
     _, run = pipe_run
     assert len(views.step_figure(run, 1).axes) == 3
     assert views.step_label(run, 0).startswith(f"step 1/{STEPS}: t = 1000, alpha-bar = 0.0000")
+
+
+def test_scrubber_scrubs_an_sd3_and_a_flux_run():
+    from analyses.schedules.views import Scrubber
+
+    pipes = {"sd3": tiny_dit_pipeline("sd3"), "flux": tiny_dit_pipeline("flux-schnell")}
+    scrub = Scrubber(pipes, "a red square", seed=3, steps=STEPS, **CALL)
+    box = scrub.box
+    assert "lab-scrubber" in box._dom_classes and scrub.text.value.startswith(f"step 1/{STEPS}: t = 1000")
+    scrub.scrub.value = 2
+    assert scrub.text.value.startswith(f"step 2/{STEPS}") and scrub.text.value != scrub.label(0)
+    sd3 = scrub.run
+    scrub.model_menu.value = "flux"  # the menu follows the same prompt and seed on the other pipeline
+    assert scrub.model == "flux" and scrub.run.latents.shape == (STEPS + 1, 16, 8, 8)  # Flux unpacked to (C, h, w)
+    assert (scrub.run.image != sd3.image).any() and scrub.text.value.startswith(f"step 2/{STEPS}")

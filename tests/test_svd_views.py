@@ -59,3 +59,21 @@ def test_trajectory_figure_draws_one_generation(shapes_pipe):
     ex = Explorer(shapes_pipe, steps=2)
     fig = trajectory_figure(ex.trajectory("a small red circle on a black background", 0))
     assert len(fig.axes) == 4 and np.isfinite(fig.axes[0].lines[0].get_xydata()).all()
+
+
+def test_explorer_transfers_on_sd3_and_refuses_flux_by_name():
+    from tiny_models import tiny_dit_pipeline
+
+    ex = Explorer(tiny_dit_pipeline("sd3"), steps=2, height=64, width=64, max_sequence_length=16)
+    source, target = "a red square", "a blue circle"
+    assert ex.trajectory(source, 0).latents.shape == (3, 1, 16, 8, 8)  # SD3's 16 latent channels
+    r = 8  # full rank of an 8x8 channel
+    whole = ex.edit(source, target, 0, t=2, k=r, mode="both")  # the final latent takes every singular pair
+    np.testing.assert_allclose(whole.images[0, 0].astype(int), whole.target_image.astype(int), atol=1)
+    none = ex.edit(source, target, 0, t=2, k=0, mode="both")  # nothing taken: the source run again
+    np.testing.assert_allclose(none.images[0, 0].astype(int), none.source_image.astype(int), atol=1)
+    assert np.abs(whole.source_image.astype(int) - whole.target_image.astype(int)).max() > 8
+    fig = ex.figure(source, target, seed=0, t=1, k=2, mode="values")
+    assert len(fig.axes[3].get_legend().get_texts()) == 16  # one spectrum per SD3 latent channel
+    with pytest.raises(NotImplementedError, match="FluxPipeline \\(FLUX.1\\) hands its callback latents packed"):
+        Explorer(tiny_dit_pipeline("flux-schnell"), steps=1, height=64, width=64).trajectory(source, 0)

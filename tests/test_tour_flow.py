@@ -64,3 +64,30 @@ def test_step_figure_recomputes_x0_at_another_guidance(pipe_run):
     titles = [a.get_title() for a in fig.axes]
     assert "predicted velocity (guided)\n(recomputed at guidance 2)" in titles
     assert any(t.startswith("predicted clean image x0-hat") for t in titles)
+
+
+@pytest.mark.parametrize("arch, windows", [("sd3", ["CLIP", "T5"]), ("flux-schnell", ["T5"])])
+def test_text_explorer_shows_every_window_the_transformer_reads(arch, windows):
+    pipe = tiny_dit_pipeline(arch)
+    rows = tour.tokens(pipe, "a red circle", max_sequence_length=T5)
+    assert list(dict.fromkeys(r.encoder for r in rows)) == windows and len(rows) == 77 * (arch == "sd3") + T5
+    assert [r.text for r in rows if r.encoder == "T5" and r.role == "word"] == ["▁a", "▁red", "▁circle"]
+    assert tour.embed(pipe, "a red circle", max_sequence_length=T5).shape == (len(rows), 64)  # T5's width
+    box = tour.text_explorer(pipe, "a red circle", max_sequence_length=T5)
+    prompt, (table, _) = box.children[0], box.children[1].children
+    assert all(f"{w} window" in table.value for w in windows) and "▁red" in table.value
+    prompt.value = "a green square"
+    assert "▁green" in table.value and "▁red" not in table.value
+
+
+def test_step_explorer_scrubs_and_reruns_an_sd3_run(pipe_run, monkeypatch):
+    pipe, run = pipe_run
+    shown = []
+    monkeypatch.setattr(tour, "_show", lambda out, fig: shown.append(fig._suptitle.get_text()))
+    box = tour.step_explorer(pipe, run, max_sequence_length=T5)
+    (step, guidance), (prompt, button) = box.children[0].children, box.children[1].children
+    step.value = 2
+    assert shown[-1].startswith("'a red circle': step 2 of 3") and "guidance 7" in shown[-1]
+    prompt.value, guidance.value = "a blue square", 3.0
+    button.click()  # the whole trajectory again, with the T5 window it was made with
+    assert shown[-1].startswith("'a blue square': step 2 of 3") and shown[-1].endswith("guidance 3")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lab.hooks import Keep, select, trace
+from lab.pipes import unet_only
 
 
 def timesteps(n: int, low: int = 50, high: int = 950) -> list[int]:
@@ -31,8 +32,17 @@ def timesteps(n: int, low: int = 50, high: int = 950) -> list[int]:
 
 
 @torch.no_grad()
+def require_unet(pipe) -> None:
+    """Refuse an SD3 / Flux pipeline by name (lab.pipes.unet_only): what the scorers and the picker run on."""
+    unet_only(pipe, "the diffusion classifier", "it ranks captions by a UNet's noise-prediction error at DDPM "
+              "timesteps and by its cross-attention (attn2); the flow-matching counterpart (velocity error at "
+              "sigma = t / 1000, joint attention) is not written yet")
+
+
 def encode_image(pipe, image) -> torch.Tensor:
-    """(1, 4, h, w) latents of an (H, W, 3) uint8 image: the VAE posterior mean times its scaling factor."""
+    """(1, 4, h, w) latents of an (H, W, 3) uint8 image: the VAE posterior mean times its scaling factor.
+    Every scorer starts here, so an SD3 / Flux pipeline is refused here by name."""
+    require_unet(pipe)
     vae = pipe.vae
     x = torch.as_tensor(np.asarray(image)).permute(2, 0, 1)[None].to(vae.device, vae.dtype) / 127.5 - 1  # (1, 3, H, W)
     return vae.encode(x).latent_dist.mean * vae.config.scaling_factor  # (1, 4, h, w)

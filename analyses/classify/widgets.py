@@ -12,7 +12,7 @@ from lab.world import render
 
 from .binding import ATTRIBUTES, pairs
 from .plot import error_curves
-from .score import errors, rank
+from .score import errors, rank, require_unet
 
 
 def scene_figure(pipe, pair, ts):
@@ -37,6 +37,7 @@ class Picker:
     def __init__(self, pipe, ts, n: int = 20):
         import ipywidgets as W
 
+        require_unet(pipe)
         self.pipe, self.ts, self.n = pipe, list(ts), n
         self.w = {"attribute": W.Dropdown(options=list(ATTRIBUTES), description="attribute"),
                   "scene": W.IntSlider(value=0, min=0, max=n - 1, description="scene")}

@@ -62,6 +62,8 @@ def noise_edit(plan: Sequence[Perturbation], n: int, seed: int = 0):
 def perturbed(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int,
               perturbations: Sequence[Perturbation], guidance: float = 7.5, **call_kwargs) -> dict:
     """{'plain': images, perturbation: images}, each (n, H, W, 3) uint8, every image of a prompt from its seed."""
+    from .reuse import require_unet
+    require_unet(pipe)
     prompts, seeds, plan = list(prompts), list(seeds), list(perturbations)
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt")

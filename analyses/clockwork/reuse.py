@@ -35,10 +35,19 @@ from typing import Iterable, Sequence
 from torch import nn
 
 from lab.hooks import select
+from lab.pipes import unet_only
+
+
+def require_unet(pipe) -> None:
+    """Refuse an SD3 / Flux pipeline by name (lab.pipes.unet_only): what every clockwork function runs on."""
+    unet_only(pipe, "layer sensitivity and feature reuse", "they perturb and skip a UNet's down / mid / up blocks, "
+              "whose resolutions differ; a transformer's blocks all work on one token grid, so it has no "
+              "low-resolution blocks to reuse, and the per-block study is not written for it yet")
 
 
 def low_resolution_blocks(pipe) -> list[str]:
     """The last down block, the mid block and the first up block: the blocks that compute at the lowest resolution."""
+    require_unet(pipe)
     unet = pipe.unet
     return [f"down_blocks.{len(unet.down_blocks) - 1}", "mid_block", "up_blocks.0"]
 
@@ -87,6 +96,7 @@ def _parent_and_key(unet, name: str):
 @contextlib.contextmanager
 def reuse(pipe, blocks: Sequence[str], steps: Iterable[int]):
     """Swap each of `blocks` (block point names) for a Reused wrapper reusing on `steps`; put them back on exit."""
+    require_unet(pipe)
     unet = pipe.unet
     valid = select(pipe, kind="block")
     bad = [b for b in blocks if b not in valid]

@@ -17,7 +17,7 @@ from lab.widgets import png, set_controls
 from lab.hooks import select
 
 from .perturb import Perturbation, perturbed
-from .reuse import every, low_resolution_blocks, reuse
+from .reuse import every, low_resolution_blocks, require_unet, reuse
 from .score import moved, reading
 
 ALL_LOW = "low-res blocks"
@@ -89,6 +89,7 @@ class Noiser(_Panel):
 
     def __init__(self, pipe, steps: int = 6, n: int = 20):
         import ipywidgets as W
+        require_unet(pipe)
         super().__init__(pipe, steps, n, {
             "block": W.Dropdown(options=select(pipe, kind="block"), value="mid_block", description="block"),
             "step": W.IntSlider(value=0, min=0, max=steps - 1, description="step"),
@@ -103,6 +104,7 @@ class Reuser(_Panel):
 
     def __init__(self, pipe, steps: int = 10, n: int = 20):
         import ipywidgets as W
+        require_unet(pipe)
         super().__init__(pipe, steps, n, {
             "blocks": W.Dropdown(options=low_resolution_blocks(pipe) + [ALL_LOW], value=ALL_LOW,
                                  description="blocks"),

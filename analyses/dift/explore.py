@@ -1,6 +1,7 @@
 """Click a point on image A, see its best match and the similarity map on image B (notebooks/dift.ipynb).
 
     view = make_view(pipe, fig, pair_index=0, t=261, block="up_blocks.1", ensemble=8)
+    view = make_view(sd3, fig, block="transformer_blocks.12", size=256)   # SD3 / Flux: a transformer block
     box = controls(view)                           # timestep slider, block menu, 'new pair', the canvas; clicks on A
     show_point(view, 40, 60)                       # what a click at (40, 60) on A does
     set_setting(view, t=100, block="up_blocks.2")  # recompute features (what the slider and the menu call)
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import featurize
+from .features import check_block, featurize, menu_blocks
 from .match import Pair, similarity
 from .plots import QUERY, RIGHT, plot_similarity
 from .pairs import world_pairs
@@ -33,17 +34,23 @@ class View:
     t: int
     block: str
     ensemble: int
+    size: object = "native"  # the pixel size the model sees (featurize's size=)
     fa: object = None
     fb: object = None
     query: tuple[float, float] | None = None
     best: tuple[float, float] | None = None
 
 
-def make_view(pipe, fig, pair_index: int = 0, t: int = 261, block: str = "up_blocks.1", ensemble: int = 8) -> View:
-    """Lay out three axes on `fig` (A, B with the match, B under the similarity map) and show pair `pair_index`."""
+def make_view(pipe, fig, pair_index: int = 0, t: int = 261, block: str | None = None, ensemble: int = 8,
+              size="native") -> View:
+    """Lay out three axes on `fig` (A, B with the match, B under the similarity map) and show pair `pair_index`.
+
+    block: a name of menu_blocks(pipe) or any point check_block takes; None: 'up_blocks.1' on a UNet, the middle
+    double-stream block on SD3 / Flux. size: featurize's (a DiT's 'native' size is 1024 px)."""
     fig.clear()
     fig.subplots(1, 3)
-    view = View(pipe, fig, world_pairs(1, first=pair_index)[0], pair_index, t, block, ensemble)
+    view = View(pipe, fig, world_pairs(1, first=pair_index)[0], pair_index, t, check_block(pipe, block), ensemble,
+                size)
     _featurize(view)
     _draw(view)
     return view
@@ -51,7 +58,7 @@ def make_view(pipe, fig, pair_index: int = 0, t: int = 261, block: str = "up_blo
 
 def _featurize(view: View) -> None:
     view.fa, view.fb = featurize(view.pipe, [view.pair.src, view.pair.trg], t=view.t, block=view.block,
-                                 ensemble=view.ensemble)
+                                 ensemble=view.ensemble, size=view.size)
 
 
 def _draw(view: View) -> None:
@@ -117,13 +124,14 @@ def new_pair(view: View, pair_index: int | None = None) -> None:
 
 
 def controls(view: View):
-    """The notebook's controls around ``view``: a timestep slider, a block menu and a 'new pair' button above the
-    figure's canvas (ipympl), with clicks on A connected. Each control calls set_setting / new_pair / on_click."""
+    """The notebook's controls around ``view``: a timestep slider, a block menu (menu_blocks: up_blocks on a UNet,
+    every transformer block on SD3 / Flux) and a 'new pair' button above the figure's canvas (ipympl), with clicks on
+    A connected. Each control calls set_setting / new_pair / on_click."""
     import ipywidgets as W
 
     T = view.pipe.scheduler.config.num_train_timesteps
     t_slider = W.IntSlider(value=view.t, min=0, max=T - 1, step=1, description="timestep", continuous_update=False)
-    blocks = [f"up_blocks.{i}" for i in range(len(view.pipe.unet.up_blocks))]
+    blocks = menu_blocks(view.pipe)
     block_menu = W.Dropdown(options=blocks, value=view.block, description="block")
     button = W.Button(description="new pair")
     t_slider.observe(lambda change: set_setting(view, t=change["new"]), names="value")

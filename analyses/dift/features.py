@@ -231,6 +231,14 @@ def default_block(pipe) -> str:
     return DEFAULT_BLOCK
 
 
+def menu_blocks(pipe) -> list[str]:
+    """The blocks a notebook menu offers: DIFT's up_blocks on a UNet; on a DiT every transformer block of both
+    streams (Flux's single-stream ones too), forward order."""
+    if dit.is_dit(pipe):
+        return [n for n in feature_points(pipe) if n.count(".") == 1]
+    return [f"up_blocks.{i}" for i in range(len(pipe.unet.up_blocks))]
+
+
 def check_block(pipe, block) -> str:
     """The full point name for `block`: a name like 'up_blocks.1' (or any resnet / transformer point; on a DiT
     'transformer_blocks.k' or 'single_transformer_blocks.k'), an int i for 'up_blocks.i' ('transformer_blocks.i'),

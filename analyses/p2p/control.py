@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.hooks import select, trace
+from lab.pipes import unet_only
 
 from .align import Alignment, align, token_positions
 
@@ -86,6 +87,13 @@ def _count(value, total: int, name: str) -> int:
     return int(value)
 
 
+def require_unet(pipe) -> None:
+    """Refuse an SD3 / Flux pipeline by name (lab.pipes.unet_only): what the editor and generate run on."""
+    unet_only(pipe, "prompt-to-prompt", "its controls replace a UNet's cross-attention (attn2) and self-attention "
+              "(attn1) maps; on a transformer text and image share one joint attention, for which no prompt-to-prompt "
+              "control is written yet")
+
+
 def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int | list[int] = 0,
              guidance: float = 7.5, plain: bool = False, blend_threshold: float = 0.3, blend_start: float = 0.2,
              **call_kwargs) -> Edited:
@@ -93,6 +101,7 @@ def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int |
 
     seed: one for all requests or one per request (every row of a request starts from the same noise).
     """
+    require_unet(pipe)
     requests, controls = list(requests), list(controls)
     if not requests or not controls:
         raise ValueError("generate needs at least one Request and one Control")

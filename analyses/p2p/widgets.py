@@ -15,7 +15,7 @@ import html
 from lab.widgets import png, set_controls
 
 from .align import METHODS
-from .control import Control, Request, generate
+from .control import Control, Request, generate, require_unet
 from .plot import side_by_side
 
 
@@ -40,6 +40,7 @@ class Editor:
     def __init__(self, pipe, source: str, target: str | None = None, steps: int = 25, seed: int = 0):
         import ipywidgets as W
 
+        require_unet(pipe)
         self.pipe, self.steps, self.seed = pipe, steps, seed
         self.w = {
             "source": W.Text(value=source, description="source", layout=W.Layout(width="95%")),

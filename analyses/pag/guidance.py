@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from lab.hooks import select, trace
+from lab.pipes import unet_only
 
 GROUPS = ("down", "mid", "up", "all")
 
@@ -51,6 +52,9 @@ def identity_attention(probs: torch.Tensor, ctx) -> torch.Tensor:  # probs: (B, 
 def layers(pipe, choice: str | Sequence[str] = "mid") -> list[str]:
     """Full names of the self-attention layers `choice` names: 'down', 'mid', 'up', 'all', attn1 point names, or a
     list of those (forward order, no repeats)."""
+    unet_only(pipe, "perturbed-attention guidance", "it replaces a UNet's self-attention (attn1) maps by the "
+              "identity; a transformer's image->image attention shares one softmax with the text keys, and no "
+              "perturbation of it is written yet")
     items = [choice] if isinstance(choice, str) else list(choice)
     every = select(pipe, kind="attn1")
     if not items:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lab.widgets import png, set_controls
 
-from .guidance import GROUPS, generate
+from .guidance import GROUPS, generate, layers
 from .score import scenes, verdict
 
 
@@ -41,6 +41,7 @@ class Guide:
     def __init__(self, pipe, steps: int = 10, n: int = 20):
         import ipywidgets as W
 
+        layers(pipe, "mid")  # refuses an SD3 / Flux pipeline by name before any widget is made
         self.pipe, self.steps, self.scenes = pipe, steps, scenes(n)
         self.w = {"layers": W.Dropdown(options=list(GROUPS), value="mid", description="layers"),
                   "scale": W.FloatSlider(value=3.0, min=0.0, max=8.0, step=0.5, description="PAG scale"),

@@ -84,18 +84,20 @@ def step_label(run: Run, step: int) -> str:
 class Scrubber:
     """One followed generation per model, prompt and seed, and the widgets that scrub through its steps.
 
-    pipes: {model name: pipeline}; the zero-terminal-SNR model ('shapes-zsnr') is followed with CFG rescale 0.7.
+    pipes: {model name: pipeline}, UNet ones and SD3 / Flux ones alike (follow keeps both); the zero-terminal-SNR
+    model ('shapes-zsnr') is followed with CFG rescale 0.7. ``call``: more pipeline arguments for every model, e.g.
+    height=, width= (Flux draws at 1024 px by default) or max_sequence_length= (T5's window; DiT pipelines only).
     ``box`` is the VBox to display (classes lab-scrubber, lab-scrubber-step, -model, -generate, -label).
     """
 
-    def __init__(self, pipes: dict, prompt: str, seed: int = 0, steps: int = 25, model: str | None = None):
-        self.pipes, self.steps = pipes, steps
+    def __init__(self, pipes: dict, prompt: str, seed: int = 0, steps: int = 25, model: str | None = None, **call):
+        self.pipes, self.steps, self.call = pipes, steps, call
         self.model = model or next(iter(pipes))
         self.run = self.follow(self.model, prompt, seed)
         self._box = None
 
     def follow(self, model: str, prompt: str, seed: int) -> Run:
-        call = {"guidance_rescale": 0.7} if model == "shapes-zsnr" else {}
+        call = dict(self.call, guidance_rescale=0.7) if model == "shapes-zsnr" else self.call
         return follow(self.pipes[model], prompt, seed=seed, num_inference_steps=self.steps, **call)
 
     def figure(self, step: int) -> Figure:
