@@ -91,6 +91,12 @@ def test_vae_stage_fine_tunes_the_whole_vae_on_world_2(tmp_path):
     assert not torch.equal(state["encoder.conv_in.weight"], shipped["encoder.conv_in.weight"])  # the encoder learnt
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])["world"] == 2
     assert torch.load(tmp_path / "latents.pt")["latents"].shape == (4, 4, 16, 16)  # re-encoded with the new encoder
+    # then the decoder alone goes on from that run, so that latents encoded by it stay valid (SD's ft-MSE decoder)
+    main(["vae", "--run", str(tmp_path / "decoder"), "--init", str(tmp_path), "--world", "2", "--scenes", "4",
+          "--steps", "1", "--batch", "2", "--workers", "1"])
+    tuned = torch.load(tmp_path / "decoder" / "vae.ckpt")["model"]
+    assert torch.equal(tuned["encoder.conv_in.weight"], state["encoder.conv_in.weight"])
+    assert not torch.equal(tuned["decoder.conv_out.weight"], state["decoder.conv_out.weight"])
 
 
 def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path):

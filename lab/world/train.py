@@ -269,7 +269,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
          seconds=round(time.time() - t0, 1))
     vae = AutoencoderKL(**vae_config()).to(device)
     if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
-        vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae").to(device)
+        vae = _load_vae(init)[0].to(device)
         if not encoder:
             vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
@@ -347,22 +347,26 @@ def make_latents(run: Path, init: Path, n_scenes: int, workers: int, world: int 
     Scenes stream from the workers to the encoder a chunk at a time, so only the latents are ever held: 400,000
     scenes take 0.8 GB rather than 20 GB of images. The VAE runs on the GPU when there is one.
     """
-    from diffusers import AutoencoderKL
     run.mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + 1000, n_scenes)) for i in range(0, n_scenes, 1000)]
     with Pool(workers) as pool:  # started before CUDA is, so the forked workers inherit none of it
-        if (Path(init) / "vae.ckpt").exists():
-            state = torch.load(Path(init) / "vae.ckpt", map_location="cpu")
-            vae, scaling = AutoencoderKL(**vae_config()), None
-            vae.load_state_dict(state["model"])
-        else:
-            vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae")
-            state, scaling = {"step": 0}, vae.config.scaling_factor
-        vae = vae.to(_device())
-        encode_latents(run, vae, pool.imap(functools.partial(_latent_chunk, world=world), chunks), _device(),
-                       scaling=scaling, world=world)
+        vae, steps = _load_vae(init)
+        scaling = None if (Path(init) / "vae.ckpt").exists() else vae.config.scaling_factor
+        encode_latents(run, vae.to(_device()), pool.imap(functools.partial(_latent_chunk, world=world), chunks),
+                       _device(), scaling=scaling, world=world)
     if Path(init).resolve() != run.resolve():
-        _save({"model": vae.cpu().state_dict(), "step": state["step"]}, run / "vae.ckpt")
+        _save({"model": vae.cpu().state_dict(), "step": steps}, run / "vae.ckpt")
+
+
+def _load_vae(init: Path):
+    """(AutoencoderKL, its training steps) of a pipeline folder (its vae/) or of a vae stage's run (its vae.ckpt)."""
+    from diffusers import AutoencoderKL
+    if (Path(init) / "vae.ckpt").exists():
+        state = torch.load(Path(init) / "vae.ckpt", map_location="cpu")
+        vae = AutoencoderKL(**vae_config())
+        vae.load_state_dict(state["model"])
+        return vae, state["step"]
+    return AutoencoderKL.from_pretrained(str(init), subfolder="vae"), 0
 
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
