@@ -7,12 +7,21 @@
     python -m lab.world.train clip --run runs/clip --minutes 120      # a small CLIP on world 2 (lab.world.clip)
 
 Every stage stops after ``--minutes`` or ``--steps`` and checkpoints as it goes (``--checkpoint-every`` seconds);
-running it again continues from the checkpoint. A GPU is used when there is one. On a CPU the UNet stage can run
-data-parallel, one single-threaded process per core, each with its own ``--batch`` of samples (gradients averaged with
-gloo); on the project's 2-core machine that trained about 90 samples per second against 73 for one process with
-2 threads (batch 32 per process):
+running it again continues from the checkpoint, drawing what an uninterrupted run would have drawn (each
+micro-batch is seeded by its place in the run). The ``vae`` and ``unet`` stages run on ``accelerate``: a GPU when
+there is one (bf16 autocast), data-parallel over several processes (DDP: NCCL between GPUs, gloo between CPU
+processes), each process taking its own ``--batch`` per micro-batch and ``--accumulate K`` micro-batches per optimiser
+step (an effective batch of batch x processes x K). Whatever is read off a clock (stopping, the ``--lr-final``
+cosine, checkpointing) is process 0's, broadcast to the others.
 
-    python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2
+    python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2        # 2 CPU processes, 1 core each
+    accelerate launch --num_processes 8 -m lab.world.train unet --run runs/gpu --batch 64   # 8 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m lab.world.train unet --run runs/cpu  # 2 CPU processes too
+
+(``accelerate launch --cpu --num_processes 2`` starts one process.) The UNet stage checkpoints with
+``Accelerator.save_state`` into ``<run>/unet-<variant>/`` (``lab.world.checkpoint``); a run checkpointed before
+that, in ``<run>/unet-<variant>.ckpt``, resumes from the file, and ``export`` reads either. The ``vae`` stage keeps
+its ``vae.ckpt``, which ``latents`` and ``export`` read.
 
 World 2, as Stable Diffusion was made: a CLIP trained contrastively first, then the UNet on its frozen text tower.
 
@@ -470,8 +479,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
             text.load_state_dict(old["text"]), ema_text.load_state_dict(old["ema_text"])
         step = old["step"]
         if main:
-            _log(run, stage=f"unet-{variant}", step=step, resumed=found.name, converting_to=checkpoint.folder(
-                run, variant).name)
+            _log(run, stage=f"unet-{variant}", step=step, resumed=found.name,
+                 converting_to=checkpoint.folder(run, variant).name)
     # the forward passes go through the prepared (DDP-wrapped) models; the EMA and the checkpoint read the originals
     unet_fwd, *rest = accelerator.prepare(unet, *([text] if joint else []), opt)
     text_fwd, opt = (rest[0], rest[1]) if joint else (text, rest[0])
