@@ -1,7 +1,9 @@
-"""lab.world.train's UNet stage on a few real scenes: checkpoints resume, and --processes trains data-parallel."""
+"""lab.world.train's UNet stage on a few real scenes: checkpoints resume (exactly, and from the format before
+accelerate), and --processes trains data-parallel."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from lab.world import make_scene
@@ -10,11 +12,29 @@ from lab.world.train import main, tokenizer
 
 def _tiny_run(tmp_path, n=16):
     """A run folder holding what the UNet stage reads: latents (random here) and the captions' token ids."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     captions = [make_scene(i, "train").caption for i in range(n)]
     ids = tokenizer()(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
     latents = torch.randn(n, 4, 16, 16, generator=torch.Generator().manual_seed(0)).half()
     torch.save({"latents": latents, "ids": ids.int(), "scaling_factor": 0.35}, tmp_path / "latents.pt")
     return tmp_path
+
+
+def _checkpoint(run, variant="sd"):
+    """The UNet stage's checkpoint folder (lab.world.checkpoint) read back as one dict, keyed as the single file
+    before accelerate was: step, world, ..., unet, ema_unet, opt, and text / ema_text on world 1."""
+    from safetensors.torch import load_file
+    folder = run / f"unet-{variant}"
+
+    def weights(name):
+        (path,) = (folder / name).glob("*.safetensors")
+        return load_file(str(path))
+
+    out = json.loads((folder / "state.json").read_text())
+    out |= {"unet": weights("unet"), "ema_unet": weights("ema_unet"), "opt": torch.load(folder / "optimizer.bin")}
+    if (folder / "text_encoder").exists():
+        out |= {"text": weights("text_encoder"), "ema_text": weights("ema_text_encoder")}
+    return out
 
 
 def _log(run):
@@ -24,9 +44,9 @@ def _log(run):
 def test_unet_stage_checkpoints_and_resumes(tmp_path):
     run = _tiny_run(tmp_path)
     main(["unet", "--run", str(run), "--steps", "2", "--batch", "4", "--ema", "0.9"])
-    first = torch.load(run / "unet-sd.ckpt")
+    first = _checkpoint(run)
     main(["unet", "--run", str(run), "--steps", "3", "--batch", "4", "--ema", "0.9"])
-    second = torch.load(run / "unet-sd.ckpt")
+    second = _checkpoint(run)
     assert (first["step"], second["step"]) == (2, 3)
     name = "conv_in.weight"
     assert not torch.equal(first["unet"][name], second["unet"][name])  # the third step trained
@@ -37,21 +57,79 @@ def test_two_processes_train_together_and_stop_at_one_step(tmp_path):
     run = _tiny_run(tmp_path)
     main(["unet", "--run", str(run), "--steps", "2", "--batch", "2", "--processes", "2", "--ema", "0.9",
           "--lr-final", "1e-5"])  # the annealed rate is read off process 0's clock and shared
-    ckpt = torch.load(run / "unet-sd.ckpt")
+    ckpt = _checkpoint(run)
     assert ckpt["step"] == 2
     done = [row for row in _log(run) if row.get("done")]
     assert len(done) == 1 and done[0]["processes"] == 2 and done[0]["step"] == 2  # only process 0 writes
     assert np.isfinite(ckpt["unet"]["conv_in.weight"].numpy()).all()
+    main(["unet", "--run", str(run), "--steps", "3", "--batch", "2", "--ema", "0.9"])  # goes on in one process
+    assert _checkpoint(run)["step"] == 3
+
+
+def _same(a, b):
+    """The weights (unet, ema_unet, text, ema_text) and AdamW's moments of two checkpoints, compared exactly."""
+    for part in ("unet", "ema_unet", "text", "ema_text"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    moments = [(a["opt"]["state"][i], b["opt"]["state"][i]) for i in a["opt"]["state"]]
+    assert all(torch.equal(x[k], y[k]) for x, y in moments for k in x)
+
+
+STEPS = ["--batch", "2", "--accumulate", "2", "--ema", "0.9"]  # each step: 2 accumulated micro-batches of 2
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The checkpoint of 3 steps in one go, which a resumed run must reproduce."""
+    run = _tiny_run(tmp_path_factory.mktemp("uninterrupted"))
+    main(["unet", "--run", str(run), "--steps", "3"] + STEPS)
+    return _checkpoint(run)
+
+
+def test_a_resumed_run_continues_the_uninterrupted_one_exactly(tmp_path, uninterrupted):
+    """Each micro-batch's draws are seeded by its place in the run and the checkpoint keeps the optimiser and the
+    EMA, so 2 steps then 1 more are the 3 steps of one go, bit for bit."""
+    run = _tiny_run(tmp_path)
+    main(["unet", "--run", str(run), "--steps", "2"] + STEPS)
+    main(["unet", "--run", str(run), "--steps", "3"] + STEPS)
+    resumed = _checkpoint(run)
+    assert resumed["step"] == uninterrupted["step"] == 3
+    _same(resumed, uninterrupted)
+
+
+def test_a_checkpoint_in_the_format_before_accelerate_resumes_and_exports(tmp_path, uninterrupted):
+    """<run>/unet-sd.ckpt, one torch.save dict, is read when there is no checkpoint folder: the run goes on as if
+    it had never stopped, its next checkpoint is the folder, and export reads either."""
+    import shutil
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from lab.world.train import vae_config
+    run = _tiny_run(tmp_path / "run")
+    main(["unet", "--run", str(run), "--steps", "2"] + STEPS)
+    legacy = {k: v for k, v in _checkpoint(run).items() if k != "text_encoder"}  # world 1 had no such key
+    torch.save(legacy, run / "unet-sd.ckpt")
+    shutil.rmtree(run / "unet-sd")
+    torch.save({"model": AutoencoderKL(**vae_config()).state_dict(), "step": 5}, run / "vae.ckpt")
+    main(["export", "--run", str(run), "--out", str(tmp_path / "from-file")])
+    main(["unet", "--run", str(run), "--steps", "3"] + STEPS)
+    resumed = _checkpoint(run)
+    _same(resumed, uninterrupted)
+    assert (run / "unet-sd.ckpt").exists()  # left as it was; the folder is read from now on
+    rows = [row for row in _log(run) if row.get("resumed")]
+    assert len(rows) == 1 and rows[0]["resumed"] == "unet-sd.ckpt" and rows[0]["step"] == 2
+    main(["export", "--run", str(run), "--out", str(tmp_path / "from-folder")])
+    for name, ema in (("from-file", legacy["ema_unet"]), ("from-folder", resumed["ema_unet"])):
+        exported = UNet2DConditionModel.from_pretrained(str(tmp_path / name / "unet")).state_dict()
+        assert all(torch.equal(v, ema[k]) for k, v in exported.items())
+    assert json.loads((tmp_path / "from-folder" / "training.json").read_text())["unet_steps"] == 3
 
 
 def test_lr_final_falls_along_a_cosine_and_ema_out_writes_loadable_folders(tmp_path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
-    (tmp_path / "run").mkdir()
     run, out = _tiny_run(tmp_path / "run"), tmp_path / "out"
     main(["unet", "--run", str(run), "--steps", "4", "--batch", "2", "--lr", "1e-3", "--lr-final", "1e-5",
           "--ema", "0.9", "--ema-out", str(out)])
-    ckpt = torch.load(run / "unet-sd.ckpt")
+    ckpt = _checkpoint(run)
     # the last step (index 3 of 4) took the cosine 3/4 of the way from the warmed-up lr (4/500 of 1e-3) to 1e-5
     warm, final = 1e-3 * 4 / 500, 1e-5
     expected = final + (warm - final) * 0.5 * (1 + np.cos(np.pi * 3 / 4))
@@ -122,7 +200,7 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     text.save_pretrained(str(encoder))
     main(["unet", "--run", str(run), "--steps", "2", "--batch", "2", "--ema", "0.9", "--text-encoder", str(encoder)])
     main(["unet", "--run", str(run), "--steps", "3", "--batch", "2", "--ema", "0.9"])  # resumes on the same encoder
-    ckpt = torch.load(run / "unet-sd.ckpt")
+    ckpt = _checkpoint(run)
     assert ckpt["step"] == 3 and ckpt["world"] == 2 and "text" not in ckpt
     main(["export", "--run", str(run), "--out", str(tmp_path / "model")])
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))  # float16 on disk, float32 here

@@ -7,12 +7,21 @@
     python -m lab.world.train clip --run runs/clip --minutes 120      # a small CLIP on world 2 (lab.world.clip)
 
 Every stage stops after ``--minutes`` or ``--steps`` and checkpoints as it goes (``--checkpoint-every`` seconds);
-running it again continues from the checkpoint. A GPU is used when there is one. On a CPU the UNet stage can run
-data-parallel, one single-threaded process per core, each with its own ``--batch`` of samples (gradients averaged with
-gloo); on the project's 2-core machine that trained about 90 samples per second against 73 for one process with
-2 threads (batch 32 per process):
+running it again continues from the checkpoint, drawing what an uninterrupted run would have drawn (each
+micro-batch is seeded by its place in the run). The ``vae`` and ``unet`` stages run on ``accelerate``: a GPU when
+there is one (bf16 autocast), data-parallel over several processes (DDP: NCCL between GPUs, gloo between CPU
+processes), each process taking its own ``--batch`` per micro-batch and ``--accumulate K`` micro-batches per optimiser
+step (an effective batch of batch x processes x K). Whatever is read off a clock (stopping, the ``--lr-final``
+cosine, checkpointing) is process 0's, broadcast to the others.
 
-    python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2
+    python -m lab.world.train unet --run runs/cpu --batch 32 --processes 2        # 2 CPU processes, 1 core each
+    accelerate launch --num_processes 8 -m lab.world.train unet --run runs/gpu --batch 64   # 8 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m lab.world.train unet --run runs/cpu  # 2 CPU processes too
+
+(``accelerate launch --cpu --num_processes 2`` starts one process.) The UNet stage checkpoints with
+``Accelerator.save_state`` into ``<run>/unet-<variant>/`` (``lab.world.checkpoint``); a run checkpointed before
+that, in ``<run>/unet-<variant>.ckpt``, resumes from the file, and ``export`` reads either. The ``vae`` stage keeps
+its ``vae.ckpt``, which ``latents`` and ``export`` read.
 
 World 2, as Stable Diffusion was made: a CLIP trained contrastively first, then the UNet on its frozen text tower.
 
@@ -210,63 +219,94 @@ def _save_folders(out: Path, **models) -> None:
         tmp.rmdir()
 
 
-def _data_parallel() -> tuple[int, int]:
-    """(rank, world size); with WORLD_SIZE > 1 (``--processes``) joins the process group (gloo: CPU processes)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return (torch.distributed.get_rank() if world > 1 else 0), world
+def _accelerator(accumulate: int = 1):
+    """This process's ``accelerate.Accelerator``: DDP over the processes of ``accelerate launch`` or ``--processes``
+    (NCCL between GPUs, gloo between CPU processes), bf16 autocast on a GPU and float32 on a CPU, gradients summed
+    over `accumulate` micro-batches per optimiser step."""
+    from accelerate import Accelerator
+    cuda = torch.cuda.is_available()
+    # cpu=True on a machine without a GPU: accelerate otherwise treats each launched CPU process as alone
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", gradient_accumulation_steps=accumulate)
 
 
-def _process(rank: int, world: int, port: int, kwargs: dict) -> None:
-    """One of ``--processes`` data-parallel workers: one thread, pinned to core `rank` where the OS allows."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _agreed(accelerator, *values) -> tuple:
+    """`values` as the main process has them. Whatever is read off a clock (the stop flag, the cosine's learning
+    rate, a checkpoint falling due) goes through here, so that every process stops at the same step, takes it at
+    the same learning rate and checkpoints together (their clocks differ slightly)."""
+    if accelerator.num_processes == 1:
+        return values
+    from accelerate.utils import broadcast_object_list
+    return tuple(broadcast_object_list(list(values), from_process=0))
+
+
+def _sample_seed(step: int, micro: int, process: int, accumulate: int) -> int:
+    """The seed of one micro-batch's draws (scenes, caption dropout, noise, timesteps): a function of where it is in
+    the run, so a resumed run draws what an uninterrupted one would have."""
+    return 1000 + process + 4096 * (step * accumulate + micro)
+
+
+def _process(rank: int, world: int, port: int, stage, kwargs: dict) -> None:
+    """One of ``--processes`` data-parallel CPU workers: one thread, pinned to core `rank` where the OS allows; the
+    environment is what ``accelerate launch`` (torchrun) would give it, so `stage`'s Accelerator joins the others."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity") and rank < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {rank})
-    train_unet(**kwargs)
+    stage(**kwargs)
 
 
-def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average the gradients over the processes: one all-reduce of all of them, flattened."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g)
-        offset += g.numel()
+def _launch(stage, processes: int, kwargs: dict) -> None:
+    """Run `stage(**kwargs)` here, or in `processes` spawned CPU processes (``--processes``)."""
+    if processes <= 1:
+        return stage(**kwargs)
+    if torch.cuda.is_available():
+        raise SystemExit("--processes is for CPU cores; on GPUs use accelerate launch --num_processes N")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit(f"--processes {processes} inside a launch of {os.environ['WORLD_SIZE']} processes: "
+                         "use one or the other")
+    import socket
+    with socket.socket() as sock:  # a free port for the processes to meet on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_process, args=(processes, port, stage, kwargs), nprocs=processes)
 
 
 def _device() -> torch.device:
-    """CUDA when one is visible; the CPU for ``--processes`` workers, which are CPU processes joined by gloo."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return torch.device("cpu")
+    """The device of the stages without an Accelerator (latents, clip): CUDA when one is visible."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 # ---------------------------------------------------------------------------------------------------- stages
+class _Autoencode(torch.nn.Module):
+    """The VAE's training pass as one forward, so that DDP (which hooks forward) averages its gradients."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        return self.vae.decode(posterior.sample(generator)).sample, posterior.kl()  # (B, 3, 128, 128), (B,)
+
+
 def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float,
               lr: float = 2e-4, init: Path | None = None, world: int = 1, encoder: bool = False,
-              object_weight: float = 1.0) -> None:
+              object_weight: float = 1.0, accumulate: int = 1) -> None:
     """Train the VAE on `world`'s scenes; with `init`, fine-tune that model's decoder (and its encoder too with
     `encoder`, which changes what its latents mean: world 2's backgrounds need it). With `object_weight` W, the
     reconstruction error of pixels within 2 px of an object counts W times: objects cover a few percent of an
-    image, yet their shape and colour are what the parser (and every study) reads."""
+    image, yet their shape and colour are what the parser (and every study) reads. Data-parallel over the
+    Accelerator's processes, each drawing its own `batch` per micro-batch; the main process checkpoints."""
     from diffusers import AutoencoderKL
-    device = _device()
+    accelerator = _accelerator(accumulate)
+    device, main = accelerator.device, accelerator.is_main_process
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     images, captions, *near = make_dataset(n_scenes, workers, world, near=object_weight != 1)  # the same on resuming
-    _log(run, stage="data", scenes=len(captions), world=world, object_weight=object_weight,
-         seconds=round(time.time() - t0, 1))
+    if main:
+        _log(run, stage="data", scenes=len(captions), world=world, object_weight=object_weight,
+             seconds=round(time.time() - t0, 1))
     vae = AutoencoderKL(**vae_config()).to(device)
     if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
         vae = _load_vae(init)[0].to(device)
@@ -279,39 +319,53 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
         state = torch.load(ckpt, map_location=device)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         step = state["step"]
-    clock = Clock(minutes, steps, every)
-    gen = torch.Generator().manual_seed(step)
-    images_dev = images.to(device)
+    model, opt = accelerator.prepare(_Autoencode(vae), opt)
+    clock, gen = Clock(minutes, steps, every), torch.Generator()
+    images_dev, rec = images.to(device), None
     weights = 1 + (object_weight - 1) * near[0].to(device).float() if near else None  # (N, 1, 128, 128)
-    bar = _progress(clock, step, "vae")
-    while not clock.done(step):
-        idx = torch.randint(0, len(images_dev), (batch,), generator=gen).to(device)
-        x = to_unit(images_dev[idx])  # (B, 3, 128, 128)
-        with _autocast(device):
-            posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample()).sample
-        err = (recon.float() - x).pow(2) + 0.5 * (recon.float() - x).abs()
-        rec = err.mean()  # MSE + 0.5 L1, what the log shows whatever the weights
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = (rec if weights is None else (err * weights[idx]).mean()) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+
+    def save() -> None:
+        if main:
+            _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+
+    bar = _progress(clock, step, "vae", show=main)
+    while True:
+        stop, due = _agreed(accelerator, clock.done(step), clock.checkpoint_due())
+        if stop:
+            break
+        if due:
+            save()
+        for micro in range(accumulate):
+            gen.manual_seed(_sample_seed(step, micro, accelerator.process_index, accumulate))
+            idx = torch.randint(0, len(images_dev), (batch,), generator=gen).to(device)
+            x = to_unit(images_dev[idx])  # (B, 3, 128, 128)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    recon, kl = model(x, gen)
+                err = (recon.float() - x).pow(2) + 0.5 * (recon.float() - x).abs()
+                rec = err.mean()  # MSE + 0.5 L1, what the log shows whatever the weights
+                kl = kl.mean() / x[0].numel()
+                accelerator.backward((rec if weights is None else (err * weights[idx]).mean()) + 1e-4 * kl)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
         step += 1
         _advance(bar, clock, step)
-        if step % 100 == 0:
+        if step % 100 == 0 and main:
             _log(run, stage="vae", step=step, rec=round(rec.item(), 5), kl=round(kl.item(), 4))
             _advance(bar, clock, step, step=step, rec=round(rec.item(), 5))
-        if clock.checkpoint_due():
-            _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     bar.close()
-    _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-    _log(run, stage="vae", step=step, done=True, rec=round(rec.item(), 5))
-    if init is None or encoder:
+    save()
+    if main:
+        _log(run, stage="vae", step=step, done=True, processes=accelerator.num_processes,
+             **({} if rec is None else {"rec": round(rec.item(), 5)}))
+    accelerator.wait_for_everyone()
+    if main and (init is None or encoder):
         chunk, ids = (512 if device.type == "cuda" else 32), token_ids(captions)
         encode_latents(run, vae, ((images[i:i + chunk], ids[i:i + chunk]) for i in range(0, len(ids), chunk)), device,
                        world=world)
+    accelerator.end_training()
 
 
 @torch.no_grad()
@@ -371,7 +425,7 @@ def _load_vae(init: Path):
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
                init: Path | None = None, ema: float = 0.9995, lr_final: float | None = None,
-               ema_out: Path | None = None, text_encoder: Path | None = None) -> None:
+               ema_out: Path | None = None, text_encoder: Path | None = None, accumulate: int = 1) -> None:
     """Train the UNet and text encoder; with `lr_final`, the learning rate falls from `lr` to it along a cosine
     over this run's minutes (or steps, whichever ends it first). With `ema_out`, every checkpoint also writes the
     EMA weights (what `export` ships) there as diffusers/transformers folders, small enough to fetch from a
@@ -380,18 +434,26 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     With `text_encoder` (a ``CLIPTextModel`` folder, such as ``clip-export``'s ``text_encoder/``), that encoder is
     frozen and only the UNet trains, as Stable Diffusion trained on frozen CLIP. World-2 latents (what ``latents
     --world 2`` stores) need one; the UNet then takes ``unet_config(2)``. A resumed run keeps its encoder.
+
+    Data-parallel over the Accelerator's processes: each draws `batch` samples per micro-batch, `accumulate`
+    micro-batches make one optimiser step (an effective batch of batch x processes x accumulate), and every process
+    takes the same averaged steps. The checkpoint is ``lab.world.checkpoint``'s folder; a run checkpointed in the
+    format before it (``unet-<variant>.ckpt``) resumes from that file, and its next checkpoint is the folder.
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    device = _device()
+    from . import checkpoint
+    accelerator = _accelerator(accumulate)
+    device, main = accelerator.device, accelerator.is_main_process
     data = torch.load(run / "latents.pt")
     latents, ids = data["latents"].to(device), data["ids"].long().to(device)  # (N, 4, 16, 16), (N, 77)
     scenes = data.get("world", 1)  # the shapes world the latents come from
-    step, ckpt = 0, run / f"unet-{variant}.ckpt"
-    s = torch.load(ckpt, map_location=device) if ckpt.exists() else None
-    if s is not None and s.get("text_encoder") and text_encoder and Path(text_encoder) != Path(s["text_encoder"]):
-        raise SystemExit(f"{ckpt} was trained on the frozen text encoder {s['text_encoder']}, not {text_encoder}")
-    text_encoder = text_encoder or (s or {}).get("text_encoder")
+    step, found = 0, checkpoint.find(run, variant)
+    old = checkpoint.legacy(found, device) if found is not None and checkpoint.is_legacy(found) else None
+    kept = checkpoint.meta(found, old) if found is not None else {}
+    if kept.get("text_encoder") and text_encoder and Path(text_encoder) != Path(kept["text_encoder"]):
+        raise SystemExit(f"{found} was trained on the frozen text encoder {kept['text_encoder']}, not {text_encoder}")
+    text_encoder = text_encoder or kept.get("text_encoder")
     if scenes == 2 and text_encoder is None:
         raise SystemExit(f"{run / 'latents.pt'} holds world-2 latents: pass --text-encoder, the frozen CLIP text "
                          "tower the UNet conditions on (clip-export writes it as <out>/text_encoder)")
@@ -399,7 +461,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     sched = DDPMScheduler(**{k: v for k, v in scheduler_config(variant).items() if k not in ("set_alpha_to_one",)})
     unet = UNet2DConditionModel(**unet_config(scenes)).to(device)
     ema_unet = UNet2DConditionModel(**unet_config(scenes)).to(device).requires_grad_(False)
-    if text_encoder is None:  # world 1: the text encoder trains jointly with the UNet, and has an EMA too
+    joint = text_encoder is None  # world 1: the text encoder trains jointly with the UNet, and has an EMA too
+    if joint:
         text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
         ema_text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device).requires_grad_(False)
     else:
@@ -407,31 +470,39 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         ema_text = None
     if init is not None:  # continue from a shipped model's weights, with a fresh optimiser
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(init), subfolder="unet").state_dict())
-        if ema_text is not None:
+        if joint:
             text.load_state_dict(CLIPTextModel.from_pretrained(str(init), subfolder="text_encoder").state_dict())
     ema_unet.load_state_dict(unet.state_dict())
-    if ema_text is not None:
+    if joint:
         ema_text.load_state_dict(text.state_dict())
-    params = list(unet.parameters()) + (list(text.parameters()) if ema_text is not None else [])
+    params = list(unet.parameters()) + (list(text.parameters()) if joint else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
-    if s is not None:
-        unet.load_state_dict(s["unet"]), opt.load_state_dict(s["opt"]), ema_unet.load_state_dict(s["ema_unet"])
-        if ema_text is not None:
-            text.load_state_dict(s["text"]), ema_text.load_state_dict(s["ema_text"])
-        step = s["step"]
+    if old is not None:  # the format before accelerate: read once, written back as the folder at the next save
+        unet.load_state_dict(old["unet"]), opt.load_state_dict(old["opt"]), ema_unet.load_state_dict(old["ema_unet"])
+        if joint:
+            text.load_state_dict(old["text"]), ema_text.load_state_dict(old["ema_text"])
+        step = old["step"]
+        if main:
+            _log(run, stage=f"unet-{variant}", step=step, resumed=found.name,
+                 converting_to=checkpoint.folder(run, variant).name)
+    # the forward passes go through the prepared (DDP-wrapped) models; the EMA and the checkpoint read the originals
+    unet_fwd, *rest = accelerator.prepare(unet, *([text] if joint else []), opt)
+    text_fwd, opt = (rest[0], rest[1]) if joint else (text, rest[0])
+    checkpoint.register(accelerator, {"unet": unet, "ema_unet": ema_unet} |
+                        ({"text_encoder": text, "ema_text_encoder": ema_text} if joint else {}))
+    if old is None and found is not None:
+        accelerator.load_state(str(found))  # the weights and EMA (checkpoint's hooks), AdamW's state, RNG states
+        accelerator.step, step = 0, kept["step"]  # micro-batches count from 0 again: --accumulate may have changed
     alphas = sched.alphas_cumprod.to(device)
-    rank, world = _data_parallel()  # every process starts from the same weights and takes the same averaged steps
-    clock, gen = Clock(minutes, steps, every), torch.Generator(device).manual_seed(1000 + step + 7919 * rank)
-
+    clock, gen = Clock(minutes, steps, every), torch.Generator(device)
     first_step = step
 
     def save() -> None:
-        texts = ({"text": text.state_dict(), "ema_text": ema_text.state_dict()} if ema_text is not None
-                 else {"text_encoder": str(text_encoder)})
-        _save({"unet": unet.state_dict(), "opt": opt.state_dict(), "step": step, "ema_unet": ema_unet.state_dict(),
-               "variant": variant, "world": scenes, "scaling_factor": data["scaling_factor"]} | texts, ckpt)
-        if ema_out is not None:
-            _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text if ema_text is not None else text)
+        checkpoint.save(accelerator, run, variant, dict(step=step, variant=variant, world=scenes,
+                                                        scaling_factor=data["scaling_factor"],
+                                                        text_encoder=None if joint else str(text_encoder)))
+        if ema_out is not None and main:
+            _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text if joint else text)
 
     def learning_rate() -> float:
         warm = lr * min(1.0, (step + 1) / 500)
@@ -442,80 +513,75 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
         return lr_final + (warm - lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     losses = []
-    bar = _progress(clock, step, f"unet-{variant}", show=rank == 0)
-    while not _agreed(clock.done(step), world):
-        idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
-        x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
-        drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% empty captions
-        tok = torch.where(drop[:, None], empty, tok)
-        noise = torch.randn(x0.shape, device=device, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=device, generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        rate = learning_rate() if lr_final is None else _agreed(learning_rate(), world)  # the cosine reads the clock
+    bar = _progress(clock, step, f"unet-{variant}", show=main)
+    while True:
+        stop, rate, due = _agreed(accelerator, clock.done(step), learning_rate(), clock.checkpoint_due())
+        if stop:
+            break
+        if due:
+            save()
         for g in opt.param_groups:
             g["lr"] = rate
-        with _autocast(device):
-            with torch.set_grad_enabled(ema_text is not None):
-                cond = text(tok)[0]  # (B, 77, 64), or (B, 77, 128) from world 2's frozen CLIP
-            pred = unet(xt, t, cond).sample
-        loss = F.mse_loss(pred.float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            _average_gradients(params, world)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        total = torch.zeros((), device=device)
+        for micro in range(accumulate):
+            gen.manual_seed(_sample_seed(step, micro, accelerator.process_index, accumulate))
+            idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
+            x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
+            drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% no caption
+            tok = torch.where(drop[:, None], empty, tok)
+            noise = torch.randn(x0.shape, device=device, generator=gen)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=device, generator=gen)
+            a = alphas[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
+            with accelerator.accumulate(*([unet_fwd, text_fwd] if joint else [unet_fwd])):
+                with accelerator.autocast():
+                    with torch.set_grad_enabled(joint):
+                        cond = text_fwd(tok)[0]  # (B, 77, 64), or (B, 77, 128) from world 2's frozen CLIP
+                    pred = unet_fwd(xt, t, cond).sample
+                loss = F.mse_loss(pred.float(), target)
+                accelerator.backward(loss)  # divided by `accumulate`; all-reduced (DDP) on the last micro-batch
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, 1.0)
+                opt.step()  # only on the last micro-batch (accelerate's optimiser wrapper)
+                opt.zero_grad(set_to_none=True)
+            total += loss.detach()
         step += 1
         _ema_update(ema_unet, unet, min(ema, (1 + step) / (10 + step)))
-        if ema_text is not None:
+        if joint:
             _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
-        losses.append(loss.item() if step % 50 == 0 else None)
+        if step % 50 == 0:
+            losses.append(total.item() / accumulate)
         _advance(bar, clock, step)
-        if step % 500 == 0 and rank == 0:
-            _log(run, stage=f"unet-{variant}", step=step, loss=round(np.mean([l for l in losses if l is not None]), 5),
-                 processes=world, lr=float(f"{learning_rate():.3g}"))
-            _advance(bar, clock, step, step=step, loss=round(np.mean([l for l in losses if l is not None]), 5))
+        if step % 500 == 0 and main:
+            _log(run, stage=f"unet-{variant}", step=step, loss=round(float(np.mean(losses)), 5),
+                 processes=accelerator.num_processes, lr=float(f"{rate:.3g}"))
+            _advance(bar, clock, step, step=step, loss=round(float(np.mean(losses)), 5))
             losses = []
-        if clock.checkpoint_due() and rank == 0:
-            save()
     bar.close()
-    if rank == 0:
-        save()
+    save()
+    if main:
         _log(run, stage=f"unet-{variant}", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2),
-             processes=world, batch_per_process=batch)
-    if world > 1:
-        torch.distributed.destroy_process_group()
-
-
-def _agreed(value: float, world: int) -> float:
-    """`value` as process 0 has it. Whatever is read off a clock goes through here, so that every process stops
-    at the same step and takes it at the same learning rate (their clocks differ slightly)."""
-    if world == 1:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    torch.distributed.broadcast(t, 0)
-    return type(value)(t.item())
+             processes=accelerator.num_processes, batch_per_process=batch, accumulate=accumulate)
+    accelerator.end_training()
 
 
 def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
     """Write a diffusers StableDiffusionPipeline folder from the run's EMA weights (and its frozen text encoder, if
-    it had one). A world-2 model's weights are stored in float16 (its CLIP text tower alone is 12 MiB of token
-    embeddings); a plain ``from_pretrained`` computes in float32, as for world 1."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    s = torch.load(run / f"unet-{variant}.ckpt", map_location="cpu")
-    world = s.get("world", 1)
-    unet = UNet2DConditionModel(**unet_config(world))
-    unet.load_state_dict(s["ema_unet"])
-    if "ema_text" in s:
-        text = CLIPTextModel(CLIPTextConfig(**text_config()))
-        text.load_state_dict(s["ema_text"])
-    else:
-        text = CLIPTextModel.from_pretrained(s["text_encoder"])
-    vae = AutoencoderKL(**vae_config(), scaling_factor=s["scaling_factor"])
-    vae.load_state_dict(torch.load(run / "vae.ckpt", map_location="cpu")["model"])
+    it had one), from either checkpoint format. A world-2 model's weights are stored in float16 (its CLIP text
+    tower alone is 12 MiB of token embeddings); a plain ``from_pretrained`` computes in float32, as for world 1."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from . import checkpoint
+    found = checkpoint.find(run, variant)
+    if found is None:
+        raise SystemExit(f"no UNet checkpoint of variant {variant!r} in {run}: neither "
+                         f"{checkpoint.folder(run, variant).name}/ nor {checkpoint.legacy_file(run, variant).name}")
+    kept = checkpoint.meta(found)
+    world = kept["world"]
+    unet, text = checkpoint.ema_models(found)
+    vae = AutoencoderKL(**vae_config(), scaling_factor=kept["scaling_factor"])
+    vae_state = torch.load(run / "vae.ckpt", map_location="cpu")
+    vae.load_state_dict(vae_state["model"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(**scheduler_config(variant)), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -526,7 +592,7 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
         config = json.loads((out / "text_encoder" / "config.json").read_text())
         config |= {key: "float32" for key in ("dtype", "torch_dtype") if key in config}
         (out / "text_encoder" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    meta = {"variant": variant, "unet_steps": s["step"], "vae_steps": torch.load(run / "vae.ckpt")["step"]}
+    meta = {"variant": variant, "unet_steps": kept["step"], "vae_steps": vae_state["step"]}
     (out / "training.json").write_text(json.dumps(meta | (card or {}), indent=2))
     return out
 
@@ -546,7 +612,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--init", type=Path, default=None, help="start from this pipeline folder's weights")
     p.add_argument("--processes", type=int, default=1,
-                   help="UNet stage on a CPU: data-parallel processes, one per core (each takes --batch samples)")
+                   help="vae and unet stages on a CPU: data-parallel processes, one per core, each taking --batch "
+                        "samples (on GPUs: accelerate launch --num_processes N -m lab.world.train ...)")
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="vae and unet stages: micro-batches of --batch per optimiser step (gradient accumulation)")
     p.add_argument("--lr-final", type=float, default=None,
                    help="UNet stage: fall from --lr to this along a cosine over the run (default: constant --lr)")
     p.add_argument("--ema-out", type=Path, default=None,
@@ -585,24 +654,17 @@ def main(argv: list[str] | None = None) -> None:
             clip.export(a.run, a.out or a.run / "export")
         return
     if a.stage == "vae":
-        train_vae(a.run, a.minutes, a.steps, a.scenes, a.batch or 32, a.workers, a.checkpoint_every,
-                  a.lr or 2e-4, a.init, a.world, a.train_encoder, a.object_weight)
+        _launch(train_vae, a.processes, dict(run=a.run, minutes=a.minutes, steps=a.steps, n_scenes=a.scenes,
+                                             batch=a.batch or 32, workers=a.workers, every=a.checkpoint_every,
+                                             lr=a.lr or 2e-4, init=a.init, world=a.world, encoder=a.train_encoder,
+                                             object_weight=a.object_weight, accumulate=a.accumulate))
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers, a.world)
     elif a.stage == "unet":
-        kwargs = dict(run=a.run, variant=a.variant, minutes=a.minutes, steps=a.steps, batch=a.batch or 128,
-                      lr=a.lr or 5e-4, every=a.checkpoint_every, init=a.init, ema=a.ema, lr_final=a.lr_final,
-                      ema_out=a.ema_out, text_encoder=a.text_encoder)
-        if a.processes > 1:
-            if _device().type == "cuda":
-                raise SystemExit("--processes is for CPU cores; on a GPU raise --batch instead")
-            import socket
-            with socket.socket() as sock:  # a free port for the processes to meet on
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            torch.multiprocessing.spawn(_process, args=(a.processes, port, kwargs), nprocs=a.processes)
-        else:
-            train_unet(**kwargs)
+        _launch(train_unet, a.processes, dict(run=a.run, variant=a.variant, minutes=a.minutes, steps=a.steps,
+                                              batch=a.batch or 128, lr=a.lr or 5e-4, every=a.checkpoint_every,
+                                              init=a.init, ema=a.ema, lr_final=a.lr_final, ema_out=a.ema_out,
+                                              text_encoder=a.text_encoder, accumulate=a.accumulate))
     else:
         export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"))
 

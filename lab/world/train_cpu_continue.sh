@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # How `shapes` went on training on the 2-core CPU machine after lab/world/train_cpu.sh (its second CPU session):
 #   bash lab/world/train_cpu_continue.sh RUN_DIR [UNET_MINUTES] [DECODER_MINUTES]
-# RUN_DIR is the run of train_cpu.sh (latents.pt, vae.ckpt, unet-sd.ckpt): the UNet resumes from its checkpoint,
-# optimiser and EMA included. Two steps:
+# RUN_DIR is the run of train_cpu.sh (latents.pt, vae.ckpt, and unet-sd/ or, from before accelerate,
+# unet-sd.ckpt): the UNet resumes from its checkpoint, optimiser and EMA included. Two steps:
 # 1. The VAE decoder is fine-tuned on one core with the encoder frozen, so the latents, and the UNet trained on them,
 #    stay valid (the GPU-trained decoder turned orange into yellow on grey and rounded small shapes).
 # 2. The UNet and text encoder train data-parallel, one process per core, 32 samples each per step.
