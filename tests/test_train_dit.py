@@ -134,3 +134,11 @@ def test_the_lab_hooks_and_daam_read_the_exported_transformer(pipe):
     assert views[0].resolution == (8, 8) and views[0].text_tokens == 77 + PAD_ROWS
     run = daam.generate(pipe, "a red circle", seed=0, steps=2)
     assert run.images.shape == (1, 128, 128, 3) and list(run.cache) == daam.daam_layers(pipe)
+
+
+def test_daam_maps_a_word_of_the_exported_dit_through_its_clip_window(pipe):
+    """SD3 without T5: the word is found in the CLIP window alone."""
+    from analyses import daam
+    run = daam.generate(pipe, "a red circle", seed=0, steps=2)
+    word = daam.word_map(daam.global_maps(run), pipe, "circle")
+    assert word.shape == (128, 128) and torch.isfinite(word).all() and word.max() > 0

@@ -14,7 +14,7 @@ attention), ``pipeline(...)``, ``train_dit(run, ...)``, ``export(run, out)``.
 The model, and why.
 - Denoiser: diffusers' ``SD3Transformer2DModel`` on the 16x16x4 latents, patch 2 as SD3 (8x8 = 64 image tokens, 16
   pixels of the 128 px image per token, as SD3 has at 1024 px); 6 joint blocks (the last context-pre-only, as SD3),
-  width 160 in 5 heads of 32. Patch 1 (256 tokens, 16x16 maps) cost twice the time per step at 4 blocks of 128;
+  width 160 in 5 heads of 32. Patch 1 (256 tokens, 16x16 maps) costs 1.3x the time per step at 4 blocks of 128;
   width 192 would not fit 30 MiB beside the text tower. ``benchmarks/train_dit.md`` has the measurements.
 - Text, as ``StableDiffusion3Pipeline.encode_prompt`` builds it. SD3 reads two CLIPs (each one's penultimate hidden
   states, concatenated on features, and each one's projected pooled output, concatenated) and T5 (its states
@@ -28,7 +28,7 @@ The model, and why.
   last_hidden_state: that is what the pipeline reads) beside 8 zero features, then 256 zero rows.
 - Training sees that context exactly, but cheaper: the 256 zero rows are identical, and so stay identical through
   every block, so one of them with its attention logit raised by log(256) (``PadKeys``) is the same attention as
-  256 of them: 78 text tokens instead of 333, 3.2x faster on a CPU. A test holds the transformer's output with
+  256 of them: 78 text tokens instead of 333, 3.5x faster on a CPU. A test holds the transformer's output with
   ``PadKeys`` on 78 tokens to its output with diffusers' processor on the pipeline's 333.
 - The tower trains nothing and is used as shipped: its weights are rounded to float16 once at load, so the exported
   pipeline (float16 on disk) computes the very conditioning the transformer trained on.
