@@ -39,6 +39,10 @@ The model, and why.
   it would fall below 1 and push sampling steps toward low noise, where a 16x16 latent of flat shapes has little
   left to decide, so the base value is kept, for training and sampling alike.
 - VAE: the run's world-2 VAE with its scaling factor (shift factor 0: the latents are only scaled).
+
+Loading: ``lab.load(folder)``; plain diffusers needs the absent T5 named, as for any SD3 without it:
+``StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)``. Calls with another
+``max_sequence_length`` than 256 change the number of zero rows, and so the conditioning, from what it trained on.
 """
 from __future__ import annotations
 
