@@ -8,6 +8,8 @@
 ``model_index.json`` (SD 1.x / 2.x -> StableDiffusionPipeline, SDXL -> StableDiffusionXLPipeline, SD3 / SD3.5 ->
 StableDiffusion3Pipeline, FLUX.1 -> FluxPipeline), loads it in
 float32 on the CPU (float16 on a GPU) unless told otherwise, and leaves every other setting as diffusers made it.
+A component the folder saved as absent (an SD3 pipeline without T5: ``text_encoder_3`` and ``tokenizer_3`` null in
+``model_index.json``, as ``shapes-dit``) loads as None, which plain ``from_pretrained`` needs passed by hand.
 ``BUILTIN`` maps the names of the shipped models to their folders. ``with_random_unet(pipe, seed)`` is the
 "untrained model" baseline of the sanity checks: the same pipeline with its denoiser (UNet or transformer)
 re-initialised from its config;
@@ -80,6 +82,7 @@ def load(name_or_path: str | os.PathLike = "shapes", device: str | torch.device 
         folder, index = found
         pipe_cls = _pipeline_class(index, str(folder))
         source = str(folder) if name_or_path in BUILTIN or Path(name_or_path).expanduser().exists() else name_or_path
+        kwargs = {**_absent(index, pipe_cls), **kwargs}
     kwargs = {_dtype_argument(): dtype, **kwargs}
     if importlib.util.find_spec("accelerate") is None:
         kwargs.setdefault("low_cpu_mem_usage", False)  # what diffusers falls back to anyway, without its warning
@@ -91,6 +94,14 @@ def load(name_or_path: str | os.PathLike = "shapes", device: str | torch.device 
         pipe = pipe_cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _absent(index: dict, pipe_cls) -> dict:
+    """{component: None} for the components a folder saved as absent (``[null, null]`` in model_index.json, such as
+    an SD3 pipeline without T5), which diffusers otherwise refuses to load unless they are passed as None."""
+    optional = set(getattr(pipe_cls, "_optional_components", []))
+    return {name: None for name, value in index.items()
+            if not name.startswith("_") and value == [None, None] and name not in optional}
 
 
 @functools.cache

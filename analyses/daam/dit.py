@@ -67,7 +67,12 @@ def _tokenizers(pipe) -> dict:
         raise TypeError(f"a diffusion transformer's maps align words through the pipeline's tokenizers (SD3: "
                         f"tokenizer and tokenizer_3; Flux: tokenizer_2); got a {type(pipe).__name__}: pass the "
                         "pipeline")
-    return {enc: getattr(pipe, attr) for enc, attr in TOKENIZERS[family(pipe.transformer)].items()}
+    return {enc: getattr(pipe, attr, None) for enc, attr in TOKENIZERS[family(pipe.transformer)].items()}
+
+
+def _absent(toks: dict, encoder: str) -> bool:
+    """An encoder the pipeline runs without (SD3 without T5, as shapes-dit): its window is zero rows, no words."""
+    return encoder in toks and toks[encoder] is None
 
 
 def _windows(g, pipe):
@@ -75,6 +80,8 @@ def _windows(g, pipe):
     toks = _tokenizers(pipe)
     out = []
     for seg in g.context:
+        if _absent(toks, seg["encoder"]):
+            continue
         if seg["encoder"] not in toks:
             raise ValueError(f"the maps hold a {seg['encoder']} window but this pipeline's encoders are "
                              f"{', '.join(toks)}: pass the pipeline the run was generated with")
@@ -150,6 +157,9 @@ def window_positions(pipe, prompts, max_sequence_length: int | None = None) -> l
     out, start = [], 0
     for encoder, tok in _tokenizers(pipe).items():
         window = getattr(pipe, "tokenizer_max_length", 77) if encoder == "clip" else t5
+        if tok is None:  # an absent encoder's window: zero rows, no prompt tokens
+            start += window
+            continue
         n = max(len(tok(p, truncation=True, max_length=window).input_ids) for p in prompts)
         out += [start + i for i in range(n)]
         start += window
