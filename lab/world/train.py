@@ -592,7 +592,7 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
         config = json.loads((out / "text_encoder" / "config.json").read_text())
         config |= {key: "float32" for key in ("dtype", "torch_dtype") if key in config}
         (out / "text_encoder" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    meta = {"variant": variant, "unet_steps": kept["step"], "vae_steps": vae_state["step"]}
+    meta = {"variant": variant, "world": world, "unet_steps": kept["step"], "vae_steps": vae_state["step"]}
     (out / "training.json").write_text(json.dumps(meta | (card or {}), indent=2))
     return out
 

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train import Clock, _autocast, _device, _ema_update, _log, _save, token_ids, tokenizer, vae_config
+from .train import Clock, _device, _ema_update, _log, _save, token_ids, tokenizer, vae_config
 
 PAD_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the T5 rows, zeros without a T5
 NULL_WIDTH = 8  # text_encoder_2, the null CLIP
@@ -262,7 +262,7 @@ def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: i
         xt = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
         for g in opt.param_groups:
             g["lr"] = rate()
-        with _autocast(device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = model(xt, context, pooled, sigma * 1000).sample  # (B, 4, 16, 16)
         loss = F.mse_loss(pred.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
