@@ -41,6 +41,14 @@ def test_binding_pairs_swap_the_objects_attribute():
             assert getattr(a, attribute) in p.swapped and p.swapped != p.true
 
 
+def test_world_2_binding_pairs_swap_colours_the_background_allows():
+    from lab.world import backgrounds
+    for p in classify.pairs(3, "colour", world=2):
+        a, b = p.scene.objects
+        assert p.scene.world == 2 and p.scene.background in p.swapped and p.swapped != p.true
+        assert all(backgrounds.allowed(p.scene.backdrop, o.colour) for o in (a, b))  # so either may take the other's
+
+
 def test_an_unknown_attribute_is_refused_naming_the_attributes():
     with pytest.raises(ValueError, match="'size' is not one of: colour, shape"):
         classify.pairs(1, "size")

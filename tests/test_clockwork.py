@@ -109,6 +109,13 @@ def test_an_image_has_not_moved_from_itself_and_a_recoloured_one_has():
     assert clockwork.moved(image, other)["pixel rms"] > 0
 
 
+def test_a_world_2_image_is_read_by_world_2s_parser_background_name_included():
+    from analyses.clockwork.score import reading
+    scene = make_scene(2, "test", n_objects=1, world=2)
+    obj = scene.objects[0]
+    assert reading(render(scene), 2) == (scene.background, ((obj.colour, obj.shape, obj.size),))
+
+
 def test_the_study_at_small_size_reports_sensitivity_and_reuse(tmp_path):
     from analyses.clockwork.study import run
     text = run(tmp_path)

@@ -110,9 +110,11 @@ def test_a_click_on_image_a_shows_its_match_in_b(pipe):
     assert view.pair_index == 1 and view.query is None and view.pair.name.startswith("001")
 
 
-def test_one_factor_pairs_change_b_in_that_factor_only():
+@pytest.mark.parametrize("world", [1, 2])
+def test_one_factor_pairs_change_b_in_that_factor_only(world):
     from analyses.dift.pairs import FACTORS, one_factor_pairs
-    pairs = world_pairs(len(SHAPE_CYCLE))
+    from lab.world import backgrounds
+    pairs = world_pairs(len(SHAPE_CYCLE), world=world)
     for factor in FACTORS:
         for p, q in zip(pairs, one_factor_pairs(pairs, factor)):
             a, b = q.info["src_obj"], q.info["trg_obj"]
@@ -125,8 +127,41 @@ def test_one_factor_pairs_change_b_in_that_factor_only():
             if factor in ("colour", "background"):  # nothing moved: the answer is where the point was
                 np.testing.assert_allclose(q.trg_kps, q.src_kps)
             assert q.trg.shape == (128, 128, 3) and q.info["factor"] == factor
+            if world == 2:  # B's colour is one world 2 allows on B's background
+                assert backgrounds.allowed(q.info["trg_backdrop"], b.colour)
+                assert q.info["trg_backdrop"].name == q.info["trg_background"]
     with pytest.raises(ValueError, match="'shape'.*colour, size, position, background"):
         one_factor_pairs(pairs, "shape")
+
+
+def test_world_1_pairs_are_unchanged():
+    import hashlib
+    from analyses.dift.pairs import FACTORS, one_factor_pairs
+    pairs = world_pairs(len(SHAPE_CYCLE) * 2)
+    digest = hashlib.sha256()
+    for p in pairs + [q for f in FACTORS for q in one_factor_pairs(pairs, f)]:
+        digest.update(p.src.tobytes()), digest.update(p.trg.tobytes()), digest.update(p.trg_kps.tobytes())
+    assert digest.hexdigest()[:16] == "2aa74463cde1331b"  # taken before world 2's pairs existed (commit 91e1502)
+
+
+def test_world_2_background_pairs_differ_only_in_the_background():
+    from analyses.dift.pairs import one_factor_pairs
+    from lab.world import backgrounds, parse
+    from lab.world.scenes import coverage
+    pairs = world_pairs(len(SHAPE_CYCLE), world=2)
+    names = {p.info["src_background"] for p in pairs} | {p.info["trg_background"] for p in pairs}
+    assert names <= set(backgrounds.NAMES) and not names <= {"black", "grey", "white"}
+    for q in one_factor_pairs(pairs, "background"):
+        a, b = q.info["src_obj"], q.info["trg_obj"]
+        assert a == b and q.info["src_background"] != q.info["trg_background"], q.name
+        np.testing.assert_allclose(q.trg_kps, q.src_kps)
+        inside = coverage(a) == 1.0  # pixels the object covers whole: the same colour on either background
+        assert (q.src[inside] == q.trg[inside]).all() and (q.src[~inside] != q.trg[~inside]).any(-1).mean() > 0.5
+        for image, side in ((q.src, "src"), (q.trg, "trg")):
+            parsed = parse(image, world=2)
+            assert parsed.background == q.info[f"{side}_background"]
+            assert [(f.colour, f.shape) for f in parsed.objects] == [(a.colour, a.shape)]
+            assert backgrounds.allowed(q.info[f"{side}_backdrop"], a.colour)
 
 
 def test_the_notebooks_controls_drive_the_view(pipe):

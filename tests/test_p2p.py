@@ -124,6 +124,21 @@ def test_verdict_passes_the_rendered_target_and_fails_the_rendered_source():
     assert not verdict(task, render(task.scene), render(task.scene))["changed"]
 
 
+def test_world_2_edits_keep_world_2s_rules_and_the_verdict_reads_them():
+    import dataclasses
+
+    from lab.world import backgrounds
+    from lab.world.scenes import caption_of
+    for task in tasks(6, world=2):
+        objs = list(task.scene.objects)
+        objs[task.index] = dataclasses.replace(objs[task.index], **{task.attribute: task.new})
+        assert backgrounds.allowed(task.scene.backdrop, objs[task.index].colour)
+        edited = dataclasses.replace(task.scene, objects=tuple(objs), caption=task.target)
+        assert task.target == caption_of(tuple(objs), task.scene.background, task.scene.relation)
+        good = verdict(task, render(task.scene), render(edited))
+        assert all(good[c] for c in CHECKS), (task.target, good)
+
+
 def test_the_study_at_small_size_writes_its_figures_and_says_met_or_not(tmp_path):
     from analyses.p2p.study import run
     text = run(tmp_path)

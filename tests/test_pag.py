@@ -83,6 +83,11 @@ def test_a_rendered_scene_is_a_clean_object_and_a_blank_image_is_not():
     assert not verdict(scene, np.full_like(render(scene), 255))["clean"]
 
 
+def test_a_rendered_world_2_scene_is_read_by_world_2s_parser():
+    scene = scenes(1, world=2)[0]
+    assert scene.world == 2 and verdict(scene, render(scene)) == {c: True for c in CHECKS}
+
+
 def test_the_study_at_small_size_reports_each_condition_and_the_papers_setting(tmp_path):
     from analyses.pag.study import conditions, run
     text = run(tmp_path)

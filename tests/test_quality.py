@@ -1,9 +1,31 @@
-"""lab.world.quality and the quality study, on the built-in model at small size."""
+"""lab.world.quality and the quality study, on the built-in model at small size; world_of, and scoring in world 2."""
+import json
+
 import numpy as np
 import pytest
 
-from lab.world import make_scene, parse, render, score
-from lab.world.quality import Evaluation, evaluate, generate, rates, table, wilson
+import lab
+from lab.load import MODELS, with_random_unet
+from lab.world import make_scene, parse, render, score, world_of
+from lab.world.quality import (GOALS, Evaluation, evaluate, evaluation_scenes, generate, goals, rates, table,
+                               wilson)
+
+
+def _relabelled(folder, world):
+    """The built-in model's folder (its parts linked, not copied) with a training.json that says `world`."""
+    folder.mkdir()
+    for part in (MODELS / "shapes").iterdir():
+        if part.name != "training.json":
+            (folder / part.name).symlink_to(part)
+    meta = json.loads((MODELS / "shapes" / "training.json").read_text())
+    (folder / "training.json").write_text(json.dumps({**meta, "world": world}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world2_pipe(tmp_path_factory):
+    """The built-in (world-1) weights in a folder whose training.json says world 2: scored as a world-2 model."""
+    return lab.load(_relabelled(tmp_path_factory.mktemp("w2") / "shapes", 2))
 
 
 def test_wilson_interval_contains_the_rate_and_narrows_with_n():
@@ -55,3 +77,50 @@ def test_save_figure_writes_an_ordinary_readable_file(tmp_path):
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
     assert list((tmp_path / "sub").iterdir()) == [path]  # no temporary file left behind
+
+
+def test_world_of_the_built_in_model_is_1(shapes_pipe):
+    assert world_of(shapes_pipe) == world_of("shapes") == world_of(with_random_unet(shapes_pipe)) == 1
+
+
+def test_world_of_reads_world_2_from_the_folders_training_json(world2_pipe):
+    assert world_of(world2_pipe) == 2
+    assert world_of(with_random_unet(world2_pipe)) == 2  # a pipeline rebuilt from parts keeps its parts' folder
+    assert world_of(world2_pipe.name_or_path) == 2
+
+
+def test_world_of_refuses_an_unknown_world(tmp_path):
+    folder = _relabelled(tmp_path / "shapes", 3)
+    with pytest.raises(ValueError, match="world=3; worlds: 1, 2"):
+        world_of(folder)
+
+
+def test_evaluate_on_world_2_draws_world_2_scenes_and_scores_the_background(world2_pipe):
+    result = evaluate(world2_pipe, n=2, steps=2, keep_images=True)  # the world comes from training.json
+    assert result.world == 2
+    assert set(result.verdicts) == {"one object", "two objects", "two objects, held-out"}
+    assert all(len(v) == 2 and all("background" in x for x in v) for v in result.verdicts.values())
+    scenes = evaluation_scenes("one object", 2, world=2)
+    assert [s.world for s in scenes] == [2, 2]  # the verdicts are these world-2 scenes read by world 2's parser
+    assert result.verdicts["one object"] == [score(s, parse(im, world=2))
+                                             for s, im in zip(scenes, result.images["one object"])]
+    assert evaluate(world2_pipe, n=1, steps=2, groups=("one object",), world=1).world == 1  # world= overrides it
+    assert [row.split(" | ")[0] for row in goals(result).splitlines()[2:]] == [
+        "| one object: colour", "| one object: shape", "| one object: background",
+        "| two objects: both right (colour and shape)"]
+
+
+def test_world_2_goals_are_met_only_by_the_intervals_lower_end():
+    def result(k, n, world):
+        verdicts = [{"colour": i < k, "shape": True, "background": True} for i in range(n)]
+        return Evaluation(verdicts={"one object": verdicts}, world=world)
+
+    assert "| one object: colour | 200/200 = 100.0% | 98.1% - 100.0% | >= 95% | **met** |" in goals(result(200, 200, 2))
+    by_estimate = "**met by the estimate, not by the interval**"
+    assert f"| one object: colour | 190/200 = 95.0% | 91.0% - 97.3% | >= 95% | {by_estimate} |" in goals(
+        result(190, 200, 2))
+    assert "| two objects: both right (colour and shape) | not measured |" in goals(result(200, 200, 2))
+    assert ">= 95% met by the estimate, not by the interval |" in table(result(190, 200, 2))
+    assert ">= 95% met |" in table(result(190, 200, 1))  # world 1's table: the rate itself, as always printed
+    assert set(GOALS) == {("one object", "colour"), ("one object", "shape"), ("one object", "background"),
+                          ("two objects", "objects")}

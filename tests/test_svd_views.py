@@ -28,6 +28,17 @@ def test_a_rendered_edit_is_judged_changed_and_kept():
     assert not kept(source, edited)["colour"]
 
 
+def test_a_world_2_colour_edit_keeps_an_allowed_colour_and_is_read_by_world_2s_parser():
+    from analyses.svd.experiments import pair_scenes
+    from lab.world import backgrounds
+    for scene, target in pair_scenes("colour", 6, world=2):
+        assert scene.world == target.world == 2 and backgrounds.allowed(target.backdrop, target.objects[0].colour)
+        source, edited = read(render(scene), 2), read(render(target), 2)
+        assert edited.background == scene.background
+        assert changed(target, edited, "colour") and not changed(target, source, "colour")
+        assert kept(source, edited, ignore="colour")["all"]
+
+
 def test_read_ignores_blobs_smaller_than_any_world_object():
     scene = make_scene(12, "test", n_objects=1)
     image = render(scene).copy()

@@ -6,8 +6,10 @@ colours (or shapes) swapped; a classifier is right when it prefers the true capt
     >>> p.true != p.swapped and p.attribute == "colour"
     True
 
-pairs(n, attribute, first_seed)   `n` test-split scenes whose two objects differ in `attribute` ('colour' | 'shape';
-                                  arrows are left out of shape swaps, as their caption says where they point)
+pairs(n, attribute, first_seed, world)   `n` test-split scenes of `world` whose two objects differ in `attribute`
+                                         ('colour' | 'shape'; arrows are left out of shape swaps, as their caption
+                                         says where they point). In world 2 a swapped colour is still one the
+                                         background allows: both objects' colours are.
 """
 from __future__ import annotations
 
@@ -32,13 +34,13 @@ class Pair:
         return self.scene.caption
 
 
-def pairs(n: int, attribute: str, first_seed: int = SEED_BASE) -> list[Pair]:
-    """`n` binding pairs for `attribute`."""
+def pairs(n: int, attribute: str, first_seed: int = SEED_BASE, world: int = 1) -> list[Pair]:
+    """`n` binding pairs for `attribute`, of `world`'s scenes."""
     if attribute not in ATTRIBUTES:
         raise ValueError(f"attribute {attribute!r} is not one of: {', '.join(ATTRIBUTES)}")
     out, seed = [], first_seed + (0 if attribute == "colour" else 500_000)
     while len(out) < n:
-        scene = make_scene(seed, "test", n_objects=2)
+        scene = make_scene(seed, "test", n_objects=2, world=world)
         seed += 1
         a, b = scene.objects
         if getattr(a, attribute) == getattr(b, attribute) or (attribute == "shape" and "arrow" in (a.shape, b.shape)):

@@ -3,10 +3,10 @@
     python -m analyses.classify [out]   # LAB_SIZE=small (3 pairs per attribute) | default (30) | full (300)
     run(out) -> str                     # the REPORT section; also out/classify.md
 
-Each rendered two-object scene (test split) is scored against its caption and the caption with the objects'
-colours (or shapes) swapped: by denoising error summed over evenly spaced timesteps (one noise draw, the same for
-both captions) and by cross-attention agreement. Chance is 50%; accuracy with 95% Wilson intervals; compute per
-decision in UNet evaluations and seconds.
+Each rendered two-object scene (test split, in the world the model was trained on: ``lab.world.world_of``) is scored
+against its caption and the caption with the objects' colours (or shapes) swapped: by denoising error summed over
+evenly spaced timesteps (one noise draw, the same for both captions) and by cross-attention agreement. Chance is 50%;
+accuracy with 95% Wilson intervals; compute per decision in UNet evaluations and seconds.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import lab
 from lab import parallel
 from lab.plotting import save_figure
 from lab.sizes import pick, size
-from lab.world import render
+from lab.world import render, world_of
 from lab.world.quality import wilson
 
 from .binding import ATTRIBUTES, Pair, pairs
@@ -44,9 +44,10 @@ def config(**overrides) -> Config:
     return dataclasses.replace(Config(n=pick(3, 30, 300), timesteps=pick(4, 10, 20)), **overrides)
 
 
-def items(n: int) -> list[Pair]:
-    """The study's items: n binding pairs per attribute, attribute by attribute; each seeded by its scene."""
-    return [p for attribute in ATTRIBUTES for p in pairs(n, attribute)]
+def items(n: int, world: int = 1) -> list[Pair]:
+    """The study's items: n binding pairs per attribute of `world`, attribute by attribute; each seeded by its
+    scene."""
+    return [p for attribute in ATTRIBUTES for p in pairs(n, attribute, world=world)]
 
 
 def judge(pipe, p: Pair, ts: list[int]) -> dict:
@@ -77,7 +78,7 @@ def tally(pairs_: list[Pair], judged: list[dict]):
 
 def measure(pipe, n: int, ts: list[int]):
     """tally() of every pair judged in this process (no parts on disk): run() splits them over processes."""
-    ps = items(n)
+    ps = items(n, world_of(pipe))
     return tally(ps, [judge(pipe, p, ts) for p in ps])
 
 
@@ -116,9 +117,11 @@ def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     n, ts = cfg.n, timesteps(cfg.timesteps)
     t0 = time.perf_counter()
     pipe = lab.load(model, device=parallel.device())
-    ps = items(n)
-    judged = parallel.run_items("classify", ps, lambda p: judge(pipe, p, ts), out, key=_key,
-                                tag=parallel.tag_of((model, cfg)), desc="classify: pairs")
+    world = world_of(pipe)
+    ps = items(n, world)
+    tag = parallel.tag_of((model, cfg) if world == 1 else (model, cfg, world))  # parts of one world are not another's
+    judged = parallel.run_items("classify", ps, lambda p: judge(pipe, p, ts), out, key=_key, tag=tag,
+                                desc="classify: pairs")
     if judged is None:
         return ""
     right, margins, seconds, (pair, e) = tally(ps, judged)

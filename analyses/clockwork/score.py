@@ -7,8 +7,8 @@
     >>> moved(image, image)
     {'pixel rms': 0.0, 'reading changed': False}
 
-reading(image)          what the parser sees: (background, ((colour, shape, size), ...) left to right)
-moved(plain, other)     {'pixel rms': root mean squared difference in 0..255 levels, 'reading changed': bool}
+reading(image, world)          what the parser sees: (background, ((colour, shape, size), ...) left to right)
+moved(plain, other, world)     {'pixel rms': root mean squared difference in 0..255 levels, 'reading changed': bool}
 """
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ import numpy as np
 from lab.world import parse
 
 
-def reading(image: np.ndarray) -> tuple:
-    """The parser's reading of an (H, W, 3) uint8 image: background and each object's colour, shape and size."""
-    p = parse(image)
+def reading(image: np.ndarray, world: int = 1) -> tuple:
+    """The parser's reading of an (H, W, 3) uint8 image of `world`: background and each object's colour, shape and
+    size."""
+    p = parse(image, world=world)
     return p.background, tuple((f.colour, f.shape, f.size) for f in p.objects)
 
 
-def moved(plain: np.ndarray, other: np.ndarray) -> dict:
-    """Pixel RMS difference (0..255 levels) and whether the parser reads the two (H, W, 3) uint8 images apart."""
+def moved(plain: np.ndarray, other: np.ndarray, world: int = 1) -> dict:
+    """Pixel RMS difference (0..255 levels) and whether the parser (of `world`) reads the two (H, W, 3) uint8 images
+    apart."""
     rms = float(np.sqrt(((other.astype(np.float64) - plain.astype(np.float64)) ** 2).mean()))
-    return {"pixel rms": rms, "reading changed": reading(plain) != reading(other)}
+    return {"pixel rms": rms, "reading changed": reading(plain, world) != reading(other, world)}

@@ -4,16 +4,16 @@ blocks' outputs from the previous step (Clockwork Diffusion, DeepCache) cost in 
     python -m analyses.clockwork [out]   # LAB_SIZE=small | default | full; writes out/clockwork_*.png
     run(out) -> str                      # the REPORT section (Markdown); also written to out/clockwork.md
 
-Sensitivity: for every block point and step, noise with ||noise|| = r ||output|| (per image) is added to that
-block's output at that step only (a lab.hooks edit); the final image is compared with the plain run of the same seed
-(pixel RMS, and whether the parser reads it differently). Reuse: each low-resolution block (alone, and all three)
-is swapped for a wrapper that skips it on every k-th-but-first step and returns its previous output; the images are
-compared with the plain run of the same seeds. Time saved is reported twice, in UNet CPU time (one thread,
-time.process_time): measured within the run (1 - its UNet time / (its mean full step x steps): the steps that
-skip against those that do not, so the machine's load drifts less into it), and estimated as the skipped calls'
-share of the UNet time the blocks took in the plain run. The DeepCache-style claim tested: reusing
-the low-resolution blocks every other step leaves the parser's reading unchanged on >= 90% of images ("met" only
-when the Wilson interval's lower end clears it).
+Sensitivity: for every block point and step, noise with ||noise|| = r ||output|| (per image) is added to that block's
+output at that step only (a lab.hooks edit); the final image is compared with the plain run of the same seed (pixel
+RMS, and whether the parser reads it differently). Reuse: each low-resolution block (alone, and all three) is swapped
+for a wrapper that skips it on every k-th-but-first step and returns its previous output; the images are compared with
+the plain run of the same seeds. Captions and readings are in the world the model was trained on
+(``lab.world.world_of``). Time saved is reported twice, in UNet CPU time (one thread, time.process_time): measured
+within the run (1 - its UNet time / (its mean full step x steps): the steps that skip against those that do not, so
+the machine's load drifts less into it), and estimated as the skipped calls' share of the UNet time the blocks took in
+the plain run. The DeepCache-style claim tested: reusing the low-resolution blocks every other step leaves the
+parser's reading unchanged on >= 90% of images ("met" only when the Wilson interval's lower end clears it).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import lab
 from lab.hooks import select
 from lab.plotting import save_figure
 from lab.sizes import pick, size
+from lab.world import world_of
 from lab.world.quality import wilson
 
 from .perturb import Perturbation, perturbed
@@ -39,16 +40,17 @@ GUIDANCE, R, GOAL_UNCHANGED = 7.5, 0.5, 0.90
 SEED_BASE = 5_000_000  # one-object test scenes, far from the other studies' seeds
 
 
-def _scenes(n: int):
+def _scenes(n: int, world: int = 1):
     from analyses.pag.score import scenes
-    return scenes(n, SEED_BASE)
+    return scenes(n, SEED_BASE, world)
 
 
 def sensitivity(pipe, n: int, steps: int, r: float = R, batch_rows: int = 128):
     """(blocks, rms (blocks, steps) mean over images, changed (blocks, steps) counts of n)."""
     blocks = select(pipe, kind="block")
     plan = [Perturbation(b, s, r) for b in blocks for s in range(steps)]
-    todo = _scenes(n)
+    world = world_of(pipe)
+    todo = _scenes(n, world)
     rms, changed = np.zeros((len(blocks), steps)), np.zeros((len(blocks), steps), int)
     per = max(1, batch_rows // (len(plan) + 1))  # images per call
     for i in range(0, n, per):
@@ -56,7 +58,7 @@ def sensitivity(pipe, n: int, steps: int, r: float = R, batch_rows: int = 128):
         out = perturbed(pipe, [s.caption for s in chunk], [s.seed for s in chunk], steps, plan, guidance=GUIDANCE)
         for p in plan:
             for j in range(len(chunk)):
-                m = moved(out["plain"][j], out[p][j])
+                m = moved(out["plain"][j], out[p][j], world)
                 rms[blocks.index(p.block), p.step] += m["pixel rms"] / n
                 changed[blocks.index(p.block), p.step] += m["reading changed"]
     return blocks, rms, changed
@@ -86,7 +88,8 @@ def reuse_runs(pipe, n: int, steps: int, ks=(2,)):
     and the images of the plain run and of each label."""
     from analyses.pag.score import verdict
 
-    todo, low = _scenes(n), low_resolution_blocks(pipe)
+    world = world_of(pipe)
+    todo, low = _scenes(n, world), low_resolution_blocks(pipe)
     with reuse(pipe, low, []) as plain_stats, unet_seconds(pipe) as plain_calls:  # wrapped, nothing reused
         plain = _generate(pipe, todo, steps)
     unet_total = sum(plain_calls)
@@ -102,7 +105,7 @@ def reuse_runs(pipe, n: int, steps: int, ks=(2,)):
                 out = _generate(pipe, todo, steps)
             assert all(w.reused == len(skipped) for w in stats.values())
             full = [c for i, c in enumerate(calls) if i not in skipped]  # seconds of the UNet calls that ran all
-            ms = [moved(a, b) for a, b in zip(plain, out)]
+            ms = [moved(a, b, world) for a, b in zip(plain, out)]
             rows[label] = {"changed": sum(m["reading changed"] for m in ms), "n": n,
                            "clean": sum(verdict(s, im)["clean"] for s, im in zip(todo, out)),
                            "rms": float(np.mean([m["pixel rms"] for m in ms])),

@@ -9,7 +9,7 @@
 
 A *target* is a captioned object the model drew as captioned: the parser found it and its colour and shape match
 the caption (``lab.world.match`` pairs captioned and parsed objects). Only targets are scored; the mask is the
-parser's, of the generated image. Rows are plain dicts: {"image", "metric", "key", "value"}.
+parser's (of the scene's world), of the generated image. Rows are plain dicts: {"image", "metric", "key", "value"}.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ SEED_BASE = 2_000_000  # far from the training seeds; the "test" split
 TAUS = (0.3, 0.4, 0.5)
 
 
-def held_out_scenes(n: int, first_seed: int = SEED_BASE) -> list[Scene]:
-    """`n` test-split scenes with seeds first_seed + i (their generation seed too)."""
-    return [make_scene(first_seed + i, "test") for i in range(n)]
+def held_out_scenes(n: int, first_seed: int = SEED_BASE, world: int = 1) -> list[Scene]:
+    """`n` test-split scenes of `world` with seeds first_seed + i (their generation seed too)."""
+    return [make_scene(first_seed + i, "test", world=world) for i in range(n)]
 
 
 def runs(pipe, scenes: list[Scene], steps: int, guidance: float = 7.5, batch: int = 8, slices: bool = False,
@@ -79,7 +79,7 @@ def score_image(run: Run, batch: int, image: int, scene: Scene, pipe, taus=TAUS,
     """Targets and score rows of one generated image (see the module docstring)."""
     tok = tokenizer_of(pipe)
     picture = run.images[batch]
-    parsed = parse(picture)
+    parsed = parse(picture, world=scene.world)
     found = match(scene, parsed)
     g = global_maps(run, batch=batch)
     size = tuple(picture.shape[:2])

@@ -126,7 +126,8 @@ def section(rows, info: dict) -> str:
     parts = [
         "## DAAM: which pixels each word attends to",
         "",
-        f"Built-in model `{info['model']}`, LAB_SIZE `{info['size']}`: {n_images} held-out captions (shapes world, "
+        f"Built-in model `{info['model']}`, LAB_SIZE `{info['size']}`: {n_images} held-out captions ("
+        f"{'shapes world' if info.get('world', 1) == 1 else 'shapes world 2'}, "
         f"\"test\" split, seeds 2,000,000 + i), {info['steps']} DDIM steps, guidance {info['guidance']}. "
         f"The world's parser segments each generated image; an object is scored only if it was drawn as captioned "
         f"(parsed colour and shape match): {info['targets']} objects "

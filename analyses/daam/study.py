@@ -6,14 +6,14 @@
 Items are held-out scenes (evaluate.held_out_scenes); each image gives per-object rows (evaluate.score_image), the
 random-UNet and faithfulness rows follow; figures.py draws them and report.py writes the section.
 
-Held-out captions of the shapes world ("test" split, seeds 2,000,000 + i) are generated with DAAM captured (the
-published maps, and every head at every step of both branches, mid block included, so every slice is the
-method's); the world's parser segments each image, and only objects drawn as captioned (parsed colour and shape
-match) are scored. Noun mIoU at tau 0.3 / 0.4 / 0.5 with 95% bootstrap CIs (resampling images) against three
-baselines: the whole image, a centred Gaussian, and DAAM on a UNet re-initialised from its config (seed 0)
-generating from the same seeds, scored against the masks of the real model's image. Then: slices (layer,
-resolution, step range, head), adjectives vs their own and other objects, where relation and background words
-look, open-vocabulary maps, and faithfulness (silencing a noun inside vs outside its map).
+Held-out captions of the shapes world ("test" split, seeds 2,000,000 + i, in the world the model was trained on:
+``lab.world.world_of``) are generated with DAAM captured (the published maps, and every head at every step of both
+branches, mid block included, so every slice is the method's); the world's parser segments each image, and only
+objects drawn as captioned (parsed colour and shape match) are scored. Noun mIoU at tau 0.3 / 0.4 / 0.5 with 95%
+bootstrap CIs (resampling images) against three baselines: the whole image, a centred Gaussian, and DAAM on a UNet
+re-initialised from its config (seed 0) generating from the same seeds, scored against the masks of the real model's
+image. Then: slices (layer, resolution, step range, head), adjectives vs their own and other objects, where relation
+and background words look, open-vocabulary maps, and faithfulness (silencing a noun inside vs outside its map).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from lab.plotting import save_figure
 from lab.load import with_random_unet
 from lab.sizes import pick, size
 from lab.progress import progress
-from lab.world import parse
+from lab.world import parse, world_of
 
 from .evaluate import TAUS, held_out_scenes, occurrence_in_caption, runs, score_image
 from .faithfulness import CONDITIONS, condition_masks
@@ -98,8 +98,8 @@ def faithfulness_rows(pipe, targets, steps, guidance, batch, factor: float = 0.0
             images = (np.asarray(out) * 255).round().astype(np.uint8)
             for t, after_image, mask in zip(chunk, images, masks):
                 obj = t.scene.objects[t.index]
-                before = _count(parse(t.picture), obj)
-                after = _count(parse(after_image), obj)
+                before = _count(parse(t.picture, world=t.scene.world), obj)
+                after = _count(parse(after_image, world=t.scene.world), obj)
                 change = np.abs(after_image.astype(np.float32) - t.picture.astype(np.float32)).mean(-1) / 255.0
                 base = {"image": t.image, "obj": t.index, "key": condition}
                 rows += [{**base, "metric": "faith_lost", "value": float(after < before)},
@@ -122,7 +122,8 @@ def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     n, steps, n_faith, guidance, batch = cfg.n, cfg.steps, cfg.n_faith, cfg.guidance, cfg.batch
     t_start = time.perf_counter()
     pipe = lab.load(model)
-    scenes = held_out_scenes(n)
+    world = world_of(pipe)
+    scenes = held_out_scenes(n, world=world)
     targets, rows, first_run = [], [], None
     t0 = time.perf_counter()
     for first, run_ in runs(pipe, scenes, steps, guidance, batch, queries=True):
@@ -150,7 +151,7 @@ def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
                 out / "daam_layer_steps.png")
     info = {"size": size(), "n": n, "steps": steps, "guidance": guidance, "targets": len(targets),
             "faith_targets": len(faith_targets), "seconds": seconds, "total": time.perf_counter() - t_start,
-            "timesteps": first_run.cache.meta.get("timesteps"), "model": model}
+            "timesteps": first_run.cache.meta.get("timesteps"), "model": model, "world": world}
     text = section(rows, info)
     (out / "daam.md").write_text(text)
     return text

@@ -3,10 +3,11 @@
     python -m analyses.dift [OUT_DIR]        # LAB_SIZE=small | default | full; writes dift_*.png, returns REPORT text
     run(out, config=config(pairs=2))         # the REPORT section (Markdown); config() sizes it from LAB_SIZE
 
-Items are pairs (pairs.py); PCK@0.1 is measured over a grid of timesteps and up-blocks, against three baselines: raw
-pixels, VAE latents, and the same UNet with re-randomised weights (over the same grid, its best cell) (evaluate.py).
-Then, at DIFT's best cell, pairs whose B is A changed in one factor only show which difference breaks matching, and
-the whole grid is repeated on the hardest factor's pairs. Figures: figures.py; the section: report.py.
+Items are pairs (pairs.py) in the world the model was trained on (``lab.world.world_of``); PCK@0.1 is measured over a
+grid of timesteps and up-blocks, against three baselines: raw pixels, VAE latents, and the same UNet with
+re-randomised weights (over the same grid, its best cell) (evaluate.py). Then, at DIFT's best cell, pairs whose B is
+A changed in one factor only show which difference breaks matching (on world 2, with the goal that none falls under
+0.6), and the whole grid is repeated on the hardest factor's pairs. Figures: figures.py; the section: report.py.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from lab.load import with_random_unet
 from lab.plotting import save_figure
 from lab.sizes import pick
+from lab.world import world_of
 
 from .evaluate import baselines, by_factor, grid, hardest_factor, subsets
 from .figures import figure_bars, figure_examples, figure_grid, figure_similarity
@@ -57,7 +59,7 @@ def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     torch.manual_seed(0)
     pipe = lab.load(model)
     cfg = config if config is not None else globals()["config"]()
-    pairs = world_pairs(cfg.pairs)
+    pairs = world_pairs(cfg.pairs, world=world_of(pipe))
     trained = grid(pipe, pairs, cfg.timesteps, cfg.blocks, cfg.ensemble, desc="DIFT grid, built-in UNet")
     random = grid(with_random_unet(pipe), pairs, cfg.timesteps, cfg.blocks, cfg.ensemble,
                   desc="DIFT grid, re-randomised UNet")

@@ -9,10 +9,12 @@ rest of the picture stay?
     >>> v["edited and preserved"]                                          # doctest: +SKIP
     True
 
-tasks(n, first_seed)            two-object scenes of the "test" split, each with one object's colour or shape word
-                                swapped (alternating), as a Task with the source and target captions
-verdict(task, source, edited)   the parser's checks (keys in CHECKS); None when the source image is not as captioned
-                                (nothing to edit then)
+tasks(n, first_seed, world)     two-object scenes of `world`'s "test" split, each with one object's colour or shape
+                                word swapped (alternating), as a Task with the source and target captions. In world 2
+                                an edited scene keeps world 2's rules (a colour the background allows, objects of one
+                                colour apart, every object mostly visible)
+verdict(task, source, edited)   the parser's checks (keys in CHECKS), in the scene's world; None when the source image
+                                is not as captioned (nothing to edit then)
 
 Checks: `changed` (the object nearest the edited one's source centre has the new colour or shape and keeps the
 other), `other kept` (an object of the other's colour and shape whose mask has IoU >= OTHER_IOU with its source
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.world import COLOURS, HELDOUT_PAIRS, Scene, make_scene, match, parse, score
+from lab.world import COLOURS, HELDOUT_PAIRS, IMAGE_SIZE, Scene, backgrounds, make_scene, match, parse, score
 from lab.world.scenes import caption_of
 
 OTHER_IOU = 0.9
@@ -52,11 +54,11 @@ class Task:
         return self.scene.caption
 
 
-def tasks(n: int, first_seed: int = SEED_BASE) -> list[Task]:
-    """`n` edit tasks, colour and shape swaps alternating, each on its own two-object scene."""
+def tasks(n: int, first_seed: int = SEED_BASE, world: int = 1) -> list[Task]:
+    """`n` edit tasks, colour and shape swaps alternating, each on its own two-object scene of `world`."""
     out, seed = [], first_seed
     while len(out) < n:
-        scene = make_scene(seed, "test", n_objects=2)
+        scene = make_scene(seed, "test", n_objects=2, world=world)
         rng = np.random.default_rng(seed)
         seed += 1
         task = _task(scene, "colour" if len(out) % 2 == 0 else "shape", rng)
@@ -76,7 +78,7 @@ def _task(scene: Scene, attribute: str, rng) -> Task | None:
         for v in values:
             new = dataclasses.replace(obj, **{attribute: v})
             if v != getattr(obj, attribute) and (new.colour, new.shape) != (other.colour, other.shape) \
-                    and (new.colour, new.shape) not in HELDOUT_PAIRS:
+                    and (new.colour, new.shape) not in HELDOUT_PAIRS and _drawable(scene, i, new):
                 options.append(v)
         if not options:
             continue
@@ -88,17 +90,29 @@ def _task(scene: Scene, attribute: str, rng) -> Task | None:
     return None
 
 
+def _drawable(scene: Scene, i: int, new) -> bool:
+    """Would world 2 draw the scene with object i replaced by `new`? Its rules: a colour the background allows,
+    objects of one colour kept apart, every object mostly visible. (World 1: always.)"""
+    if scene.world == 1:
+        return True
+    from lab.world.world2 import _compatible, _readable
+    objs = scene.objects[:i] + (new,) + scene.objects[i + 1:]
+    return (backgrounds.allowed(scene.backdrop, new.colour)
+            and all(_compatible(new, o, scene.size / IMAGE_SIZE) for j, o in enumerate(objs) if j != i)
+            and _readable(objs, scene.drawn, scene.size))
+
+
 def verdict(task: Task, source_image: np.ndarray, edited_image: np.ndarray) -> dict[str, bool | float] | None:
     """The checks of one edited image against its source image (see the module docstring), and "other iou" (the
     best mask IoU of an edited-image object with the other object's source mask); None when the source image does
     not show the caption's two objects."""
-    src = parse(source_image)
+    src = parse(source_image, world=task.scene.world)
     if len(src.objects) != 2 or not score(task.scene, src)["objects"]:
         return None
     found = match(task.scene, src)
     edited_src, other_src = found[task.index], found[1 - task.index]
     other_obj = task.scene.objects[1 - task.index]
-    out = parse(edited_image)
+    out = parse(edited_image, world=task.scene.world)
     side = source_image.shape[0]
     kept = [f for f in out.objects if _iou(f.mask, other_src.mask) >= OTHER_IOU
             and (f.colour, f.shape) == (other_obj.colour, other_obj.shape)]

@@ -4,13 +4,13 @@
     run(out) -> str                  # the REPORT section (Markdown); also written to out/p2p.md
 
 Each task swaps one object's colour or shape word (alternating) in the caption of an unseen two-object scene
-(analyses.p2p.score.tasks). Source, controlled edits and the baseline (the new caption from the same seed without
-attention control) are generated in one batch; the parser judges each edit against its source image. Tasks whose
-source image does not show the caption's two objects are left out (counted). The goal is stated for the primary
-control, the paper's word swap defaults chosen before looking (cross-attention of the first 80% of steps,
-self-attention of the first 40%): edited-and-preserved >= 80% of edits, and >= the baseline + 40 points. "met" only
-when the interval's lower end clears the goal: a Wilson interval for the rate, a paired bootstrap (resampling tasks)
-for the difference.
+(analyses.p2p.score.tasks; in the world the model was trained on, ``lab.world.world_of``). Source, controlled edits
+and the baseline (the new caption from the same seed without attention control) are generated in one batch; the parser
+judges each edit against its source image. Tasks whose source image does not show the caption's two objects are left
+out (counted). The goal is stated for the primary control, the paper's word swap defaults chosen before looking
+(cross-attention of the first 80% of steps, self-attention of the first 40%): edited-and-preserved >= 80% of edits,
+and >= the baseline + 40 points. "met" only when the interval's lower end clears the goal: a Wilson interval for the
+rate, a paired bootstrap (resampling tasks) for the difference.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numpy as np
 import lab
 from lab.plotting import save_figure
 from lab.sizes import pick, size
+from lab.world import world_of
 from lab.world.quality import wilson
 
 from .control import Control, Request, generate
@@ -51,7 +52,7 @@ def request(task: Task) -> Request:
 def measure(pipe, n: int, steps: int, batch: int = 4, guidance: float = 7.5):
     """(tasks, {kind: [verdict or None per task]}, first Edited) for `n` tasks; verdicts["coverage"] lists the
     share of the latent each local-blend mask kept editable."""
-    todo, ctrls = tasks(n), controls()
+    todo, ctrls = tasks(n, world=world_of(pipe)), controls()
     verdicts: dict[str, list] = {"coverage": []}
     first = None
     for i in range(0, n, batch):

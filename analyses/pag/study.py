@@ -4,11 +4,11 @@ classifier-free guidance, and which self-attention layers should it perturb?
     python -m analyses.pag [out]     # LAB_SIZE=small (4 captions) | default (12) | full (200); writes out/pag_*.png
     run(out) -> str                  # the REPORT section (Markdown); also written to out/pag.md
 
-Every condition generates the same unseen one-object captions from the same seeds (seed = the scene's seed), so
-conditions differ only in their guidance. The parser judges each image (analyses.pag.score: colour, shape and size
-right, exactly one object). Rates with 95% Wilson intervals; PAG against the same guidance without PAG as a paired
-difference (bootstrap over captions). The paper's claim, tested: PAG raises the rate without CFG ("shown" only when
-the paired interval's lower end is above 0).
+Every condition generates the same unseen one-object captions (in the world the model was trained on,
+``lab.world.world_of``) from the same seeds (seed = the scene's seed), so conditions differ only in their guidance.
+The parser judges each image (analyses.pag.score: colour, shape and size right, exactly one object). Rates with 95%
+Wilson intervals; PAG against the same guidance without PAG as a paired difference (bootstrap over captions). The
+paper's claim, tested: PAG raises the rate without CFG ("shown" only when the paired interval's lower end is above 0).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 import lab
 from lab.plotting import save_figure
 from lab.sizes import pick, size
+from lab.world import world_of
 from lab.world.quality import wilson
 
 from .guidance import generate
@@ -57,7 +58,7 @@ def conditions() -> list[Condition]:
 
 def measure(pipe, n: int, steps: int, batch: int = 16):
     """({label: [verdict per caption]}, {label: (n, H, W, 3) uint8 of the first batch}, seconds per condition)."""
-    todo, verdicts, images, seconds = scenes(n), {}, {}, {}
+    todo, verdicts, images, seconds = scenes(n, world=world_of(pipe)), {}, {}, {}
     for cond in conditions():
         t0 = time.process_time()
         for i in range(0, n, batch):

@@ -1,5 +1,6 @@
 """The latent-SVD study's experiments on a pipeline: attribute-transfer pairs and early vs late perturbations,
-judged by the shapes world's parser, and the trajectory statistics of every recorded generation.
+judged by the shapes world's parser (captions and readings in the world the model was trained on,
+``lab.world.world_of``), and the trajectory statistics of every recorded generation.
 
     traj, runs, ks, ts = transfer_study(pipe, cfg)       # items: (source, target) caption pairs, per attribute
     ptraj, prun = perturb_study(pipe, cfg)                # items: one-object captions, perturbed at steps s
@@ -15,7 +16,7 @@ import torch
 
 from lab.progress import progress
 from lab.trajectory import Trajectory, record
-from lab.world import make_scene, score
+from lab.world import make_scene, score, world_of
 
 from . import geometry, spectra
 from .judge import KEPT, changed, changed_scene, kept, read
@@ -37,24 +38,26 @@ class PairRun:
     drawn: bool = False  # the source image shows the source attribute and the target image the target's
 
 
-def pair_scenes(attribute: str, n: int) -> list[tuple]:
-    """n (source, target) single-object scenes whose captions differ in ``attribute`` only."""
+def pair_scenes(attribute: str, n: int, world: int = 1) -> list[tuple]:
+    """n (source, target) single-object scenes of `world` whose captions differ in ``attribute`` only."""
     out = []
     for i in range(n):
-        scene = make_scene(SEED_BASE + i + (0 if attribute == "colour" else 10_000), "test", n_objects=1)
+        scene = make_scene(SEED_BASE + i + (0 if attribute == "colour" else 10_000), "test", n_objects=1, world=world)
         out.append((scene, changed_scene(scene, attribute)))
     return out
 
 
 def judge(grid, source_image, target_scene, attribute: str) -> np.ndarray:
     """(len(ts), len(ks), 3) bool: changed as intended (the edit shows the target's attribute and the source image
-    did not), everything else kept (against the source image's parse), both."""
-    reference = read(source_image)
+    did not), everything else kept (against the source image's parse), both. Images are read in the target scene's
+    world."""
+    world = target_scene.world
+    reference = read(source_image, world)
     already = changed(target_scene, reference, attribute)
     out = np.zeros((len(grid.ts), len(grid.ks), 3), bool)
     for i in range(len(grid.ts)):
         for j in range(len(grid.ks)):
-            parsed = read(grid.images[i, j])
+            parsed = read(grid.images[i, j], world)
             c = changed(target_scene, parsed, attribute) and not already
             k = kept(reference, parsed, ignore=attribute)["all"]
             out[i, j] = c, k, c and k
@@ -63,9 +66,9 @@ def judge(grid, source_image, target_scene, attribute: str) -> np.ndarray:
 
 def transfer_study(pipe, cfg) -> tuple[Trajectory, list[PairRun], list[int], list[int]]:
     """Record every source and target caption once (one batch), then the (t, k) grid of transfers per pair and mode."""
-    runs, prompts, seeds = [], [], []
+    runs, prompts, seeds, world = [], [], [], world_of(pipe)
     for attribute in ("colour", "size"):
-        for i, (source, target) in enumerate(pair_scenes(attribute, cfg.pairs)):
+        for i, (source, target) in enumerate(pair_scenes(attribute, cfg.pairs, world)):
             runs.append(PairRun(attribute, source, target, len(prompts), len(prompts) + 1))
             prompts += [source.caption, target.caption]
             seeds += [cfg.seed + i] * 2  # a pair shares its seed; pairs differ
@@ -75,8 +78,8 @@ def transfer_study(pipe, cfg) -> tuple[Trajectory, list[PairRun], list[int], lis
     ks = sorted({k for k in cfg.ks if k <= r} | {r})
     ts = sorted({min(cfg.steps, max(0, round(f * cfg.steps))) for f in cfg.t_fractions})
     for run in progress(runs, "SVD: transfer grids", unit="pair"):
-        run.drawn = (score(run.source_scene, read(traj.images[run.source_index]))[run.attribute]
-                     and score(run.target_scene, read(traj.images[run.target_index]))[run.attribute])
+        run.drawn = (score(run.source_scene, read(traj.images[run.source_index], world))[run.attribute]
+                     and score(run.target_scene, read(traj.images[run.target_index], world))[run.attribute])
         for mode in cfg.modes:
             grid = transfer(pipe, traj, traj, ks, ts, mode, source_index=run.source_index,
                             target_index=run.target_index)
@@ -93,7 +96,8 @@ def baselines(traj: Trajectory, runs: list[PairRun], attribute: str) -> dict[str
             "source image already shows the target attribute": [],
             "target image keeps the source image's other content (prompt change alone)": []}
     for r in chosen:
-        ps, pt = read(traj.images[r.source_index]), read(traj.images[r.target_index])
+        world = r.source_scene.world
+        ps, pt = read(traj.images[r.source_index], world), read(traj.images[r.target_index], world)
         rows["source image shows the source attribute"].append(score(r.source_scene, ps)[attribute])
         rows["target image shows the target attribute"].append(score(r.target_scene, pt)[attribute])
         rows["source image already shows the target attribute"].append(changed(r.target_scene, ps, attribute))
@@ -113,7 +117,8 @@ class PerturbRun:
 
 
 def perturb_study(pipe, cfg) -> tuple[Trajectory, PerturbRun]:
-    scenes = [make_scene(SEED_BASE + 20_000 + i, "test", n_objects=1) for i in range(cfg.perturb_prompts)]
+    world = world_of(pipe)
+    scenes = [make_scene(SEED_BASE + 20_000 + i, "test", n_objects=1, world=world) for i in range(cfg.perturb_prompts)]
     traj = record(pipe, [s.caption for s in scenes], seeds=[cfg.seed + 1 + i for i in range(len(scenes))],
                   product=False, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance)  # one seed per prompt
     steps_at = list(range(0, cfg.steps + 1, cfg.perturb_every))
@@ -126,11 +131,11 @@ def perturb_study(pipe, cfg) -> tuple[Trajectory, PerturbRun]:
         change, flip = [], []
         for size_ in sizes:
             result = perturb(pipe, traj, steps_at, size_, index=b, seed=cfg.seed)
-            reference = read(result.reference)
+            reference = read(result.reference, world)
             f = np.zeros(result.change.shape + (len(KEPT) + 1,), bool)  # (directions, steps, KEPT + 1)
             for i in range(len(result.directions)):
                 for j in range(len(steps_at)):
-                    verdict = kept(reference, read(result.images[i, j]))
+                    verdict = kept(reference, read(result.images[i, j], world))
                     f[i, j] = [not verdict[k] for k in KEPT] + [not verdict["all"]]
             change.append(result.change), flip.append(f)
         changes.append(np.stack(change)), flips.append(np.stack(flip)), norms.append(result.norms.numpy())

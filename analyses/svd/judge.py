@@ -7,7 +7,7 @@
     >>> kept(parse(render(scene)), parse(render(scene)), ignore="colour")["all"]
     True
 
-read(image)                         lab.world.parse, ignoring blobs under half the area of the smallest world object
+read(image, world)                  lab.world.parse, ignoring blobs under half the area of the smallest world object
 changed_scene(scene, attribute)     the target Scene: objects[0]'s colour or size changed, caption rebuilt
 kept(reference, parsed, ignore, tol)   per-attribute verdicts: is `parsed` the `reference` image's content, attribute
                                     `ignore` aside (objects matched by centre within tol pixels)
@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from lab.world import COLOURS, HELDOUT_PAIRS, SHAPES, SIZES, Obj, Parsed, Scene, parse, score
+from lab.world import COLOURS, HELDOUT_PAIRS, SHAPES, SIZES, Obj, Parsed, Scene, backgrounds, parse, score
 from lab.world.scenes import caption_of, draw_mask
 
 ATTRIBUTES = ("colour", "size")
@@ -38,14 +38,16 @@ def _smallest_object_area() -> int:
 MIN_AREA = _smallest_object_area() // 2  # smaller blobs are not objects (a model's stray smudges)
 
 
-def read(image) -> Parsed:
-    """The objects of a (H, W, 3) uint8 image: lab.world.parse without blobs under MIN_AREA pixels (at 128 px)."""
-    return parse(image, min_area=MIN_AREA)
+def read(image, world: int = 1) -> Parsed:
+    """The objects of a (H, W, 3) uint8 image of `world`: lab.world.parse without blobs under MIN_AREA pixels (at
+    128 px)."""
+    return parse(image, min_area=MIN_AREA, world=world)
 
 
 def changed_scene(scene: Scene, attribute: str) -> Scene:
     """``scene`` with objects[0]'s colour (the next palette colour that no other object has and that does not make a
-    held-out colour-shape pair) or size (small <-> large, radius scaled) changed; the caption is rebuilt."""
+    held-out colour-shape pair; in world 2, one the background allows) or size (small <-> large, radius scaled)
+    changed; the caption is rebuilt."""
     if attribute not in ATTRIBUTES:
         raise ValueError(f"attribute {attribute!r}; use one of {', '.join(ATTRIBUTES)}")
     obj, others = scene.objects[0], scene.objects[1:]
@@ -53,7 +55,8 @@ def changed_scene(scene: Scene, attribute: str) -> Scene:
         names = list(COLOURS)
         order = names[names.index(obj.colour) + 1:] + names[:names.index(obj.colour)]
         taken = {o.colour for o in others}
-        colour = next(c for c in order if c not in taken and (c, obj.shape) not in HELDOUT_PAIRS)
+        colour = next(c for c in order if c not in taken and (c, obj.shape) not in HELDOUT_PAIRS
+                      and (scene.world == 1 or backgrounds.allowed(scene.backdrop, c)))
         new = dataclasses.replace(obj, colour=colour)
     else:
         size = "large" if obj.size == "small" else "small"
