@@ -184,6 +184,7 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel
     from lab.load import BUILTIN
+    from lab.world import world_of
     vae_run, run, encoder = tmp_path / "vae", tmp_path / "unet", tmp_path / "clip" / "text_encoder"
     vae_run.mkdir()
     shipped = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae")
@@ -211,6 +212,7 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     assert all(torch.equal(written[k], v.half().float()) for k, v in text.state_dict().items())  # frozen, as given
     stored = load_file(str(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in stored.values()} == {torch.float16} and pipe.unet.config.cross_attention_dim == 128
+    assert world_of(tmp_path / "model") == 2  # so the quality benchmark and the studies draw world-2 scenes
     image = pipe("a red circle on a striped background", num_inference_steps=1, output_type="np").images
     assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
 
