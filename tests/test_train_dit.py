@@ -29,6 +29,23 @@ def _encoder(folder):
     return folder / "text_encoder", clip
 
 
+def _checkpoint(run):
+    """The DiT checkpoint folder (lab.world.checkpoint) read back as one dict, keyed as dit.ckpt was before
+    accelerate: model, ema, opt, config, and state.json's step, text_encoder, world, scaling_factor, sessions."""
+    from diffusers import SD3Transformer2DModel
+    from safetensors.torch import load_file
+    folder = run / "dit"
+
+    def weights(name):
+        (path,) = (folder / name).glob("*.safetensors")
+        return load_file(str(path))
+
+    config = SD3Transformer2DModel.load_config(str(folder / "transformer"))
+    return json.loads((folder / "state.json").read_text()) | {
+        "model": weights("transformer"), "ema": weights("ema_transformer"), "opt": torch.load(folder / "optimizer.bin"),
+        "config": {k: v for k, v in config.items() if not k.startswith("_")}}
+
+
 def _tiny_run(run, n=8):
     """A latents run of world 2 (random latents, real captions' ids) and the VAE it names."""
     from diffusers import AutoencoderKL
@@ -49,10 +66,10 @@ def trained(tmp_path_factory):
     run, out = _tiny_run(tmp / "run"), tmp / "shapes-dit"
     args = ["--run", str(run), "--batch", "2", "--ema", "0.9"]
     main(["dit", *args, "--steps", "2", "--text-encoder", str(folder)])
-    first = torch.load(run / "dit.ckpt")
+    first = _checkpoint(run)
     main(["dit", *args, "--steps", "3"])  # resumes on the checkpoint's encoder
     main(["export", "--run", str(run), "--out", str(out)])
-    return dict(run=run, out=out, folder=folder, clip=clip, first=first, second=torch.load(run / "dit.ckpt"))
+    return dict(run=run, out=out, folder=folder, clip=clip, first=first, second=_checkpoint(run))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +85,48 @@ def test_dit_stage_checkpoints_and_resumes(trained):
     assert not torch.equal(first["model"][name], second["model"][name])  # the third step trained
     assert not torch.equal(second["model"][name], second["ema"][name])
     assert [s["steps"] for s in second["sessions"]] == [2, 1]
+
+
+def _same(a, b):
+    """The weights, the EMA and AdamW's moments of two checkpoints, compared exactly."""
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    moments = [(a["opt"]["state"][i], b["opt"]["state"][i]) for i in a["opt"]["state"]]
+    assert moments and all(torch.equal(x[k], y[k]) for x, y in moments for k in x)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trained, tmp_path_factory):
+    """The checkpoint of the trained run's 3 steps taken in one go."""
+    run = _tiny_run(tmp_path_factory.mktemp("dit-uninterrupted") / "run")
+    main(["dit", "--run", str(run), "--batch", "2", "--ema", "0.9", "--steps", "3", "--text-encoder",
+          str(trained["folder"])])
+    return _checkpoint(run)
+
+
+def test_two_steps_then_one_equal_three_in_one_go_bit_for_bit(trained, uninterrupted):
+    """Each micro-batch's draws are seeded by its place in the run and the checkpoint keeps AdamW's state and the
+    EMA, so a resumed run continues the uninterrupted one exactly."""
+    assert trained["second"]["step"] == uninterrupted["step"] == 3
+    _same(trained["second"], uninterrupted)
+
+
+def test_a_dit_ckpt_of_the_format_before_accelerate_resumes_and_exports(trained, uninterrupted, tmp_path):
+    """<run>/dit.ckpt, one torch.save dict, is read when there is no checkpoint folder: the run goes on as if it
+    had never stopped, its next checkpoint is the folder, and export reads the file too."""
+    from safetensors.torch import load_file
+    run = _tiny_run(tmp_path / "run")
+    torch.save(trained["first"], run / "dit.ckpt")  # the 2-step checkpoint, keyed as the old file was
+    main(["export", "--run", str(run), "--out", str(tmp_path / "from-file")])
+    exported = load_file(str(tmp_path / "from-file" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(v, trained["first"]["ema"][k].half()) for k, v in exported.items())
+    main(["dit", "--run", str(run), "--batch", "2", "--ema", "0.9", "--steps", "3"])
+    resumed = _checkpoint(run)
+    _same(resumed, uninterrupted)
+    assert (run / "dit.ckpt").exists() and [s["steps"] for s in resumed["sessions"]] == [2, 1]
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["resumed"], r["step"]) for r in rows if r.get("resumed")] == [("dit.ckpt", 2)]
 
 
 def test_a_resumed_run_refuses_another_text_encoder(trained, tmp_path):

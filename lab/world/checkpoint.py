@@ -1,23 +1,29 @@
-"""The UNet stage's checkpoint: a folder written by ``Accelerator.save_state``, and the single file it replaced.
+"""A training stage's checkpoint: a folder written by ``Accelerator.save_state``, and the single file it replaced.
 
-    <run>/unet-<variant>/                 what save() writes (atomically: a .partial folder, then renamed)
-        state.json                        {"step", "variant", "world", "scaling_factor", "text_encoder"}
-        unet/  ema_unet/                  diffusers folders (config.json + safetensors): the trained and EMA weights
-        text_encoder/  ema_text_encoder/  world 1's jointly trained CLIP text encoder and its EMA (not on world 2,
-                                          whose frozen encoder is the folder state.json's text_encoder names)
+    <run>/<name>/                         what save() writes (atomically: a .partial folder, then renamed)
+        state.json                        the stage's plain fields: step, and what it needs to resume and export
+        <model>/  ...                     diffusers / transformers folders (config.json + safetensors), one per
+                                          module the stage registers: the trained weights and their EMA
         optimizer.bin                     AdamW's state (accelerate)
         random_states_<process>.pkl       each process's RNG states (accelerate)
 
-    <run>/unet-<variant>.ckpt             the format before accelerate: one torch.save dict of unet, opt, ema_unet,
-                                          step, variant, world, scaling_factor and text + ema_text (world 1) or
-                                          text_encoder (a folder path, world 2). Read when no folder exists and
-                                          left in place; the next save writes the folder, which wins from then on.
+    <run>/<name>.ckpt                     the format before accelerate: one torch.save dict of the weights, the
+                                          optimiser and the same fields. Read when no folder exists and left in
+                                          place; the next save writes the folder, which wins from then on.
 
-``find(run, variant)``: the folder or the old file to resume from (None for a new run); ``meta(found)``: its
-state.json fields, from either format; ``legacy(found)``: the old file's dict; ``register(accelerator, models)``
-makes ``accelerator.save_state`` / ``load_state`` write and read ``models`` ({folder name: unwrapped module}) as
-the folders above; ``save(accelerator, run, variant, meta)`` writes a checkpoint from every process;
-``ema_models(found)``: (EMA UNet, text encoder) as ``export`` ships them.
+The two stages that use it:
+
+    unet-<variant>/  (lab.world.train)    state.json {step, variant, world, scaling_factor, text_encoder};
+                                          unet/ ema_unet/, and world 1's jointly trained text_encoder/
+                                          ema_text_encoder/ (world 2's frozen encoder is state.json's text_encoder)
+    dit/  (lab.world.train_dit)           state.json {step, text_encoder, world, scaling_factor, sessions};
+                                          transformer/ ema_transformer/ (SD3Transformer2DModel)
+
+``find(path)``: the folder or the old file to resume from (None for a new run); ``meta(found, fields)``: its
+state.json fields, from either format (``fields`` gives the defaults an old file may lack); ``legacy(found)``: the
+old file's dict; ``register(accelerator, models)`` makes ``accelerator.save_state`` / ``load_state`` write and read
+``models`` ({folder name: unwrapped module}) as the folders above; ``load(accelerator, found)`` resumes from a
+folder and ``save(accelerator, path, fields)`` writes one, from every process.
 
 The models are diffusers / transformers folders rather than accelerate's ``model.safetensors``: their keys are the
 same for any number of processes (a DDP model's own state_dict prefixes ``module.``), so a run checkpointed on two
@@ -32,25 +38,21 @@ from pathlib import Path
 
 import torch
 
-META = ("step", "variant", "world", "scaling_factor", "text_encoder")
+
+def legacy_file(path: Path) -> Path:
+    """The single file of the format before accelerate: <run>/<name>.ckpt beside the folder <run>/<name>."""
+    path = Path(path)
+    return path.with_name(path.name + ".ckpt")
 
 
-def folder(run: Path, variant: str) -> Path:
-    return Path(run) / f"unet-{variant}"
-
-
-def legacy_file(run: Path, variant: str) -> Path:
-    return Path(run) / f"unet-{variant}.ckpt"
-
-
-def find(run: Path, variant: str) -> Path | None:
+def find(path: Path) -> Path | None:
     """The checkpoint to resume from: the folder; its previous version if a save was killed between its two
     renames; else the old single file; None for a new run."""
-    final = folder(run, variant)
-    for path in (final, final.with_name(final.name + ".old")):
-        if (path / "state.json").exists():
-            return path
-    old = legacy_file(run, variant)
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if (candidate / "state.json").exists():
+            return candidate
+    old = legacy_file(path)
     return old if old.exists() else None
 
 
@@ -63,13 +65,13 @@ def legacy(found: Path, device: torch.device | str = "cpu") -> dict:
     return torch.load(found, map_location=device)
 
 
-def meta(found: Path, old: dict | None = None) -> dict:
-    """{step, variant, world, scaling_factor, text_encoder (a folder or None)} of either format."""
+def meta(found: Path, fields: dict, old: dict | None = None) -> dict:
+    """The checkpoint's state.json; of an old file, its entries named in `fields` ({name: the value when the file
+    has none})."""
     if not is_legacy(found):
         return json.loads((found / "state.json").read_text())
     s = old if old is not None else legacy(found)
-    return dict(step=s["step"], variant=s.get("variant", "sd"), world=s.get("world", 1),
-                scaling_factor=s["scaling_factor"], text_encoder=s.get("text_encoder"))
+    return {k: s.get(k, default) for k, default in fields.items()}
 
 
 def register(accelerator, models: dict) -> None:
@@ -92,20 +94,27 @@ def register(accelerator, models: dict) -> None:
     accelerator.register_load_state_pre_hook(load_models)
 
 
-def save(accelerator, run: Path, variant: str, fields: dict) -> Path:
-    """``accelerator.save_state`` into <run>/unet-<variant>.partial, then (main process) rename it into place, the
-    previous checkpoint kept as .old until the new one is there. Every process must call it."""
-    missing = [k for k in META if k not in fields]
-    if missing:
-        raise ValueError(f"checkpoint fields {missing} missing; it needs {', '.join(META)}")
-    final = folder(run, variant)
+def load(accelerator, found: Path) -> dict:
+    """Resume from a checkpoint folder on every process: the registered models, the optimiser's and the RNG states;
+    returns state.json."""
+    accelerator.load_state(str(found))
+    accelerator.step = 0  # micro-batches count from 0 again: --accumulate may have changed
+    return json.loads((found / "state.json").read_text())
+
+
+def save(accelerator, path: Path, fields: dict) -> Path:
+    """``accelerator.save_state`` into <path>.partial with `fields` as its state.json, then (main process) rename it
+    to `path`, the previous checkpoint kept as .old until the new one is there. Every process must call it."""
+    if "step" not in fields:
+        raise ValueError(f"checkpoint fields {sorted(fields)} lack 'step'")
+    final = Path(path)
     partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (partial / "state.json").write_text(json.dumps({k: fields[k] for k in META}, indent=1))
+        (partial / "state.json").write_text(json.dumps(fields, indent=1))
     accelerator.wait_for_everyone()  # every process's random states are in
     if accelerator.is_main_process:
         if final.exists():
@@ -115,25 +124,3 @@ def save(accelerator, run: Path, variant: str, fields: dict) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def ema_models(found: Path):
-    """(EMA UNet, text encoder: world 1's EMA or world 2's frozen one), float32 on the CPU, from either format."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
-    if not is_legacy(found):
-        text = found / "ema_text_encoder"
-        if not text.exists():
-            text = Path(meta(found)["text_encoder"])
-        return UNet2DConditionModel.from_pretrained(str(found / "ema_unet")), CLIPTextModel.from_pretrained(str(text))
-    from transformers import CLIPTextConfig
-    from .train import text_config, unet_config
-    s = legacy(found)
-    unet = UNet2DConditionModel(**unet_config(s.get("world", 1)))
-    unet.load_state_dict(s["ema_unet"])
-    if "ema_text" in s:
-        text = CLIPTextModel(CLIPTextConfig(**text_config()))
-        text.load_state_dict(s["ema_text"])
-    else:
-        text = CLIPTextModel.from_pretrained(s["text_encoder"])
-    return unet, text

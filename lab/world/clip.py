@@ -191,7 +191,8 @@ def train_clip(run: Path, minutes: float, steps: int, batch: int = 256, lr: floa
     negatives: each image is also scored against its own hard negative (``hard_negative``), as extra columns of
     the image-to-text softmax; kept in the checkpoint, so a resumed run trains as it started unless told."""
     from transformers import CLIPModel
-    from .train import Clock, _device, _log, _save
+    from .loop import Clock, _log
+    from .train import _device, _save
     device = _device()
     run.mkdir(parents=True, exist_ok=True)
     ckpt, step, next_seed = run / "clip.ckpt", 0, 0

@@ -18,7 +18,8 @@ cosine, checkpointing) is process 0's, broadcast to the others.
     accelerate launch --num_processes 8 -m lab.world.train unet --run runs/gpu --batch 64   # 8 GPUs
     accelerate launch --multi_gpu --num_processes 2 -m lab.world.train unet --run runs/cpu  # 2 CPU processes too
 
-(``accelerate launch --cpu --num_processes 2`` starts one process.) The UNet stage checkpoints with
+(``accelerate launch --cpu --num_processes 2`` starts one process.) The UNet stage's loop is ``lab.world.loop.fit``,
+which ``lab.world.train_dit`` (``shapes-dit``) shares; this module keeps its model-specific step. It checkpoints with
 ``Accelerator.save_state`` into ``<run>/unet-<variant>/`` (``lab.world.checkpoint``); a run checkpointed before
 that, in ``<run>/unet-<variant>.ckpt``, resumes from the file, and ``export`` reads either. The ``vae`` stage keeps
 its ``vae.ckpt``, which ``latents`` and ``export`` read.
@@ -42,7 +43,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import time
 from multiprocessing import Pool
@@ -52,10 +52,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .loop import Clock, _accelerator, _advance, _agreed, _launch, _log, _progress, _sample_seed, fit
 from .scenes import make_scene, masks, render
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "models" / "shapes" / "tokenizer"
 VARIANTS = ("sd", "zsnr")
+# the UNet checkpoint's state.json (lab.world.checkpoint), with what a file of the format before it may lack
+UNET_FIELDS = dict(step=None, variant="sd", world=1, scaling_factor=None, text_encoder=None)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -139,20 +142,6 @@ def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-class Clock:
-    def __init__(self, minutes: float, steps: int, every: float):
-        self.start, self.limit, self.steps, self.every, self.last = time.time(), minutes * 60, steps, every, time.time()
-
-    def done(self, step: int) -> bool:
-        return step >= self.steps or time.time() - self.start > self.limit
-
-    def checkpoint_due(self) -> bool:
-        if time.time() - self.last > self.every:
-            self.last = time.time()
-            return True
-        return False
-
-
 def _save(obj, path: Path) -> None:
     """Write `obj` with every tensor on the CPU (a checkpoint loads anywhere), atomically."""
     tmp = path.with_suffix(".tmp")
@@ -173,39 +162,6 @@ def _on_cpu(obj):
     return obj
 
 
-def _log(run: Path, **row) -> None:
-    row["time"] = round(time.time(), 1)
-    with open(run / "log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
-
-
-def _progress(clock: Clock, first_step: int, desc: str, show: bool = True):
-    """A progress bar over the stage's budget in percent (whichever of --minutes and --steps ends it first), with
-    the elapsed time and the estimated time left; _advance moves it."""
-    from ..progress import progress
-    bar = progress(total=100, desc=desc, leave=True, disable=not show,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
-    bar.first_step = first_step
-    return bar
-
-
-def _advance(bar, clock: Clock, at: int, **postfix) -> None:
-    """Move the bar to step `at` of the clock's budget; postfix: what to show beside it (step=..., loss=...)."""
-    done = max((time.time() - clock.start) / clock.limit if clock.limit > 0 else 0.0,
-               (at - bar.first_step) / max(1, clock.steps - bar.first_step))
-    n = min(100, int(100 * done))
-    if n > bar.n:
-        bar.update(n - bar.n)
-    if postfix:
-        bar.set_postfix(postfix, refresh=False)
-
-
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():  # one fused call rather than a kernel per parameter (which dominated small GPU steps)
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
-
-
 def _save_folders(out: Path, **models) -> None:
     """`save_pretrained` each model into out/<name>, replacing the old files only once the new ones are written."""
     import shutil
@@ -217,59 +173,6 @@ def _save_folders(out: Path, **models) -> None:
         for f in tmp.iterdir():
             os.replace(f, out / name / f.name)
         tmp.rmdir()
-
-
-def _accelerator(accumulate: int = 1):
-    """This process's ``accelerate.Accelerator``: DDP over the processes of ``accelerate launch`` or ``--processes``
-    (NCCL between GPUs, gloo between CPU processes), bf16 autocast on a GPU and float32 on a CPU, gradients summed
-    over `accumulate` micro-batches per optimiser step."""
-    from accelerate import Accelerator
-    cuda = torch.cuda.is_available()
-    # cpu=True on a machine without a GPU: accelerate otherwise treats each launched CPU process as alone
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", gradient_accumulation_steps=accumulate)
-
-
-def _agreed(accelerator, *values) -> tuple:
-    """`values` as the main process has them. Whatever is read off a clock (the stop flag, the cosine's learning
-    rate, a checkpoint falling due) goes through here, so that every process stops at the same step, takes it at
-    the same learning rate and checkpoints together (their clocks differ slightly)."""
-    if accelerator.num_processes == 1:
-        return values
-    from accelerate.utils import broadcast_object_list
-    return tuple(broadcast_object_list(list(values), from_process=0))
-
-
-def _sample_seed(step: int, micro: int, process: int, accumulate: int) -> int:
-    """The seed of one micro-batch's draws (scenes, caption dropout, noise, timesteps): a function of where it is in
-    the run, so a resumed run draws what an uninterrupted one would have."""
-    return 1000 + process + 4096 * (step * accumulate + micro)
-
-
-def _process(rank: int, world: int, port: int, stage, kwargs: dict) -> None:
-    """One of ``--processes`` data-parallel CPU workers: one thread, pinned to core `rank` where the OS allows; the
-    environment is what ``accelerate launch`` (torchrun) would give it, so `stage`'s Accelerator joins the others."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    if hasattr(os, "sched_setaffinity") and rank < (os.cpu_count() or 1):
-        os.sched_setaffinity(0, {rank})
-    stage(**kwargs)
-
-
-def _launch(stage, processes: int, kwargs: dict) -> None:
-    """Run `stage(**kwargs)` here, or in `processes` spawned CPU processes (``--processes``)."""
-    if processes <= 1:
-        return stage(**kwargs)
-    if torch.cuda.is_available():
-        raise SystemExit("--processes is for CPU cores; on GPUs use accelerate launch --num_processes N")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit(f"--processes {processes} inside a launch of {os.environ['WORLD_SIZE']} processes: "
-                         "use one or the other")
-    import socket
-    with socket.socket() as sock:  # a free port for the processes to meet on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torch.multiprocessing.spawn(_process, args=(processes, port, stage, kwargs), nprocs=processes)
 
 
 def _device() -> torch.device:
@@ -448,9 +351,10 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
     data = torch.load(run / "latents.pt")
     latents, ids = data["latents"].to(device), data["ids"].long().to(device)  # (N, 4, 16, 16), (N, 77)
     scenes = data.get("world", 1)  # the shapes world the latents come from
-    step, found = 0, checkpoint.find(run, variant)
+    step, path = 0, run / f"unet-{variant}"
+    found = checkpoint.find(path)
     old = checkpoint.legacy(found, device) if found is not None and checkpoint.is_legacy(found) else None
-    kept = checkpoint.meta(found, old) if found is not None else {}
+    kept = checkpoint.meta(found, UNET_FIELDS, old) if found is not None else {}
     if kept.get("text_encoder") and text_encoder and Path(text_encoder) != Path(kept["text_encoder"]):
         raise SystemExit(f"{found} was trained on the frozen text encoder {kept['text_encoder']}, not {text_encoder}")
     text_encoder = text_encoder or kept.get("text_encoder")
@@ -483,87 +387,64 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
             text.load_state_dict(old["text"]), ema_text.load_state_dict(old["ema_text"])
         step = old["step"]
         if main:
-            _log(run, stage=f"unet-{variant}", step=step, resumed=found.name,
-                 converting_to=checkpoint.folder(run, variant).name)
+            _log(run, stage=f"unet-{variant}", step=step, resumed=found.name, converting_to=path.name)
     # the forward passes go through the prepared (DDP-wrapped) models; the EMA and the checkpoint read the originals
     unet_fwd, *rest = accelerator.prepare(unet, *([text] if joint else []), opt)
     text_fwd, opt = (rest[0], rest[1]) if joint else (text, rest[0])
     checkpoint.register(accelerator, {"unet": unet, "ema_unet": ema_unet} |
                         ({"text_encoder": text, "ema_text_encoder": ema_text} if joint else {}))
     if old is None and found is not None:
-        accelerator.load_state(str(found))  # the weights and EMA (checkpoint's hooks), AdamW's state, RNG states
-        accelerator.step, step = 0, kept["step"]  # micro-batches count from 0 again: --accumulate may have changed
+        step = checkpoint.load(accelerator, found)["step"]
     alphas = sched.alphas_cumprod.to(device)
-    clock, gen = Clock(minutes, steps, every), torch.Generator(device)
-    first_step = step
 
-    def save() -> None:
-        checkpoint.save(accelerator, run, variant, dict(step=step, variant=variant, world=scenes,
-                                                        scaling_factor=data["scaling_factor"],
-                                                        text_encoder=None if joint else str(text_encoder)))
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
+        x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
+        drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% no caption
+        tok = torch.where(drop[:, None], empty, tok)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=device, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        with accelerator.autocast():
+            with torch.set_grad_enabled(joint):
+                cond = text_fwd(tok)[0]  # (B, 77, 64), or (B, 77, 128) from world 2's frozen CLIP
+            pred = unet_fwd(xt, t, cond).sample  # (B, 4, 16, 16)
+        return F.mse_loss(pred.float(), target)
+
+    def save(step: int) -> None:
+        checkpoint.save(accelerator, path, dict(step=step, variant=variant, world=scenes,
+                                                scaling_factor=data["scaling_factor"],
+                                                text_encoder=None if joint else str(text_encoder)))
         if ema_out is not None and main:
             _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text if joint else text)
 
-    def learning_rate() -> float:
-        warm = lr * min(1.0, (step + 1) / 500)
-        if lr_final is None:
-            return warm
-        done = max((time.time() - clock.start) / clock.limit, (step - first_step) / max(1, steps - first_step))
-        # math, not numpy: a numpy float in the optimiser's state would stop torch.load (weights only) resuming it
-        return lr_final + (warm - lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-    losses = []
-    bar = _progress(clock, step, f"unet-{variant}", show=main)
-    while True:
-        stop, rate, due = _agreed(accelerator, clock.done(step), learning_rate(), clock.checkpoint_due())
-        if stop:
-            break
-        if due:
-            save()
-        for g in opt.param_groups:
-            g["lr"] = rate
-        total = torch.zeros((), device=device)
-        for micro in range(accumulate):
-            gen.manual_seed(_sample_seed(step, micro, accelerator.process_index, accumulate))
-            idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
-            x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
-            drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% no caption
-            tok = torch.where(drop[:, None], empty, tok)
-            noise = torch.randn(x0.shape, device=device, generator=gen)
-            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=device, generator=gen)
-            a = alphas[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            target = noise if variant == "sd" else a.sqrt() * noise - (1 - a).sqrt() * x0
-            with accelerator.accumulate(*([unet_fwd, text_fwd] if joint else [unet_fwd])):
-                with accelerator.autocast():
-                    with torch.set_grad_enabled(joint):
-                        cond = text_fwd(tok)[0]  # (B, 77, 64), or (B, 77, 128) from world 2's frozen CLIP
-                    pred = unet_fwd(xt, t, cond).sample
-                loss = F.mse_loss(pred.float(), target)
-                accelerator.backward(loss)  # divided by `accumulate`; all-reduced (DDP) on the last micro-batch
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, 1.0)
-                opt.step()  # only on the last micro-batch (accelerate's optimiser wrapper)
-                opt.zero_grad(set_to_none=True)
-            total += loss.detach()
-        step += 1
-        _ema_update(ema_unet, unet, min(ema, (1 + step) / (10 + step)))
-        if joint:
-            _ema_update(ema_text, text, min(ema, (1 + step) / (10 + step)))
-        if step % 50 == 0:
-            losses.append(total.item() / accumulate)
-        _advance(bar, clock, step)
-        if step % 500 == 0 and main:
-            _log(run, stage=f"unet-{variant}", step=step, loss=round(float(np.mean(losses)), 5),
-                 processes=accelerator.num_processes, lr=float(f"{rate:.3g}"))
-            _advance(bar, clock, step, step=step, loss=round(float(np.mean(losses)), 5))
-            losses = []
-    bar.close()
-    save()
-    if main:
-        _log(run, stage=f"unet-{variant}", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2),
-             processes=accelerator.num_processes, batch_per_process=batch, accumulate=accumulate)
+    fit(accelerator, run, f"unet-{variant}", step, loss, opt, params, [unet_fwd, text_fwd] if joint else [unet_fwd],
+        [(ema_unet, unet)] + ([(ema_text, text)] if joint else []), save, clock=Clock(minutes, steps, every), lr=lr,
+        lr_final=lr_final, ema=ema, accumulate=accumulate, batch=batch)
     accelerator.end_training()
+
+
+def _ema_models(found: Path):
+    """(EMA UNet, text encoder: world 1's EMA or world 2's frozen one), float32 on the CPU, from either format."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from . import checkpoint
+    if not checkpoint.is_legacy(found):
+        text = found / "ema_text_encoder"
+        if not text.exists():
+            text = Path(checkpoint.meta(found, UNET_FIELDS)["text_encoder"])
+        return UNet2DConditionModel.from_pretrained(str(found / "ema_unet")), CLIPTextModel.from_pretrained(str(text))
+    s = checkpoint.legacy(found)
+    unet = UNet2DConditionModel(**unet_config(s.get("world", 1)))
+    unet.load_state_dict(s["ema_unet"])
+    if "ema_text" in s:
+        text = CLIPTextModel(CLIPTextConfig(**text_config()))
+        text.load_state_dict(s["ema_text"])
+    else:
+        text = CLIPTextModel.from_pretrained(s["text_encoder"])
+    return unet, text
 
 
 def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
@@ -572,13 +453,14 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
     tower alone is 12 MiB of token embeddings); a plain ``from_pretrained`` computes in float32, as for world 1."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
     from . import checkpoint
-    found = checkpoint.find(run, variant)
+    path = run / f"unet-{variant}"
+    found = checkpoint.find(path)
     if found is None:
-        raise SystemExit(f"no UNet checkpoint of variant {variant!r} in {run}: neither "
-                         f"{checkpoint.folder(run, variant).name}/ nor {checkpoint.legacy_file(run, variant).name}")
-    kept = checkpoint.meta(found)
+        raise SystemExit(f"no UNet checkpoint of variant {variant!r} in {run}: neither {path.name}/ nor "
+                         f"{checkpoint.legacy_file(path).name}")
+    kept = checkpoint.meta(found, UNET_FIELDS)
     world = kept["world"]
-    unet, text = checkpoint.ema_models(found)
+    unet, text = _ema_models(found)
     vae = AutoencoderKL(**vae_config(), scaling_factor=kept["scaling_factor"])
     vae_state = torch.load(run / "vae.ckpt", map_location="cpu")
     vae.load_state_dict(vae_state["model"])

@@ -1,11 +1,19 @@
 """Train ``shapes-dit``: an SD3-architecture MMDiT with flow matching, on world 2's latents and the frozen CLIP tower.
 
     python -m lab.world.train_dit dit --run runs/w2 --text-encoder runs/clip/export/text_encoder --minutes 120
+    python -m lab.world.train_dit dit --run runs/w2 --processes 2 --batch 16                  # 2 CPU processes
+    accelerate launch --num_processes 8 -m lab.world.train_dit dit --run runs/w2 --batch 64    # 8 GPUs
     python -m lab.world.train_dit export --run runs/w2 --out lab/models/shapes-dit      # float16 on disk
 
 The run folder is a ``lab.world.train latents --world 2`` run (``latents.pt``, and ``vae.ckpt``, the VAE the latents
-came from, which the export ships). ``dit`` stops after ``--minutes`` or ``--steps``, checkpoints every
-``--checkpoint-every`` seconds to ``dit.ckpt``, and running it again continues from there on the same text encoder.
+came from, which the export ships). ``dit`` trains on the UNet stage's machinery (``lab.world.loop.fit``): an
+``accelerate.Accelerator`` (DDP over ``--processes`` CPU workers or ``accelerate launch``'s processes, bf16 autocast
+on a GPU), ``--accumulate K`` micro-batches per step, each seeded by its place in the run. It stops after
+``--minutes`` or ``--steps``, checkpoints every ``--checkpoint-every`` seconds into ``<run>/dit/``
+(``lab.world.checkpoint``: ``transformer/`` and ``ema_transformer/`` as diffusers folders, AdamW's and the RNG
+states, ``state.json``), and running it again continues exactly where it stopped, on the same text encoder. A run
+checkpointed before that, in ``<run>/dit.ckpt``, resumes from the file (its next checkpoint is the folder), and
+``export`` reads either.
 
 API: ``transformer_config()``, ``scheduler_config()``, ``text_encoder(folder)``, ``null_encoder()``,
 ``conditioning(text, text_2, ids, joint_dim)`` (what the pipeline feeds, from token ids), ``PadKeys`` (the training
@@ -53,11 +61,11 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train import Clock, _device, _ema_update, _log, _save, token_ids, tokenizer, vae_config
+from .loop import Clock, _accelerator, _launch, _log, fit
+from .train import token_ids, tokenizer, vae_config
 
 PAD_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the T5 rows, zeros without a T5
 NULL_WIDTH = 8  # text_encoder_2, the null CLIP
@@ -194,111 +202,126 @@ def _vae(run: Path, scaling: float):
     return vae.eval()
 
 
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"1 {torch.cuda.get_device_name(device)}"
-    return f"{torch.get_num_threads()} thread(s) of a {os.cpu_count()}-core CPU"
+def _hardware(accelerator) -> str:
+    n = accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        return f"{n} x {torch.cuda.get_device_name(accelerator.device)}"
+    return f"{n} process(es) x {torch.get_num_threads()} thread(s) of a {os.cpu_count()}-core CPU"
 
 
 # ---------------------------------------------------------------------------------------------------- training
-def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: int, batch: int, lr: float,
-              every: float, ema: float = 0.9995, lr_final: float | None = None) -> None:
-    """Train the transformer on run/latents.pt; with `lr_final`, the rate falls from `lr` to it along a cosine over
-    this sitting's minutes (or steps, whichever ends it first), after 500 steps of warm-up as train.py's UNet."""
+# the checkpoint's state.json (lab.world.checkpoint), with what a dit.ckpt of the format before it may lack
+FIELDS = dict(step=None, text_encoder=None, world=1, scaling_factor=None, sessions=[])
+
+
+def _transformer(found: Path | None, old: dict | None, joint_dim: int):
+    """A new SD3Transformer2DModel of the checkpoint's configuration (transformer_config for a new run)."""
     from diffusers import SD3Transformer2DModel
-    device = _device()
+    if found is None:
+        return SD3Transformer2DModel(**transformer_config(joint_dim))
+    if old is not None:
+        return SD3Transformer2DModel(**old["config"])
+    return SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(str(found / "transformer")))
+
+
+def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: int, batch: int, lr: float,
+              every: float, ema: float = 0.9995, lr_final: float | None = None, accumulate: int = 1) -> None:
+    """Train the transformer on run/latents.pt, on ``lab.world.loop.fit`` as the UNet stage: data-parallel over the
+    Accelerator's processes, `accumulate` micro-batches of `batch` per step, 500 steps of warm-up and, with
+    `lr_final`, a cosine to it over this sitting's minutes (or steps, whichever ends it first).
+
+    The checkpoint is ``lab.world.checkpoint``'s folder <run>/dit/ (transformer/, ema_transformer/, state.json); a
+    run checkpointed before it, in <run>/dit.ckpt, resumes from that file, and its next checkpoint is the folder.
+    """
+    from . import checkpoint
+    accelerator = _accelerator(accumulate)
+    device, main = accelerator.device, accelerator.is_main_process
     data = torch.load(run / "latents.pt")
     latents, ids = data["latents"].to(device), data["ids"].long().to(device)  # (N, 4, 16, 16), (N, 77)
-    step, ckpt = 0, run / "dit.ckpt"
-    s = torch.load(ckpt, map_location=device) if ckpt.exists() else None
-    if s is not None and text_encoder_dir and Path(text_encoder_dir) != Path(s["text_encoder"]):
-        raise SystemExit(f"{ckpt} was trained on the frozen text encoder {s['text_encoder']}, not {text_encoder_dir}")
-    text_encoder_dir = text_encoder_dir or (s or {}).get("text_encoder")
+    step, path = 0, run / "dit"
+    found = checkpoint.find(path)
+    old = checkpoint.legacy(found, device) if found is not None and checkpoint.is_legacy(found) else None
+    kept = checkpoint.meta(found, FIELDS, old) if found is not None else {}
+    if kept and text_encoder_dir and Path(text_encoder_dir) != Path(kept["text_encoder"]):
+        raise SystemExit(f"{found} was trained on the frozen text encoder {kept['text_encoder']}, "
+                         f"not {text_encoder_dir}")
+    text_encoder_dir = text_encoder_dir or kept.get("text_encoder")
     if text_encoder_dir is None:
         raise SystemExit("pass --text-encoder: the frozen CLIP text tower the transformer conditions on "
                          "(clip-export writes it as <out>/text_encoder)")
     text, text_2 = text_encoder(text_encoder_dir).to(device), null_encoder().to(device)
-    config = s["config"] if s is not None else transformer_config(text.config.hidden_size + NULL_WIDTH)
-    model = SD3Transformer2DModel(**config).to(device)
-    ema_model = SD3Transformer2DModel(**config).to(device).requires_grad_(False)
+    model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH).to(device)
+    ema_model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH).to(device).requires_grad_(False)
     ema_model.load_state_dict(model.state_dict())
     use_pad_keys(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
-    sessions = []
-    if s is not None:
-        model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"]), ema_model.load_state_dict(s["ema"])
-        step, sessions = s["step"], s["sessions"]
-    joint = config["joint_attention_dim"]
-    empty = torch.from_numpy(token_ids([""])).long().to(device)  # (1, 77): the pipeline's negative prompt
-    clock, gen = Clock(minutes, steps, every), torch.Generator(device).manual_seed(2000 + step)
-    first_step = step
-    session = dict(steps=0, batch=batch, lr=lr, lr_final=lr_final, ema=ema, scenes=len(latents),
-                   hardware=_hardware(device), minutes=0.0)
-    if s is not None:
+    if old is not None:  # the format before accelerate: read once, written back as the folder at the next save
+        model.load_state_dict(old["model"]), opt.load_state_dict(old["opt"]), ema_model.load_state_dict(old["ema"])
+        step = old["step"]
+        if main:
+            _log(run, stage="dit", step=step, resumed=found.name, converting_to=path.name)
+    model_fwd, opt = accelerator.prepare(model, opt)  # the forward pass is DDP's; the EMA and checkpoint read model
+    checkpoint.register(accelerator, {"transformer": model, "ema_transformer": ema_model})
+    if old is None and found is not None:
+        step = checkpoint.load(accelerator, found)["step"]
+    sessions, first_step, clock = kept.get("sessions", []), step, Clock(minutes, steps, every)
+    session = dict(steps=0, batch=batch, accumulate=accumulate, lr=lr, lr_final=lr_final, ema=ema,
+                   scenes=len(latents), hardware=_hardware(accelerator), minutes=0.0)
+    if found is not None:
         session["resumed"] = f"the {step}-step checkpoint"
+    joint = model.config.joint_attention_dim
+    empty = torch.from_numpy(token_ids([""])).long().to(device)  # (1, 77): the pipeline's negative prompt
 
-    def save() -> None:
-        session.update(steps=step - first_step, minutes=round((time.time() - clock.start) / 60, 1))
-        _save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema_model.state_dict(), "step": step,
-               "config": config, "text_encoder": str(text_encoder_dir), "world": data.get("world", 1),
-               "scaling_factor": data["scaling_factor"], "sessions": sessions + [session]}, ckpt)
-
-    def rate() -> float:
-        warm = lr * min(1.0, (step + 1) / 500)
-        if lr_final is None:
-            return warm
-        done = max((time.time() - clock.start) / clock.limit, (step - first_step) / max(1, steps - first_step))
-        return lr_final + (warm - lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-    losses, t0 = [], time.time()
-    while not clock.done(step):
+    def loss(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, len(latents), (batch,), device=device, generator=gen)
         x0, tok = latents[idx].float(), ids[idx]  # (B, 4, 16, 16), (B, 77)
         drop = torch.rand(batch, device=device, generator=gen) < 0.1  # classifier-free guidance: 10% empty captions
         tok = torch.where(drop[:, None], empty, tok)
-        context, pooled = conditioning(text, text_2, tok, joint, pad_rows=1)  # (B, 78, joint), (B, joint)
+        context, pooled = conditioning(text, text_2, tok, joint, pad_rows=1)  # (B, 78, joint), (B, joint): float32
         noise = torch.randn(x0.shape, device=device, generator=gen)
         sigma = torch.sigmoid(torch.randn(batch, device=device, generator=gen))  # (B,) logit-normal(0, 1)
         xt = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
-        for g in opt.param_groups:
-            g["lr"] = rate()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = model(xt, context, pooled, sigma * 1000).sample  # (B, 4, 16, 16)
-        loss = F.mse_loss(pred.float(), noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        _ema_update(ema_model, model, min(ema, (1 + step) / (10 + step)))
-        losses.append(loss.item() if step % 50 == 0 else None)
-        if step % 500 == 0:
-            _log(run, stage="dit", step=step, loss=round(np.mean([x for x in losses if x is not None]), 5),
-                 lr=float(f"{rate():.3g}"), sec_per_step=round((time.time() - t0) / (step - first_step), 3))
-            losses = []
-        if clock.checkpoint_due():
-            save()
-    save()
-    _log(run, stage="dit", step=step, done=True, minutes=round((time.time() - clock.start) / 60, 2), batch=batch)
+        with accelerator.autocast():
+            pred = model_fwd(xt, context, pooled, sigma * 1000).sample  # (B, 4, 16, 16)
+        return F.mse_loss(pred.float(), noise - x0)  # flow matching: the velocity noise - x0
+
+    def save(step: int) -> None:
+        session.update(steps=step - first_step, minutes=round((time.time() - clock.start) / 60, 1))
+        checkpoint.save(accelerator, path, dict(step=step, text_encoder=str(text_encoder_dir),
+                                                world=data.get("world", 1), scaling_factor=data["scaling_factor"],
+                                                sessions=sessions + [session]))
+
+    fit(accelerator, run, "dit", step, loss, opt, list(model.parameters()), [model_fwd], [(ema_model, model)], save,
+        clock=clock, lr=lr, lr_final=lr_final, ema=ema, accumulate=accumulate, batch=batch)
+    accelerator.end_training()
 
 
 # ---------------------------------------------------------------------------------------------------- export
 def export(run: Path, out: Path) -> Path:
-    """Write a StableDiffusion3Pipeline folder (float16) from the run's EMA weights, its frozen tower and its VAE."""
+    """Write a StableDiffusion3Pipeline folder (float16) from the run's EMA weights, its frozen tower and its VAE,
+    from either checkpoint format (<run>/dit/ or the older <run>/dit.ckpt)."""
     from diffusers import SD3Transformer2DModel
-    s = torch.load(run / "dit.ckpt", map_location="cpu")
-    transformer = SD3Transformer2DModel(**s["config"])
-    transformer.load_state_dict(s["ema"])
-    pipe = pipeline(transformer, text_encoder(s["text_encoder"]), null_encoder(), _vae(run, s["scaling_factor"]))
+    from . import checkpoint
+    found = checkpoint.find(run / "dit")
+    if found is None:
+        raise SystemExit(f"no DiT checkpoint in {run}: neither dit/ nor dit.ckpt")
+    if checkpoint.is_legacy(found):
+        s = checkpoint.legacy(found)
+        transformer = SD3Transformer2DModel(**s["config"])
+        transformer.load_state_dict(s["ema"])
+    else:
+        transformer = SD3Transformer2DModel.from_pretrained(str(found / "ema_transformer"))
+    kept = checkpoint.meta(found, FIELDS)
+    pipe = pipeline(transformer, text_encoder(kept["text_encoder"]), null_encoder(), _vae(run, kept["scaling_factor"]))
     pipe.to(torch.float16)
     out = Path(out)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    meta = {"variant": "sd3-flow-matching", "transformer_steps": s["step"], "world": s["world"],
-            "text_encoder": s["text_encoder"], "vae_steps": torch.load(run / "vae.ckpt")["step"],
-            "transformer": s["sessions"]}
+    meta = {"variant": "sd3-flow-matching", "transformer_steps": kept["step"], "world": kept["world"],
+            "text_encoder": kept["text_encoder"], "vae_steps": torch.load(run / "vae.ckpt")["step"],
+            "transformer": kept["sessions"]}
     (out / "training.json").write_text(json.dumps(meta, indent=2))
     mib = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
-    _log(run, stage="dit-export", out=str(out), step=s["step"], weights_mib=round(mib, 2))
+    _log(run, stage="dit-export", out=str(out), step=kept["step"], weights_mib=round(mib, 2))
     return out
 
 
@@ -316,11 +339,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="fall from --lr to this along a cosine over the sitting (default: constant --lr)")
     p.add_argument("--ema", type=float, default=0.9995, help="EMA decay of the exported weights")
     p.add_argument("--checkpoint-every", type=float, default=120.0)
+    p.add_argument("--processes", type=int, default=1,
+                   help="dit on a CPU: data-parallel processes, one per core, each taking --batch samples (on GPUs: "
+                        "accelerate launch --num_processes N -m lab.world.train_dit dit ...)")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches of --batch per optimiser step")
     p.add_argument("--out", type=Path, default=Path("lab/models/shapes-dit"))
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage == "dit":
-        train_dit(a.run, a.text_encoder, a.minutes, a.steps, a.batch, a.lr, a.checkpoint_every, a.ema, a.lr_final)
+        _launch(train_dit, a.processes, dict(run=a.run, text_encoder_dir=a.text_encoder, minutes=a.minutes,
+                                             steps=a.steps, batch=a.batch, lr=a.lr, every=a.checkpoint_every,
+                                             ema=a.ema, lr_final=a.lr_final, accumulate=a.accumulate))
     else:
         export(a.run, a.out)
 
