@@ -12,6 +12,7 @@ threads (--threads, default 1), so the one-process run and each of the N process
 section (OUT/*.md) of every run must give the same numbers: its timing lines (a number of s or ms) and any table
 column of seconds are left out of the comparison. Writes a '## Measured: ...' section of benchmarks/parallel.md;
 a size other than full is labelled a smoke run, not the measurement. Exit status 1 when the numbers differ.
+(Clockwork's reuse table is itself a timing, its savings in percent: that study's numbers differ from run to run.)
 """
 from __future__ import annotations
 
