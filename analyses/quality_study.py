@@ -5,7 +5,9 @@
 
 Writes a sample grid (captions of unseen scenes, the world's rendering of each above the model's image) and the
 quality table of ``lab.world.quality``, both in the world the model was trained on (``lab.world.world_of``); on
-world 2 the section also gives issue 19's quality goals, each met only by its interval.
+world 2 the section also gives issue 19's quality goals, each met only by its interval. Its items are batches of 8
+consecutive captions (one pipeline call each, so any number of processes gives the same table), split over the
+processes of ``accelerate launch`` by lab.parallel.
 """
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lab
+from lab import parallel
 from lab.plotting import save_figure
 from lab.sizes import pick
 from lab.world import render, world_of
-from lab.world.quality import evaluate, evaluation_scenes, generate, goals, table
+from lab.world.quality import batches, collect, evaluation_scenes, generate, goals, score_batch, table
+
+SPLITS_ITEMS = True  # its batches go through lab.parallel.run_items: analyses.run_all runs it on every process
 
 
 def sample_grid(pipe, n: int = 8, steps: int = 25, guidance: float = 7.5, world: int | None = None):
@@ -65,12 +70,21 @@ def config(**overrides) -> Config:
 
 
 def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
-    """Run the study; returns its REPORT section (Markdown)."""
+    """Run the study; returns its REPORT section (Markdown); "" on a process other than the main one under
+    ``accelerate launch`` (its batches are split over the processes, see lab.parallel)."""
     cfg = config if config is not None else globals()["config"]()
-    pipe = lab.load(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = lab.load(model, device=parallel.device())
     world = world_of(pipe)
+    todo = batches(cfg.n)
+    scored = parallel.run_items("quality", todo, lambda b: score_batch(pipe, b, cfg.steps, world=world), out,
+                                key=lambda b: f"{b.group}-{b.first}", tag=parallel.tag_of((model, cfg, world)),
+                                desc="quality: batches")
+    if scored is None:
+        return ""
+    result = collect(todo, scored, cfg.steps, world=world)
     save_figure(sample_grid(pipe, n=cfg.samples, world=world), out / "samples.png")
-    result = evaluate(pipe, n=cfg.n, steps=cfg.steps, world=world)
     if world == 1:
         section = f"## Built-in model quality\n\n![samples](samples.png)\n\n{table(result)}\n"
     else:

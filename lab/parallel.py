@@ -13,7 +13,9 @@
 share, whatever order the others finish in); each finished result is pickled to ``out/.parts/<name>[/<tag>]/<key>.pkl``
 at once (written to a temporary file, then ``os.replace``d, so a killed process never leaves half a part); an item
 whose part exists is not run again, so a rerun resumes an interrupted study. After a barrier the main process reads
-every part back and returns the results in item order; other processes get None and should write nothing.
+every part back and returns the results in item order; other processes get None and should write nothing, unless
+``everywhere=True``: then every process reads the list back (for a study whose next stage splits items made from
+these results, such as DAAM's faithfulness edits of the objects its first stage found).
 
 ``work`` must seed each item by the item itself (its scene seed, its index), never by the process, so the results
 are the same for any number of processes. ``tag`` names the study's configuration: parts made at another size or
@@ -89,9 +91,11 @@ def _read(path: Path):
 
 
 def run_items(name: str, items: Sequence, work: Callable[[Any], Any], out: str | os.PathLike,
-              key: Callable[[Any], str] = str, tag: str = "", desc: str | None = None) -> list | None:
+              key: Callable[[Any], str] = str, tag: str = "", desc: str | None = None,
+              everywhere: bool = False) -> list | None:
     """[work(item) for item in items] computed over the accelerate processes, each result kept on disk as it is
-    finished; the list (in item order) on the main process, None on the others. desc: a progress bar's label."""
+    finished; the list (in item order) on the main process, None on the others (everywhere=True: the list on every
+    process). desc: a progress bar's label."""
     keys = [_check_key(key(item), item) for item in items]
     if len(set(keys)) != len(keys):
         twice = sorted({k for k in keys if keys.count(k) > 1})
@@ -105,7 +109,7 @@ def run_items(name: str, items: Sequence, work: Callable[[Any], Any], out: str |
         if not path.exists():
             _write(path, work(items[i]))
     s.wait_for_everyone()
-    if not s.is_main_process:
+    if not (s.is_main_process or everywhere):
         return None
     missing = [k for k in keys if not (folder / f"{k}.pkl").exists()]
     if missing:

@@ -116,8 +116,26 @@ def test_a_world_2_image_is_read_by_world_2s_parser_background_name_included():
     assert reading(render(scene), 2) == (scene.background, ((obj.colour, obj.shape, obj.size),))
 
 
-def test_the_study_at_small_size_reports_sensitivity_and_reuse(tmp_path):
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """(out, section) of the study run once at LAB_SIZE=small."""
     from analyses.clockwork.study import run
-    text = run(tmp_path)
+    out = tmp_path_factory.mktemp("clockwork")
+    return out, run(out)
+
+
+def test_the_study_at_small_size_reports_sensitivity_and_reuse(small_run):
+    tmp_path, text = small_run
     assert "| mid_block |" in text and "| low-res blocks, run every 2 |" in text and "Goal:" in text
     assert (tmp_path / "clockwork_sensitivity.png").exists() and (tmp_path / "clockwork_reuse.png").exists()
+
+
+def test_a_rerun_reads_its_sensitivity_batch_back_with_the_same_table(small_run):
+    from analyses.clockwork.study import run
+    out, text = small_run
+    (folder,) = (out / ".parts" / "clockwork").iterdir()
+    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert [p.name for p in kept] == ["sensitivity-0.pkl"]  # one image at small size
+    # the part before "Reuse:": the reuse table times the UNet, so its savings differ from run to run
+    assert run(out).split("Reuse:")[0] == text.split("Reuse:")[0]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept

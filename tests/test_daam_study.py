@@ -35,14 +35,26 @@ def test_metrics():
     assert np.isnan(bootstrap([], [])).all()
 
 
-def test_study_run_small_writes_its_files(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """(out, section) of the study run once at LAB_SIZE=small."""
+    from analyses.daam.study import config, run
+    out = tmp_path_factory.mktemp("daam")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAB_SIZE", "small")
+        return out, run(out, config=config())
+
+
+def _numbers(section: str) -> list[str]:
+    return [line for line in section.splitlines() if not line.startswith("Time:")]
+
+
+def test_study_run_small_writes_its_files(small_run):
     import re
 
     from PIL import Image
 
-    from analyses.daam.study import config, run
-    monkeypatch.setenv("LAB_SIZE", "small")
-    text = run(tmp_path, config=config())
+    tmp_path, text = small_run
     assert (tmp_path / "daam.md").read_text() == text
     for name in ("daam_examples.png", "daam_miou.png", "daam_slices.png", "daam_words.png", "daam_faithfulness.png",
                  "daam_layer_steps.png"):
@@ -54,3 +66,16 @@ def test_study_run_small_writes_its_files(tmp_path, monkeypatch):
         assert row, key
         cells = re.findall(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", row.group(1))
         assert len(cells) == 3 and all(float(lo) <= float(m) <= float(hi) <= 1 for m, lo, hi in cells), row.group(0)
+
+
+def test_a_resumed_run_recomputes_only_the_lost_batches_with_the_same_section(small_run, monkeypatch):
+    from analyses.daam.study import config, run
+    out, text = small_run
+    (folder,) = (out / ".parts" / "daam").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["faithfulness-0.pkl", "generate-0.pkl", "random-unet-0.pkl"]
+    (folder / "faithfulness-0.pkl").unlink()  # as if killed in the last stage
+    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    monkeypatch.setenv("LAB_SIZE", "small")
+    again = run(out, config=config())  # regenerates the first batch for the figures, not for its part
+    assert _numbers(again) == _numbers(text)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept and (folder / "faithfulness-0.pkl").exists()

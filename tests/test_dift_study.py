@@ -59,8 +59,18 @@ def _rows(section: str, first_cell: str) -> list[list[float]]:
     return out
 
 
-def test_run_writes_figures_and_a_report_section(pipe, tmp_path):
-    section = run(tmp_path, config=config(pairs=2, timesteps=[261], blocks=["up_blocks.1"], ensemble=1))
+TINY = dict(pairs=2, timesteps=[261], blocks=["up_blocks.1"], ensemble=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(out, section) of the study run once at a tiny size."""
+    out = tmp_path_factory.mktemp("dift")
+    return out, run(out, config=config(**TINY))
+
+
+def test_run_writes_figures_and_a_report_section(tiny_run):
+    tmp_path, section = tiny_run
     for name in ("dift_grid.png", "dift_baselines.png", "dift_examples.png", "dift_similarity.png"):
         assert (tmp_path / name).stat().st_size > 1000
         assert f"({name})" in section
@@ -74,6 +84,18 @@ def test_run_writes_figures_and_a_report_section(pipe, tmp_path):
     scores = {m: _rows(section, m)[0][0] for m in ("DIFT (t=261", "pixels", "VAE latents", "random UNet")}
     met = scores["DIFT (t=261"] >= 0.8 and scores["DIFT (t=261"] - max(list(scores.values())[1:]) >= 0.2
     assert ("**met**" in section) == met and ("**not met**" in section) == (not met)
+
+
+def test_a_resumed_run_recomputes_only_the_lost_items_with_the_same_section(tiny_run):
+    out, section = tiny_run
+    (folder,) = (out / ".parts" / "dift").iterdir()
+    lost = [folder / "trained-261.pkl", folder / "factors.pkl"]
+    for p in lost:
+        p.unlink()  # as if killed before these two
+    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert len(kept) == 4  # the random grid, the prompted cell, the baselines, the hardest factor's grid
+    assert run(out, config=config(**TINY)) == section
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept and all(p.exists() for p in lost)
 
 
 def test_pck_curve_rises_with_alpha_and_matches_the_evaluation():

@@ -139,8 +139,29 @@ def test_world_2_edits_keep_world_2s_rules_and_the_verdict_reads_them():
         assert all(good[c] for c in CHECKS), (task.target, good)
 
 
-def test_the_study_at_small_size_writes_its_figures_and_says_met_or_not(tmp_path):
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """(out, section) of the study run once at LAB_SIZE=small."""
     from analyses.p2p.study import run
-    text = run(tmp_path)
+    out = tmp_path_factory.mktemp("p2p")
+    return out, run(out)
+
+
+def test_the_study_at_small_size_writes_its_figures_and_says_met_or_not(small_run):
+    tmp_path, text = small_run
     assert "## Prompt-to-prompt editing" in text and text.count("**met**") + text.count("**not met**") == 2
     assert (tmp_path / "p2p_examples.png").exists() and (tmp_path / "p2p_rates.png").exists()
+
+
+def test_a_rerun_reads_its_batches_back_and_computes_nothing(small_run):
+    from analyses.p2p.study import run
+    out, text = small_run
+    (folder,) = (out / ".parts" / "p2p").iterdir()
+    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert list(kept) == [folder / "0.pkl"]  # one batch of 4 tasks at small size
+    figure = (out / "p2p_examples.png").read_bytes()
+    again = run(out)
+    assert [line for line in again.splitlines() if "- Time:" not in line] == \
+        [line for line in text.splitlines() if "- Time:" not in line]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (out / "p2p_examples.png").read_bytes() == figure  # drawn from the batch's kept images

@@ -1,5 +1,7 @@
 """Perturbed-attention guidance: the identity edit, the layer choice and the sampling loop on tiny SD1.5 / SD2.1 /
 SDXL pipelines built from their real configs, the clean-object verdict, and the study at small size."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -88,9 +90,34 @@ def test_a_rendered_world_2_scene_is_read_by_world_2s_parser():
     assert scene.world == 2 and verdict(scene, render(scene)) == {c: True for c in CHECKS}
 
 
-def test_the_study_at_small_size_reports_each_condition_and_the_papers_setting(tmp_path):
-    from analyses.pag.study import conditions, run
-    text = run(tmp_path)
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """(out, section) of the study run once at LAB_SIZE=small."""
+    from analyses.pag.study import run
+    out = tmp_path_factory.mktemp("pag")
+    return out, run(out)
+
+
+def test_the_study_at_small_size_reports_each_condition_and_the_papers_setting(small_run):
+    from analyses.pag.study import conditions
+    tmp_path, text = small_run
     assert all(f"| {c.label} |" in text for c in conditions())
     assert "`no CFG + PAG mid 3` against `no CFG`" in text and "improvement **" in text
     assert (tmp_path / "pag_rates.png").exists() and (tmp_path / "pag_examples.png").exists()
+
+
+def _without_cpu_seconds(section: str) -> list[str]:
+    return [re.sub(r"\| [\d.]+ \|$", "|", line) for line in section.splitlines() if not line.startswith("- Time:")]
+
+
+def test_a_resumed_run_recomputes_only_the_lost_conditions_with_the_same_section(small_run):
+    from analyses.pag.study import run
+    out, text = small_run
+    (folder,) = (out / ".parts" / "pag").iterdir()
+    lost = [folder / "no CFG-0.pkl", folder / "CFG 7.5 + PAG up 3-0.pkl"]
+    for p in lost:
+        p.unlink()  # as if killed before these two
+    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert len(kept) == 4
+    assert _without_cpu_seconds(run(out)) == _without_cpu_seconds(text)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept and all(p.exists() for p in lost)

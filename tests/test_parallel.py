@@ -1,5 +1,5 @@
-"""lab.parallel: items split over processes, one part file per finished item, resumed runs; the classify study on it
-in one process and in two (accelerate launch, gloo on the CPU)."""
+"""lab.parallel: items split over processes, one part file per finished item, resumed runs; the classify and quality
+studies on it in one process and in two (accelerate launch, gloo on the CPU)."""
 import os
 import pickle
 import subprocess
@@ -57,7 +57,7 @@ def test_a_key_that_is_not_a_file_name_is_refused(tmp_path):
 def _job(out: Path, processes: int) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", LAB_SIZE="small", LAB_PROGRESS="0",
                HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-    job = [str(ROOT / "tests" / "classify_job.py"), str(out)]
+    job = [str(ROOT / "tests" / "studies_job.py"), str(out)]
     if processes > 1:
         job = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -67,25 +67,28 @@ def _job(out: Path, processes: int) -> str:
     return done.stdout
 
 
-def _table(out: Path) -> list[str]:
-    return [line for line in (out / "classify.md").read_text().splitlines() if line.startswith("| ")]
+def _table(out: Path, name: str = "classify") -> list[str]:
+    return [line for line in (out / f"{name}.md").read_text().splitlines() if line.startswith("| ")]
 
 
-def _parts(out: Path) -> dict:
-    (folder,) = (out / ".parts" / "classify").iterdir()
-    return read_parts(out, "classify", folder.name)
+def _parts(out: Path, name: str = "classify") -> dict:
+    (folder,) = (out / ".parts" / name).iterdir()
+    return read_parts(out, name, folder.name)
 
 
-def test_two_processes_give_the_classify_table_of_one(tmp_path):
+def test_two_processes_give_the_classify_and_quality_tables_of_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert "process 0 of 1" in _job(one, 1)
+    assert "process 0 of 1: squares [1, 4, 9]" in _job(one, 1)
     said = _job(two, 2)
-    assert "process 0 of 2" in said and "process 1 of 2" in said
+    assert "process 0 of 2: squares [1, 4, 9]" in said and "process 1 of 2: squares [1, 4, 9]" in said  # everywhere
     assert _table(two) == _table(one) and len(_table(one)) == 5  # header, 2 attributes x 2 methods
     a, b = _parts(one), _parts(two)
     assert list(a) == list(b) and len(a) == 4
     assert all(torch.equal(a[k]["errors"], b[k]["errors"]) and torch.equal(a[k]["attention"], b[k]["attention"])
                for k in a)
+    assert _table(two, "quality") == _table(one, "quality") and len(_table(one, "quality")) > 2
+    a, b = _parts(one, "quality"), _parts(two, "quality")  # 3 batches: process 1 made one of them
+    assert list(a) == list(b) and len(a) == 3 and all(a[k]["verdicts"] == b[k]["verdicts"] for k in a)
 
 
 def test_classify_resumes_from_its_parts_with_the_same_table(tmp_path):

@@ -67,6 +67,18 @@ def test_quality_study_writes_its_figure_and_section(tmp_path):
     assert "| one object | colour |" in section
 
 
+def test_the_quality_study_resumes_from_its_batches_with_the_same_table(tmp_path):
+    from analyses.quality_study import config, run
+    cfg = config(samples=1, n=10, steps=2)  # batches of 8 and 2 per group
+    table = [line for line in run(tmp_path, config=cfg).splitlines() if line.startswith("| ")]
+    (folder,) = (tmp_path / ".parts" / "quality").iterdir()
+    assert len(list(folder.iterdir())) == 6
+    (folder / "two objects-8.pkl").unlink()  # as if killed before this batch
+    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert [line for line in run(tmp_path, config=cfg).splitlines() if line.startswith("| ")] == table
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept and (folder / "two objects-8.pkl").exists()
+
+
 def test_save_figure_writes_an_ordinary_readable_file(tmp_path):
     import os
     from matplotlib.figure import Figure

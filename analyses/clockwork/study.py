@@ -14,6 +14,8 @@ within the run (1 - its UNet time / (its mean full step x steps): the steps that
 the machine's load drifts less into it), and estimated as the skipped calls' share of the UNet time the blocks took in
 the plain run. The DeepCache-style claim tested: reusing the low-resolution blocks every other step leaves the
 parser's reading unchanged on >= 90% of images ("met" only when the Wilson interval's lower end clears it).
+The sensitivity batches (images perturbed at every block and step in one call) are split over the processes of
+``accelerate launch`` by lab.parallel; the reuse runs, which time the UNet, stay on the main process.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 import lab
+from lab import parallel
 from lab.hooks import select
 from lab.plotting import save_figure
 from lab.sizes import pick, size
@@ -38,6 +41,7 @@ from .score import moved
 
 GUIDANCE, R, GOAL_UNCHANGED = 7.5, 0.5, 0.90
 SEED_BASE = 5_000_000  # one-object test scenes, far from the other studies' seeds
+SPLITS_ITEMS = True  # its sensitivity batches go through lab.parallel.run_items: analyses.run_all runs it everywhere
 
 
 def _scenes(n: int, world: int = 1):
@@ -45,23 +49,44 @@ def _scenes(n: int, world: int = 1):
     return scenes(n, SEED_BASE, world)
 
 
-def sensitivity(pipe, n: int, steps: int, r: float = R, batch_rows: int = 128):
-    """(blocks, rms (blocks, steps) mean over images, changed (blocks, steps) counts of n)."""
+def _plan(pipe, steps: int, r: float = R):
+    """(block points, a Perturbation of each block at each step)."""
     blocks = select(pipe, kind="block")
-    plan = [Perturbation(b, s, r) for b in blocks for s in range(steps)]
-    world = world_of(pipe)
-    todo = _scenes(n, world)
+    return blocks, [Perturbation(b, s, r) for b in blocks for s in range(steps)]
+
+
+def sensitivity_batches(pipe, n: int, steps: int, batch_rows: int = 128) -> list[range]:
+    """The sensitivity's items: which of the n scenes go in each call (about batch_rows UNet rows per call)."""
+    per = max(1, batch_rows // (len(_plan(pipe, steps)[1]) + 1))  # images per call
+    return [range(i, min(i + per, n)) for i in range(0, n, per)]
+
+
+def sensitivity_batch(pipe, chunk, steps: int, r: float = R) -> list[list[dict]]:
+    """moved() of each perturbation (rows, in _plan order) of each scene of one batch (columns), in one call."""
+    _, plan = _plan(pipe, steps, r)
+    out = perturbed(pipe, [s.caption for s in chunk], [s.seed for s in chunk], steps, plan, guidance=GUIDANCE)
+    return [[moved(out["plain"][j], out[p][j], world_of(pipe)) for j in range(len(chunk))] for p in plan]
+
+
+def tally_sensitivity(pipe, n: int, steps: int, done: list[list[list[dict]]], r: float = R):
+    """(blocks, rms (blocks, steps) mean over images, changed (blocks, steps) counts of n) from the batches'
+    sensitivity_batch() results, in order."""
+    blocks, plan = _plan(pipe, steps, r)
     rms, changed = np.zeros((len(blocks), steps)), np.zeros((len(blocks), steps), int)
-    per = max(1, batch_rows // (len(plan) + 1))  # images per call
-    for i in range(0, n, per):
-        chunk = todo[i:i + per]
-        out = perturbed(pipe, [s.caption for s in chunk], [s.seed for s in chunk], steps, plan, guidance=GUIDANCE)
-        for p in plan:
-            for j in range(len(chunk)):
-                m = moved(out["plain"][j], out[p][j], world)
+    for moves in done:
+        for p, row in zip(plan, moves):
+            for m in row:
                 rms[blocks.index(p.block), p.step] += m["pixel rms"] / n
                 changed[blocks.index(p.block), p.step] += m["reading changed"]
     return blocks, rms, changed
+
+
+def sensitivity(pipe, n: int, steps: int, r: float = R, batch_rows: int = 128):
+    """(blocks, rms (blocks, steps) mean over images, changed (blocks, steps) counts of n), in one process."""
+    todo = _scenes(n, world_of(pipe))
+    done = [sensitivity_batch(pipe, [todo[i] for i in b], steps, r)
+            for b in sensitivity_batches(pipe, n, steps, batch_rows)]
+    return tally_sensitivity(pipe, n, steps, done, r)
 
 
 @contextlib.contextmanager
@@ -164,15 +189,22 @@ def section(sens, reuse_rows, share, info) -> str:
 
 
 def run(out: Path, model: str = "shapes") -> str:
-    """Run the study; write its figures and out/clockwork.md; return the REPORT section."""
+    """Run the study; write its figures and out/clockwork.md; return the REPORT section ("" on a process other
+    than the main one under ``accelerate launch``: its sensitivity batches are split, see lab.parallel)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_sens, steps_sens = pick(1, 2, 20), pick(3, 6, 25)
     n_reuse, steps_reuse, ks = pick(2, 8, 100), pick(4, 10, 25), pick((2,), (2,), (2, 3))
     t0 = time.process_time()
-    pipe = lab.load(model)
+    pipe = lab.load(model, device=parallel.device())
     pipe.set_progress_bar_config(disable=True)
-    sens = sensitivity(pipe, n_sens, steps_sens)
+    todo, world = _scenes(n_sens, world_of(pipe)), world_of(pipe)
+    done = parallel.run_items("clockwork", sensitivity_batches(pipe, n_sens, steps_sens), lambda b: sensitivity_batch(
+        pipe, [todo[i] for i in b], steps_sens), out, key=lambda b: f"sensitivity-{b[0]}",
+        tag=parallel.tag_of((model, n_sens, steps_sens, R, world)), desc="clockwork: sensitivity batches")
+    if done is None:
+        return ""
+    sens = tally_sensitivity(pipe, n_sens, steps_sens, done)
     rows, images, share = reuse_runs(pipe, n_reuse, steps_reuse, ks)
     from matplotlib.figure import Figure
     from lab.hooks import points

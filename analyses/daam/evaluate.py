@@ -1,11 +1,12 @@
 """Score DAAM maps of generated shapes-world images against the objects the world's parser finds in them.
 
-    scenes = held_out_scenes(8)
+    scenes = held_out_scenes(16)
     targets, rows = [], []
-    for first, run in runs(pipe, scenes, steps=10):                # generate in batches, under capture
+    for first, run in runs(pipe, scenes, steps=10):                # generate in batches of 8, under capture
         for b, scene in enumerate(scenes[first:first + len(run.images)]):
             t, r = score_image(run, b, first + b, scene, pipe)
             targets += t; rows += r
+    t, r = score_batch(run_batch(pipe, scenes[8:], steps=10), 8, scenes[8:], pipe)   # the second batch alone
 
 A *target* is a captioned object the model drew as captioned: the parser found it and its colour and shape match
 the caption (``lab.world.match`` pairs captioned and parsed objects). Only targets are scored; the mask is the
@@ -48,11 +49,18 @@ def runs(pipe, scenes: list[Scene], steps: int, guidance: float = 7.5, batch: in
     bar = progress(total=len(scenes), desc=desc, unit="image")
     for first in range(0, len(scenes), batch):
         chunk = scenes[first:first + batch]
-        yield first, generate(pipe, [s.caption for s in chunk], seed=[s.seed for s in chunk], steps=steps,
-                              guidance=guidance, slices=slices, mid=mid, queries=queries, head_steps=head_steps,
-                              height=chunk[0].size, width=chunk[0].size)
+        yield first, run_batch(pipe, chunk, steps, guidance, slices=slices, mid=mid, queries=queries,
+                               head_steps=head_steps)
         bar.update(len(chunk))
     bar.close()
+
+
+def run_batch(pipe, scenes: list[Scene], steps: int, guidance: float = 7.5, slices: bool = False, mid: bool = True,
+              queries: bool = False, head_steps="all") -> Run:
+    """The Run of one batch of scenes, generated in one call (scene i with the seed scene.seed); runs() options."""
+    return generate(pipe, [s.caption for s in scenes], seed=[s.seed for s in scenes], steps=steps, guidance=guidance,
+                    slices=slices, mid=mid, queries=queries, head_steps=head_steps, height=scenes[0].size,
+                    width=scenes[0].size)
 
 
 @dataclass
@@ -111,6 +119,17 @@ def score_image(run: Run, batch: int, image: int, scene: Scene, pipe, taus=TAUS,
     rows.extend(_adjectives(g, tok, image, scene, found, ok))
     if parsed.objects:
         rows.extend(_where_words_look(g, tok, image, scene, parsed))
+    return targets, rows
+
+
+def score_batch(run: Run, first: int, scenes: list[Scene], pipe, **options) -> tuple[list[Target], list[dict]]:
+    """score_image() of every image of a batch's Run (generations first, first + 1, ... of `scenes`, the batch's
+    own): its targets and rows, image by image. options: score_image()'s."""
+    targets, rows = [], []
+    for b, scene in enumerate(scenes):
+        t, r = score_image(run, b, first + b, scene, pipe, **options)
+        targets += t
+        rows += r
     return targets, rows
 
 

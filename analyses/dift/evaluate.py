@@ -2,6 +2,7 @@
 and per factor.
 
     grid(pipe, pairs, timesteps, blocks, ...) -> {(t, block): evaluation}   baselines(pipe, pairs) -> {name: evaluation}
+    grid_inputs(pipe, pairs) -> what every timestep of a grid shares (grid(..., inputs=...))
     subsets(evaluation) -> {subset: PCK}        by_factor(pipe, pairs, t, block) -> {factor: {method: PCK}}
     pck_curve(evaluation, pairs, alphas)        threshold_scale(pairs, feature_cell)
 """
@@ -16,11 +17,9 @@ from .match import evaluate_pairs, pck, summarize, threshold
 from .pairs import FACTORS, GEOMETRIC_TWIN, images_of, one_factor_pairs
 
 
-def grid(pipe, pairs, timesteps, blocks, ensemble: int = 8, prompt: str = "", seed: int = 0,
-         batch_size: int = 64, alpha: float = 0.1, desc: str = "DIFT grid") -> dict:
-    """{(t, block): evaluate_pairs() result}: one UNet pass per timestep serves every block (lab.hooks trace up to
-    the last block, run_until stops there). Each image is encoded by the VAE once. prompt may hold {category}.
-    desc: the progress bar's label (one tick per timestep)."""
+def grid_inputs(pipe, pairs, prompt: str = "", seed: int = 0, batch_size: int = 64):
+    """What every timestep of a grid shares: (image ids, prepare() of the images, their VAE latents (N, 4, h, w),
+    their condition()); each image encoded once. prompt may hold {category}."""
     images = images_of(pairs)
     ids = list(images)
     cats = {}
@@ -29,6 +28,16 @@ def grid(pipe, pairs, timesteps, blocks, ensemble: int = 8, prompt: str = "", se
     prep = prepare(pipe, list(images.values()), "native", seed)
     latents = encode(pipe, prep.pixels, batch_size)  # (N, 4, h, w)
     cond = condition(pipe, [prompt.format(category=cats[i]) for i in ids], prep.input_sizes[0])
+    return ids, prep, latents, cond
+
+
+def grid(pipe, pairs, timesteps, blocks, ensemble: int = 8, prompt: str = "", seed: int = 0,
+         batch_size: int = 64, alpha: float = 0.1, desc: str = "DIFT grid", inputs=None) -> dict:
+    """{(t, block): evaluate_pairs() result}: one UNet pass per timestep serves every block (lab.hooks trace up to
+    the last block, run_until stops there). Each image is encoded by the VAE once (inputs: grid_inputs() of the
+    same pairs, prompt and seed, to share that between grids of other timesteps). prompt may hold {category}.
+    desc: the progress bar's label (one tick per timestep)."""
+    ids, prep, latents, cond = inputs if inputs is not None else grid_inputs(pipe, pairs, prompt, seed, batch_size)
     out = {}
     for t in progress(timesteps, desc, unit="timestep"):
         feats = block_features(pipe, latents, t, blocks, cond, prep.seeds, ensemble, batch_size)

@@ -8,24 +8,31 @@ grid of timesteps and up-blocks, against three baselines: raw pixels, VAE latent
 re-randomised weights (over the same grid, its best cell) (evaluate.py). Then, at DIFT's best cell, pairs whose B is
 A changed in one factor only show which difference breaks matching (on world 2, with the goal that none falls under
 0.6), and the whole grid is repeated on the hardest factor's pairs. Figures: figures.py; the section: report.py.
+Each grid's timesteps (one UNet pass per timestep serves every block), then the prompted cell, the factors and the
+baselines, are items split over the processes of ``accelerate launch`` by lab.parallel; every process reads each
+stage back, since the next stage's items depend on it (the best cell, the hardest factor).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lab import parallel
 from lab.load import with_random_unet
 from lab.plotting import save_figure
 from lab.sizes import pick
 from lab.world import world_of
 
-from .evaluate import baselines, by_factor, grid, hardest_factor, subsets
+from .evaluate import baselines, by_factor, grid, grid_inputs, hardest_factor, subsets
 from .figures import figure_bars, figure_examples, figure_grid, figure_similarity
 from .pairs import one_factor_pairs, world_pairs
 from .report import best_cells, methods_of, section
+
+SPLITS_ITEMS = True  # its timesteps go through lab.parallel.run_items: analyses.run_all runs it on every process
 
 
 @dataclass(frozen=True)
@@ -52,24 +59,38 @@ def config(**overrides) -> Config:
 
 def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     """Run the study; writes dift_grid.png, dift_baselines.png, dift_examples.png, dift_similarity.png and returns
-    the REPORT section (Markdown). config: a Config (default: config(), sized by LAB_SIZE)."""
+    the REPORT section (Markdown; "" on a process other than the main one under ``accelerate launch``, see
+    lab.parallel). config: a Config (default: config(), sized by LAB_SIZE)."""
     import lab
 
     out = Path(out)
     torch.manual_seed(0)
-    pipe = lab.load(model)
+    pipe = lab.load(model, device=parallel.device())
     cfg = config if config is not None else globals()["config"]()
-    pairs = world_pairs(cfg.pairs, world=world_of(pipe))
-    trained = grid(pipe, pairs, cfg.timesteps, cfg.blocks, cfg.ensemble, desc="DIFT grid, built-in UNet")
-    random = grid(with_random_unet(pipe), pairs, cfg.timesteps, cfg.blocks, cfg.ensemble,
-                  desc="DIFT grid, re-randomised UNet")
+    world = world_of(pipe)
+    pairs = world_pairs(cfg.pairs, world=world)
+    tag = parallel.tag_of((model, cfg, world))
+
+    def split_grid(stage, pipe_, pairs_, desc):  # {(t, block): evaluation}, one item per timestep, on every process
+        inputs = functools.cache(lambda: grid_inputs(pipe_, pairs_))  # images encoded once per process, if it works
+        done = parallel.run_items("dift", cfg.timesteps,
+                                  lambda t: grid(pipe_, pairs_, [t], cfg.blocks, cfg.ensemble, inputs=inputs()),
+                                  out, key=lambda t: f"{stage}-{t}", tag=tag, desc=desc, everywhere=True)
+        return {cell: result for d in done for cell, result in d.items()}
+
+    trained = split_grid("trained", pipe, pairs, "DIFT grid, built-in UNet")
+    random = split_grid("random", with_random_unet(pipe), pairs, "DIFT grid, re-randomised UNet")
     best, _ = best_cells(trained, random)
-    prompted = grid(pipe, pairs, [best[0]], [best[1]], cfg.ensemble, prompt="a {category}", desc="DIFT, prompted")[best]
-    factors = by_factor(pipe, pairs, best[0], best[1], cfg.ensemble)
+    at_best = {"prompted": lambda: grid(pipe, pairs, [best[0]], [best[1]], cfg.ensemble, prompt="a {category}",
+                                        desc="DIFT, prompted")[best],
+               "factors": lambda: by_factor(pipe, pairs, best[0], best[1], cfg.ensemble),
+               "baselines": lambda: baselines(pipe, pairs)}
+    prompted, factors, base = parallel.run_items("dift", list(at_best), lambda name: at_best[name](), out, tag=tag,
+                                                 desc="DIFT: best cell, factors, baselines", everywhere=True)
     worst = hardest_factor(factors)
-    hardest = grid(pipe, one_factor_pairs(pairs, worst), cfg.timesteps, cfg.blocks, cfg.ensemble,
-                   desc=f"DIFT grid, {worst} only")
-    base = baselines(pipe, pairs)
+    hardest = split_grid(f"{worst} only", pipe, one_factor_pairs(pairs, worst), f"DIFT grid, {worst} only")
+    if not parallel.is_main():
+        return ""  # a process other than the main one under accelerate launch
 
     subs = {k: subsets(v) for k, v in methods_of(trained, random, base).items()}
     save_figure(figure_grid(trained, random, cfg.timesteps, cfg.blocks, (worst, hardest)), out / "dift_grid.png")

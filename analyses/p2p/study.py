@@ -10,7 +10,8 @@ judges each edit against its source image. Tasks whose source image does not sho
 out (counted). The goal is stated for the primary control, the paper's word swap defaults chosen before looking
 (cross-attention of the first 80% of steps, self-attention of the first 40%): edited-and-preserved >= 80% of edits,
 and >= the baseline + 40 points. "met" only when the interval's lower end clears the goal: a Wilson interval for the
-rate, a paired bootstrap (resampling tasks) for the difference.
+rate, a paired bootstrap (resampling tasks) for the difference. Its items are batches of 4 tasks (one call each),
+split over the processes of ``accelerate launch`` by lab.parallel; any number of processes gives the same section.
 """
 from __future__ import annotations
 
@@ -20,17 +21,19 @@ from pathlib import Path
 import numpy as np
 
 import lab
+from lab import parallel
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import world_of
 from lab.world.quality import wilson
 
-from .control import Control, Request, generate
+from .control import Control, Edited, Request, generate
 from .plot import rates_plot, side_by_side
 from .score import CHECKS, Task, tasks, verdict
 
 GOAL, GOAL_OVER_BASELINE = 0.80, 0.40
 PRIMARY = "swap"
+SPLITS_ITEMS = True  # its batches go through lab.parallel.run_items: analyses.run_all runs it on every process
 
 
 def controls() -> list[Control]:
@@ -49,22 +52,33 @@ def request(task: Task) -> Request:
     return Request(task.source, task.target, "swap", blend=blend)
 
 
-def measure(pipe, n: int, steps: int, batch: int = 4, guidance: float = 7.5):
-    """(tasks, {kind: [verdict or None per task]}, first Edited) for `n` tasks; verdicts["coverage"] lists the
-    share of the latent each local-blend mask kept editable."""
-    todo, ctrls = tasks(n, world=world_of(pipe)), controls()
+def measure_batch(pipe, chunk: list[Task], steps: int, guidance: float = 7.5, keep_images: bool = False) -> dict:
+    """One batch of tasks, generated in one call: {"verdicts": {kind: [verdict or None per task]}, "coverage": [share
+    of the latent each local-blend mask kept editable], "images": Edited.images when keep_images, else None}."""
+    out = generate(pipe, [request(t) for t in chunk], controls(), steps=steps, seed=[t.scene.seed for t in chunk],
+                   guidance=guidance, plain=True)
+    verdicts = {kind: [verdict(t, out.images["source"][j], out.images[kind][j]) for j, t in enumerate(chunk)]
+                for kind in list(out.images)[1:]}
+    return {"verdicts": verdicts, "coverage": [float(m.mean()) for mask in out.masks.values() for m in mask],
+            "images": out.images if keep_images else None}
+
+
+def merge(done: list[dict]) -> dict[str, list]:
+    """{kind: [verdict or None per task]} and "coverage" from the batches' measure_batch() results, in order."""
     verdicts: dict[str, list] = {"coverage": []}
-    first = None
-    for i in range(0, n, batch):
-        chunk = todo[i:i + batch]
-        out = generate(pipe, [request(t) for t in chunk], ctrls, steps=steps, seed=[t.scene.seed for t in chunk],
-                       guidance=guidance, plain=True)
-        first = first or out
-        verdicts["coverage"] += [float(m.mean()) for mask in out.masks.values() for m in mask]
-        for j, t in enumerate(chunk):
-            for kind in list(out.images)[1:]:
-                verdicts.setdefault(kind, []).append(verdict(t, out.images["source"][j], out.images[kind][j]))
-    return todo, verdicts, first
+    for d in done:
+        verdicts["coverage"] += d["coverage"]
+        for kind, vs in d["verdicts"].items():
+            verdicts.setdefault(kind, []).extend(vs)
+    return verdicts
+
+
+def measure(pipe, n: int, steps: int, batch: int = 4, guidance: float = 7.5):
+    """(tasks, {kind: [verdict or None per task]}, the first batch's Edited images) for `n` tasks in one process;
+    verdicts["coverage"] lists the share of the latent each local-blend mask kept editable."""
+    todo = tasks(n, world=world_of(pipe))
+    done = [measure_batch(pipe, todo[i:i + batch], steps, guidance, keep_images=i == 0) for i in range(0, n, batch)]
+    return todo, merge(done), Edited(done[0]["images"])
 
 
 def counts(verdicts) -> dict[str, dict[str, tuple[int, int]]]:
@@ -132,14 +146,22 @@ def section(verdicts, info) -> str:
 
 
 def run(out: Path, model: str = "shapes") -> str:
-    """Run the study; write its figures and out/p2p.md; return the REPORT section."""
+    """Run the study; write its figures and out/p2p.md; return the REPORT section ("" on a process other than the
+    main one under ``accelerate launch``: its batches are split over the processes, see lab.parallel)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n, steps, guidance = pick(2, 12, 200), pick(6, 25, 25), 7.5
+    n, steps, guidance, batch = pick(2, 12, 200), pick(6, 25, 25), 7.5, 4
     t0 = time.perf_counter()
-    pipe = lab.load(model)
+    pipe = lab.load(model, device=parallel.device())
     pipe.set_progress_bar_config(disable=True)
-    todo, verdicts, first = measure(pipe, n, steps, guidance=guidance)
+    world = world_of(pipe)
+    todo = tasks(n, world=world)
+    done = parallel.run_items("p2p", range(0, n, batch), lambda i: measure_batch(
+        pipe, todo[i:i + batch], steps, guidance, keep_images=i == 0), out, key=str,
+        tag=parallel.tag_of((model, n, steps, guidance, batch, controls(), world)), desc="p2p: batches")
+    if done is None:
+        return ""
+    verdicts, first = merge(done), Edited(done[0]["images"])
     seconds = time.perf_counter() - t0
     marks = {}
     for r in range(min(4, len(first.images["source"]))):

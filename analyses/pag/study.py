@@ -9,6 +9,8 @@ Every condition generates the same unseen one-object captions (in the world the 
 The parser judges each image (analyses.pag.score: colour, shape and size right, exactly one object). Rates with 95%
 Wilson intervals; PAG against the same guidance without PAG as a paired difference (bootstrap over captions). The
 paper's claim, tested: PAG raises the rate without CFG ("shown" only when the paired interval's lower end is above 0).
+Its items are (condition, batch of 16 captions), one call each, split over the processes of ``accelerate launch`` by
+lab.parallel; any number of processes gives the same section.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import lab
+from lab import parallel
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import world_of
@@ -30,6 +33,7 @@ from .score import CHECKS, scenes, verdict
 
 CFG = 7.5
 PRIMARY = ("mid", 3.0)  # the paper's SD setting (mid-block self-attention, scale 3), chosen before looking
+SPLITS_ITEMS = True  # its batches go through lab.parallel.run_items: analyses.run_all runs it on every process
 
 
 @dataclass(frozen=True)
@@ -56,20 +60,40 @@ def conditions() -> list[Condition]:
     return out
 
 
+def batches(n: int, batch: int = 16) -> list[tuple[Condition, int]]:
+    """The study's items: (condition, index of the batch's first caption), condition by condition."""
+    return [(cond, i) for cond in conditions() for i in range(0, n, batch)]
+
+
+def measure_batch(pipe, cond: Condition, chunk: list, steps: int, keep_images: bool = False) -> dict:
+    """One condition on one batch of scenes, in one call: {"verdicts": [one per scene], "images": (b, H, W, 3)
+    uint8 when keep_images, else None, "seconds": CPU seconds}."""
+    t0 = time.process_time()
+    out = generate(pipe, [s.caption for s in chunk], [s.seed for s in chunk], steps=steps, guidance=cond.guidance,
+                   pag_scale=cond.scale, layers=cond.layers)  # (b, H, W, 3)
+    out = (out * 255).round().astype(np.uint8)
+    verdicts = [verdict(s, im) for s, im in zip(chunk, out)]
+    return {"verdicts": verdicts, "images": out if keep_images else None, "seconds": time.process_time() - t0}
+
+
+def merge(items: list[tuple[Condition, int]], done: list[dict]):
+    """({label: [verdict per caption]}, {label: images of the first batch}, {label: CPU seconds}) from the items'
+    measure_batch() results, in order."""
+    verdicts, images, seconds = {}, {}, {}
+    for (cond, _), d in zip(items, done):
+        verdicts.setdefault(cond.label, []).extend(d["verdicts"])
+        if d["images"] is not None:
+            images.setdefault(cond.label, d["images"])
+        seconds[cond.label] = seconds.get(cond.label, 0.0) + d["seconds"]
+    return verdicts, images, seconds
+
+
 def measure(pipe, n: int, steps: int, batch: int = 16):
-    """({label: [verdict per caption]}, {label: (n, H, W, 3) uint8 of the first batch}, seconds per condition)."""
-    todo, verdicts, images, seconds = scenes(n, world=world_of(pipe)), {}, {}, {}
-    for cond in conditions():
-        t0 = time.process_time()
-        for i in range(0, n, batch):
-            chunk = todo[i:i + batch]
-            out = generate(pipe, [s.caption for s in chunk], [s.seed for s in chunk], steps=steps,
-                           guidance=cond.guidance, pag_scale=cond.scale, layers=cond.layers)  # (b, H, W, 3)
-            out = (out * 255).round().astype(np.uint8)
-            images.setdefault(cond.label, out)
-            verdicts.setdefault(cond.label, []).extend(verdict(s, im) for s, im in zip(chunk, out))
-        seconds[cond.label] = time.process_time() - t0
-    return todo, verdicts, images, seconds
+    """(scenes, {label: [verdict per caption]}, {label: (n, H, W, 3) uint8 of the first batch}, seconds per
+    condition), in one process."""
+    todo, items = scenes(n, world=world_of(pipe)), batches(n, batch)
+    done = [measure_batch(pipe, cond, todo[i:i + batch], steps, keep_images=i == 0) for cond, i in items]
+    return (todo, *merge(items, done))
 
 
 def paired(a: list[dict], b: list[dict], seed: int = 0) -> tuple[float, float, float]:
@@ -117,14 +141,26 @@ def section(verdicts, info) -> str:
 
 
 def run(out: Path, model: str = "shapes") -> str:
-    """Run the study; write its figures and out/pag.md; return the REPORT section."""
+    """Run the study; write its figures and out/pag.md; return the REPORT section ("" on a process other than the
+    main one under ``accelerate launch``: its batches are split over the processes, see lab.parallel)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n, steps = pick(4, 12, 200), pick(4, 10, 25)
+    n, steps, batch = pick(4, 12, 200), pick(4, 10, 25), 16
     t0 = time.process_time()
-    pipe = lab.load(model)
+    pipe = lab.load(model, device=parallel.device())
     pipe.set_progress_bar_config(disable=True)
-    todo, verdicts, images, seconds = measure(pipe, n, steps)
+    world = world_of(pipe)
+    todo, items = scenes(n, world=world), batches(n, batch)
+
+    def one(item):  # a condition on one batch of captions
+        cond, i = item
+        return measure_batch(pipe, cond, todo[i:i + batch], steps, keep_images=i == 0)
+
+    done = parallel.run_items("pag", items, one, out, key=lambda item: f"{item[0].label}-{item[1]}",
+                              tag=parallel.tag_of((model, n, steps, batch, world)), desc="pag: batches")
+    if done is None:
+        return ""
+    verdicts, images, seconds = merge(items, done)
     from matplotlib.figure import Figure
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     for ax, base in zip(fig.subplots(1, 2, sharey=True), ("no CFG", f"CFG {CFG:g}")):

@@ -7,7 +7,8 @@
 
 ``generate(pipe, scenes, steps, guidance, seed, batch)`` returns uint8 images; ``round_trip(pipe, images)`` passes
 images through the pipeline's VAE and back (what its decoder alone does to a scene); ``evaluate`` returns per-scene
-verdicts grouped by kind of prompt (one object, two objects, held-out compositions) plus seconds per image; ``table``
+verdicts grouped by kind of prompt (one object, two objects, held-out compositions) plus seconds per image, batch by
+batch (``batches``, ``score_batch``, ``collect``: the same, one batch at a time, for lab.parallel); ``table``
 renders them as Markdown with 95% Wilson intervals; ``goals`` is issue 19's four world-2 goals, each met only when
 its interval's lower end clears it.
 
@@ -71,31 +72,66 @@ class Evaluation:
 GROUPS = {"one object": ("test", 1), "two objects": ("test", 2), "two objects, held-out": ("heldout", 2)}
 
 
-def evaluation_scenes(group: str, n: int, world: int = 1) -> list[Scene]:
-    """The group's n unseen scenes of `world` (seeds SEED_BASE + i)."""
+def evaluation_scenes(group: str, n: int, world: int = 1, first: int = 0) -> list[Scene]:
+    """The group's n unseen scenes of `world` from the first-th on (seeds SEED_BASE + first + i)."""
     split, n_objects = GROUPS[group]
-    return [make_scene(SEED_BASE + i, split, n_objects=n_objects, world=world) for i in range(n)]
+    return [make_scene(SEED_BASE + i, split, n_objects=n_objects, world=world) for i in range(first, first + n)]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """evaluate()'s item: `count` consecutive scenes of a group from the first-th on, generated in one pipeline
+    call (image i with seed SEED_BASE + i), so its verdicts do not depend on who generates the other batches."""
+    group: str
+    first: int
+    count: int
+
+
+def batches(n: int, groups=tuple(GROUPS), batch: int = 8) -> list[Batch]:
+    """The batches of n scenes per group, group by group."""
+    return [Batch(g, i, min(batch, n - i)) for g in groups for i in range(0, n, batch)]
+
+
+def score_batch(pipe, b: Batch, steps: int = 25, guidance: float = 7.5, world: int = 1,
+                keep_images: bool = False) -> dict:
+    """One batch generated, parsed and scored: {"verdicts": [one per scene], "seconds": s, "images": (count, H, W,
+    3) uint8 when keep_images, else None}."""
+    scenes = evaluation_scenes(b.group, b.count, world, first=b.first)
+    t0 = time.perf_counter()
+    images = generate(pipe, scenes, steps, guidance, seed=SEED_BASE + b.first, batch=b.count)
+    seconds = time.perf_counter() - t0
+    return {"verdicts": [score(s, parse(im, world=world)) for s, im in zip(scenes, images)], "seconds": seconds,
+            "images": images if keep_images else None}
+
+
+def collect(done: list[Batch], scored: list[dict], steps: int = 25, guidance: float = 7.5,
+            world: int = 1) -> Evaluation:
+    """The Evaluation of batches and their score_batch() results, in order."""
+    result, seconds, count, images = Evaluation(steps=steps, guidance=guidance, world=world), 0.0, 0, {}
+    for b, r in zip(done, scored):
+        result.verdicts.setdefault(b.group, []).extend(r["verdicts"])
+        seconds += r["seconds"]
+        count += b.count
+        if r["images"] is not None:
+            images.setdefault(b.group, []).append(r["images"])
+    result.images = {g: np.concatenate(ims) for g, ims in images.items()}
+    result.seconds_per_image = seconds / max(count, 1)
+    return result
 
 
 def evaluate(pipe, n: int = 200, steps: int = 25, guidance: float = 7.5, groups=tuple(GROUPS), batch: int = 8,
              keep_images: bool = False, world: int | None = None) -> Evaluation:
     """Generate n unseen captions per group (one object, two objects, held-out pairs), parse each image and score
-    it against its scene; a progress bar per group. world: 1 or 2 (default: the pipeline's, ``world_of(pipe)``)."""
+    it against its scene; a progress bar over the batches. world: 1 or 2 (default: the pipeline's,
+    ``world_of(pipe)``). The batches, one at a time: ``batches``, ``score_batch`` and ``collect`` (what
+    analyses.quality_study splits over processes)."""
     world = world_of(pipe) if world is None else world
     if world not in WORLDS:
         raise ValueError(f"world={world!r} is not one of {WORLDS}")
-    result, seconds, count = Evaluation(steps=steps, guidance=guidance, world=world), 0.0, 0
-    for group in groups:
-        scenes = evaluation_scenes(group, n, world)
-        t0 = time.perf_counter()
-        images = generate(pipe, scenes, steps, guidance, seed=SEED_BASE, batch=batch, desc=f"quality: {group}")
-        seconds += time.perf_counter() - t0
-        count += len(scenes)
-        result.verdicts[group] = [score(s, parse(im, world=world)) for s, im in zip(scenes, images)]
-        if keep_images:
-            result.images[group] = images
-    result.seconds_per_image = seconds / max(count, 1)
-    return result
+    todo = batches(n, groups, batch)
+    scored = [score_batch(pipe, b, steps, guidance, world, keep_images)
+              for b in progress(todo, "quality: generating", unit="batch")]
+    return collect(todo, scored, steps, guidance, world)
 
 
 Z = 1.96  # the textbook two-sided 95% normal quantile; every report of the lab has used it
