@@ -84,7 +84,7 @@ def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     if scored is None:
         return ""
     result = collect(todo, scored, cfg.steps, world=world)
-    save_figure(sample_grid(pipe, n=cfg.samples, world=world), out / "samples.png")
+    save_figure(sample_grid(pipe, n=cfg.samples, steps=cfg.steps, world=world), out / "samples.png")
     if world == 1:
         section = f"## Built-in model quality\n\n![samples](samples.png)\n\n{table(result)}\n"
     else:
