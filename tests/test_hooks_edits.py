@@ -156,3 +156,49 @@ def test_run_until_a_down_block_returns_its_hidden_states(pipe):
     assert run_until(unet, "down_blocks.1", sample, 10, text).shape == (1, 64, 2, 2)
     with pytest.raises(ValueError, match="nearest: down_blocks.1"):
         run_until(unet, "down_block.1", sample, 10, text)
+
+
+def test_a_swap_that_runs_its_module_changes_nothing_and_is_put_back(pipe):
+    ref = generate(pipe)
+    block = pipe.unet.mid_block
+    with trace(pipe, swaps={"mid_block": lambda run, ctx: run()}):
+        assert "forward" in vars(block)  # the instance's forward, the module itself left in place
+        out = generate(pipe)
+    assert torch.equal(out, ref)
+    assert pipe.unet.mid_block is block and "forward" not in vars(block)
+
+
+def test_a_swap_that_returns_a_kept_output_skips_the_module(pipe):
+    kept, runs = {}, []
+
+    def reuse(run, ctx):  # run the block at step 0 only, then reuse its output
+        if ctx.step == 0:
+            kept["out"] = run()
+        return kept["out"]
+
+    handle = pipe.unet.mid_block.resnets[0].register_forward_hook(lambda m, a, o: runs.append(1))
+    try:
+        with trace(pipe, ["mid_block"], keep=Keep(steps="all"), swaps={"mid_block": reuse}) as tr:
+            out = generate(pipe, steps=3)
+    finally:
+        handle.remove()
+    assert len(runs) == 1
+    seen = tr.cache["mid_block"]  # (step, branch, batch, c, h, w): a trace on the point sees what the swap returned
+    assert torch.equal(seen[0], seen[2]) and not torch.equal(out, generate(pipe, steps=3))
+
+
+def test_a_swap_is_put_back_also_after_an_error(pipe):
+    with pytest.raises(RuntimeError, match="boom"):
+        with trace(pipe, swaps={"up_blocks.1": lambda run, ctx: run()}):
+            raise RuntimeError("boom")
+    assert "forward" not in vars(pipe.unet.up_blocks[1])
+
+
+def test_a_swap_of_an_attention_layer_or_of_a_swapped_module_is_refused(pipe):
+    with pytest.raises(ValueError, match="attn2 point is not a whole module's output; swaps take block, resnet"):
+        trace(pipe, swaps={ATTN2: lambda run, ctx: run()})
+    with trace(pipe, swaps={"mid_block": lambda run, ctx: run()}):
+        with pytest.raises(RuntimeError, match="'mid_block' is already swapped by an enclosing trace"):
+            with trace(pipe, swaps={"mid_block": lambda run, ctx: run()}):
+                pass
+    assert "forward" not in vars(pipe.unet.mid_block)

@@ -171,6 +171,22 @@ def test_branches_are_labelled_with_guidance(pipe):
     assert not torch.allclose(g.take(ATTN2, step=0, branch="cond"), e.take(ATTN2, step=0, branch="cond"), atol=1e-4)
 
 
+@pytest.mark.parametrize("guidance, layout", [(7.5, ("uncond", "cond")), (1.0, ("cond",))])
+def test_layout_is_the_batchs_branches_before_step_0_and_during_the_run(pipe, guidance, layout):
+    seen = []
+    first = pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(("before", tr.step, tr.layout())))
+    try:
+        with trace(pipe, [ATTN2]) as tr:  # its pre-hook runs after `first`: at the first call, step is still -1
+            generate(pipe, steps=2, guidance_scale=guidance,
+                     callback_on_step_end=lambda p, i, t, kw: seen.append(("step", tr.step, tr.layout())) or kw)
+    finally:
+        first.remove()
+    assert seen[:2] == [("before", -1, layout), ("step", 0, layout)] and tr.layout() == layout
+    assert tr.cache.meta["layout"] == list(layout)
+    with trace(pipe.unet, ["mid_block"], branches=("uncond", "cond")) as bare:
+        assert bare.layout() == ("uncond", "cond")  # what the branches= given say, before any call
+
+
 def test_batch_index_is_prompt_times_images_per_prompt_plus_image(pipe):
     torch.manual_seed(1)
     latents = torch.randn(4, 4, 8, 8)

@@ -27,7 +27,7 @@ def run_meta(tr, res: dict) -> dict:
         "image_size": [d * tr.vae_scale_factor for d in tr.latent] if started else None,
         "latent_size": list(tr.latent) if started else None,
         "vae_scale_factor": tr.vae_scale_factor if started else None,
-        "layout": list(tr.layout) if started else None,
+        "layout": list(tr.layout()) if started else None,
         "branches": list(tr.kept_branches) if started else None,
         "steps": list(tr.steps_seen) if k.step_mode in ("all", "list") else None,
         "summed_steps": list(tr.steps_seen) if k.step_mode in ("sum", "mean") else None,

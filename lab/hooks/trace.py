@@ -36,6 +36,7 @@ from .dit import family, grid_of, inputs, split_name
 from .outputs import read, write
 from .points import check_names, denoiser_of, points
 from .processor import processor_of
+from .swap import SWAPPABLE, Swap
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
 
@@ -72,7 +73,8 @@ class Context:
 
 
 def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callable] | None = None,
-          max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None) -> "Trace":
+          max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None,
+          swaps: Mapping[str, Callable] | None = None) -> "Trace":
     """Context manager that captures `names` (point names) at every denoiser call, and applies `edits`.
 
         with trace(pipe, ["mid_block"], keep=Keep(steps=[0, -1])) as tr:
@@ -88,9 +90,11 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
     same-shaped replacement (what is kept is then the replacement). max_bytes: the most the kept tensors may take; a
     run that would keep more is refused at its first step (before any denoising). branches: the guidance layout of
     the batch, e.g. ("uncond", "cond"); by default read from the pipeline at each step, ("cond",) for a bare UNet.
-    meta: extra metadata for the cache (e.g. {"seed": 0}).
+    meta: extra metadata for the cache (e.g. {"seed": 0}). swaps: {name: fn} for block, resnet and transformer
+    points; fn(run, ctx) runs in place of the module and returns its output, calling run() to run the module or not
+    (feature reuse; lab.hooks.swap).
     """
-    return Trace(model, names, keep, edits, max_bytes, branches, meta)
+    return Trace(model, names, keep, edits, max_bytes, branches, meta, swaps)
 
 
 def edited(model, edits: Mapping[str, Callable], branches=None) -> "Trace":
@@ -101,13 +105,13 @@ def edited(model, edits: Mapping[str, Callable], branches=None) -> "Trace":
 
     edits and branches as for trace(); the model is restored when the with-block ends, also after an error.
     """
-    return Trace(model, (), None, edits, DEFAULT_MAX_BYTES, branches, None)
+    return Trace(model, (), None, edits, DEFAULT_MAX_BYTES, branches, None, None)
 
 
 class Trace(Budget):
     """The running trace; ``tr.cache`` is its Cache once the with-block has ended. Build it with ``trace(...)``."""
 
-    def __init__(self, model, names, keep, edits, max_bytes, branches, meta):
+    def __init__(self, model, names, keep, edits, max_bytes, branches, meta, swaps=None):
         self.denoiser = denoiser_of(model)
         self.family = family(self.denoiser)
         self.what = "UNet" if self.family == "unet" else "transformer"
@@ -118,6 +122,15 @@ class Trace(Budget):
         for name, fn in self.edits.items():
             if not callable(fn):
                 raise TypeError(f"edit for {name!r} is a {type(fn).__name__}, not a function fn(tensor, ctx)")
+        self.swaps = dict(swaps or {})
+        check_names(self.denoiser, list(self.swaps))
+        self.kinds = {p.name: p.kind for p in points(self.denoiser)}
+        for name, fn in self.swaps.items():
+            if self.kinds[name] not in SWAPPABLE:
+                raise ValueError(f"swap for {name!r}: a {self.kinds[name]} point is not a whole module's output; "
+                                 f"swaps take {', '.join(SWAPPABLE)} points (attention maps are edited, not swapped)")
+            if not callable(fn):
+                raise TypeError(f"swap for {name!r} is a {type(fn).__name__}, not a function fn(run, ctx)")
         self.keep = Keep() if keep is None else keep
         if not isinstance(self.keep, Keep):
             raise TypeError(f"keep must be a lab.hooks.Keep, got {type(self.keep).__name__}")
@@ -129,7 +142,6 @@ class Trace(Budget):
                                  "most once, e.g. ('cond',) or ('uncond', 'cond')")
         self.layout_override = branches
         self.user_meta = dict(meta or {})
-        self.kinds = {p.name: p.kind for p in points(self.denoiser)}
         self.capture = set(self.names)
         self._cache: Cache | None = None
         self._used = False
@@ -144,6 +156,8 @@ class Trace(Budget):
         self.n_keys = None
         self._step_t = None
         self.kept_branches: list[str] = []
+        self._rows: tuple[str, ...] = ()
+        self.batch = None
         self.device = None
         self.store_device = None
         self.stores: dict[str, Store] = {}
@@ -162,6 +176,8 @@ class Trace(Budget):
                 if self.kinds[name] not in ATTENTION:
                     module = modules[split_name(name)[0]]
                     self._handles.append(module.register_forward_hook(self._feature_hook(name)))
+            for name, fn in self.swaps.items():
+                self._handles.append(Swap(name, modules[name], fn, self._swap_ctx(name)))
             for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
                 encoder = getattr(self.pipe, attr, None)
                 if isinstance(encoder, torch.nn.Module):
@@ -209,8 +225,21 @@ class Trace(Budget):
     def timestep(self) -> float | None:
         return None if self.t is None else _as_float(self.t)
 
+    def layout(self) -> tuple[str, ...]:
+        """The branch of each block of rows in the denoiser's batch, in order: ``("uncond", "cond")`` with
+        classifier-free guidance (rows ``ctx.rows(b)``), ``("cond",)`` without.
+
+            with trace(pipe, names) as tr:
+                pipe("a cat", guidance_scale=7.5)
+            tr.layout()        # ('uncond', 'cond'): rows [0, batch) unconditional, [batch, 2 * batch) conditional
+
+        From step 0 on, the run's layout (it cannot change within a run). Before it, the branches= given, else what the
+        pipeline says now, read as each step reads it: in a hook that runs before the trace's at the first denoiser
+        call (a memory check before step 0), the layout that call will have."""
+        return self._rows if self.step >= 0 else self._read_layout()
+
     # --- per denoiser call -------------------------------------------------------------------------------------------
-    def _layout(self) -> tuple[str, ...]:
+    def _read_layout(self) -> tuple[str, ...]:
         if self.layout_override is not None:
             return self.layout_override
         if self.pipe is None:
@@ -249,7 +278,7 @@ class Trace(Budget):
         self.step += 1
         self.t = t.detach().flatten()[0] if torch.is_tensor(t) else t  # stays on the device: no wait per step
         self._timesteps.append(self.t)
-        layout = self._layout()
+        layout = self._read_layout()
         if sample.shape[0] % len(layout):
             raise ValueError(f"{self.what} batch {sample.shape[0]} does not split into branches {layout}; pass "
                              "trace(..., branches=...) with the layout of the batch")
@@ -261,9 +290,9 @@ class Trace(Budget):
             raise RuntimeError(f"the {self.what} ran on {self.device} at step 0 and on {sample.device} at step "
                                f"{self.step}: the model was moved during the trace; move it before trace() (or enable "
                                "offloading before it), then run again")
-        elif (layout, batch) != (self.layout, self.batch):
+        elif (layout, batch) != (self._rows, self.batch):
             raise ValueError(f"step {self.step} has branches {layout} x batch {batch}, the first step had "
-                             f"{self.layout} x {self.batch}; one trace covers one pipeline call")
+                             f"{self._rows} x {self.batch}; one trace covers one pipeline call")
         self.slot = self._slot(self.step)
         if self.slot is not None:
             self.steps_seen.append(self.step)
@@ -277,7 +306,7 @@ class Trace(Budget):
         return step if mode == "all" else 0
 
     def _setup(self, sample, enc, layout, batch, args, kwargs) -> None:
-        self.layout, self.batch = layout, batch
+        self._rows, self.batch = layout, batch  # the run's branch layout (layout()) and rows per branch
         self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
         if self.family == "unet":
             self.latent = tuple(sample.shape[-2:])
@@ -319,7 +348,7 @@ class Trace(Budget):
     # --- what the capture processor asks (see lab.hooks.processor) ---------------------------------------------------
     def rows(self) -> tuple[tuple[str, ...], int]:
         """The guidance layout of this step's batch and the rows per branch."""
-        return self.layout, self.batch
+        return self._rows, self.batch
 
     def edits_now(self, name: str) -> bool:
         return self.step >= 0 and name in self.edits
@@ -349,7 +378,10 @@ class Trace(Budget):
     # --- per hooked module --------------------------------------------------------------------------------------------
     def _ctx(self, name: str) -> Context:
         p = self.points.get(name) if self.step >= 0 else None
-        return Context(name, self.step, self.t, self.layout, self.batch, p.resolution if p else None)
+        return Context(name, self.step, self.t, self._rows, self.batch, p.resolution if p else None)
+
+    def _swap_ctx(self, name: str):
+        return lambda: self._ctx(name) if self.step >= 0 else None
 
     def _feature_hook(self, name: str):
         kind = self.kinds[name]
@@ -359,7 +391,7 @@ class Trace(Budget):
                 return None
             hidden = read(output, kind, self.grid)  # (B, c, h, w), or (B, tokens, c)
             new = self.edit(name, hidden) if name in self.edits else None
-            self.record(name, hidden if new is None else new, self.layout)
+            self.record(name, hidden if new is None else new, self._rows)
             return None if new is None else write(output, kind, self.grid, new)
 
         return hook
