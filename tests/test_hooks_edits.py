@@ -86,6 +86,22 @@ def test_edited_is_trace_with_edits_only(pipe):
     assert all(type(m.processor).__name__ != "CaptureProcessor" for m in pipe.unet.modules() if hasattr(m, "processor"))
 
 
+def test_before_edits_keeps_the_models_own_maps_at_an_edited_point(pipe):
+    with trace(pipe, [ATTN2, "mid_block"], keep=Keep(steps=[0])) as plain:
+        generate(pipe)
+    with trace(pipe, [ATTN2], keep=Keep(steps=[0], before_edits=True), edits={ATTN2: scale_tokens([2], 0.0)}) as own:
+        with trace(pipe, [ATTN2], keep=Keep(steps=[0])) as replaced:  # an observer keeps the replacement
+            generate(pipe)
+    cond = plain.cache.meta["branches"].index("cond")
+    torch.testing.assert_close(own.cache[ATTN2], plain.cache[ATTN2], atol=1e-6, rtol=1e-5)  # step 0: same input
+    assert own.cache[ATTN2][0, cond, ..., 2].abs().max() > 0 and replaced.cache[ATTN2][0, cond, ..., 2].max() == 0
+    assert own.cache.meta["keep"]["before_edits"] is True
+    with trace(pipe, ["mid_block"], keep=Keep(steps=[0], before_edits=True),
+               edits={"mid_block": lambda out, ctx: out * 2}) as block:
+        generate(pipe)
+    assert torch.equal(block.cache["mid_block"], plain.cache["mid_block"])
+
+
 def test_replace_attention_puts_the_source_maps_in_the_target_run(pipe):
     names = select(pipe, kind="attn2", block="up")
     with trace(pipe, names, keep=Keep(steps="all")) as src:

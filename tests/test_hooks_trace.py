@@ -187,6 +187,22 @@ def test_layout_is_the_batchs_branches_before_step_0_and_during_the_run(pipe, gu
         assert bare.layout() == ("uncond", "cond")  # what the branches= given say, before any call
 
 
+def test_so_far_is_what_the_trace_has_kept_up_to_each_step(pipe):
+    summed, every = [], []
+    with trace(pipe, [ATTN2], keep=Keep(steps="sum", heads="mean")) as tr:
+        with trace(pipe, [ATTN2], keep=Keep(steps="all")) as tr_all:
+            assert tr.so_far(ATTN2) is None  # nothing kept before step 0
+            generate(pipe, steps=3, callback_on_step_end=lambda p, i, t, kw: (
+                summed.append(tr.so_far(ATTN2)), every.append(tr_all.so_far(ATTN2))) and kw)
+    full = tr_all.cache[ATTN2]  # (step, branch, batch, head, q, k)
+    for i in range(3):
+        assert torch.equal(every[i], full[:i + 1])
+        torch.testing.assert_close(summed[i], full[:i + 1].mean(3).sum(0))  # (branch, batch, q, k)
+    assert torch.equal(summed[-1], tr.cache[ATTN2])
+    with pytest.raises(ValueError, match="'mid_block' is not kept by this trace; it keeps: up_blocks"):
+        tr.so_far("mid_block")
+
+
 def test_batch_index_is_prompt_times_images_per_prompt_plus_image(pipe):
     torch.manual_seed(1)
     latents = torch.randn(4, 4, 8, 8)

@@ -18,7 +18,8 @@ layer, several points (the whole map and its four views, ``<path>:image->text`` 
 
 Subscribers are traces (``lab.hooks.trace.Trace``). Several may observe one layer (each keeping its own view); at most
 one may edit it. A subscriber answers ``edits_now(name)``, ``keeps_now(name)``, ``rows()`` -> (layout, batch),
-``kept_branches``, ``keeps_head_mean(name)``, ``text_tokens()`` (a DiT's text keys), ``edit(name, probs)`` and
+``kept_branches``, ``keeps_head_mean(name)``, ``keeps_before_edits(name)`` (the layer's own probabilities rather
+than the editor's replacement), ``text_tokens()`` (a DiT's text keys), ``edit(name, probs)`` and
 ``record(name, probs, branches)``; `name` is a point name (a module path, with a view suffix for joint attention).
 """
 from __future__ import annotations
@@ -263,15 +264,15 @@ class CaptureProcessor:
 
         probs = attn.get_attention_scores(query, key, attention_mask)  # (b*heads, q, k)
         bh, q, k = probs.shape
-        probs4 = probs.view(bh // attn.heads, attn.heads, q, k)  # (b, heads, q, k)
-        new = editor.edit(layer.name, probs4)
+        probs4 = own = probs.view(bh // attn.heads, attn.heads, q, k)  # (b, heads, q, k)
+        new = editor.edit(layer.name, probs4)  # a replacement; the edit leaves its input as it was
         if new is not None:
             probs4 = new
             probs = new.reshape(bh, q, k).to(value.dtype)
         layout, _ = editor.rows()
         for s in (editor, *observers):
             if s.keeps_now(layer.name):
-                s.record(layer.name, probs4, tuple(layout), False)
+                s.record(layer.name, own if s.keeps_before_edits(layer.name) else probs4, tuple(layout), False)
         hidden_states = torch.bmm(probs, value)  # (b*heads, q, d)
         hidden_states = attn.batch_to_head_dim(hidden_states)  # (b, q, heads*d)
 

@@ -210,6 +210,22 @@ class Trace(Budget):
             raise RuntimeError("the cache is ready after the with-block ends (and there is none if it raised)")
         return self._cache
 
+    def so_far(self, name: str) -> torch.Tensor | None:
+        """What this trace has kept of `name` so far, while the run goes on: ``cache[name]`` as it would be if the run
+        ended now (the same axes; with a step axis, the steps kept so far), a copy, on the device the trace keeps it
+        on during the run (the model's when it has room). None until the point is first kept.
+
+            with trace(pipe, names, keep=Keep(steps="sum", heads="mean", branches=("cond",))) as tr:
+                def look(pipeline, i, t, kw):
+                    maps = tr.so_far(names[0])   # (branch, batch, query, key): steps 0..i summed
+                    return kw
+                pipe("a cat", callback_on_step_end=look)
+        """
+        if name not in self.capture:
+            raise ValueError(f"{name!r} is not kept by this trace; it keeps: {', '.join(self.names) or 'nothing'}")
+        store = self.stores.get(name)
+        return None if store is None else store.so_far()
+
     @property
     def unet(self) -> torch.nn.Module:
         """The traced denoiser (a UNet, or an SD3 / Flux transformer); the name predates DiTs."""
@@ -356,6 +372,9 @@ class Trace(Budget):
     def keeps_now(self, name: str) -> bool:
         return self.step >= 0 and self.slot is not None and name in self.capture
 
+    def keeps_before_edits(self, name: str) -> bool:
+        return self.keep.before_edits
+
     def keeps_head_mean(self, name: str) -> bool:
         return self.keep.heads == "mean"
 
@@ -391,7 +410,7 @@ class Trace(Budget):
                 return None
             hidden = read(output, kind, self.grid)  # (B, c, h, w), or (B, tokens, c)
             new = self.edit(name, hidden) if name in self.edits else None
-            self.record(name, hidden if new is None else new, self._rows)
+            self.record(name, hidden if new is None or self.keep.before_edits else new, self._rows)
             return None if new is None else write(output, kind, self.grid, new)
 
         return hook
