@@ -22,7 +22,7 @@ import torch
 
 STEP_MODES = ("all", "sum", "mean")
 HEAD_MODES = ("all", "mean")
-BRANCHES = ("cond", "uncond")
+BRANCHES = ("cond", "uncond")  # the guidance branches a pipeline's batch has; trace(branches=) may name others
 ATTENTION = ("attn1", "attn2", "joint", "image->text", "text->image", "image->image", "text->text")
 TEXT_KEYS = ("attn2", "image->text", "text->text")  # attention kinds whose keys are text tokens (Keep.tokens)
 TOKEN_ROWS = ("projection", "text_block")  # kinds kept as (token, channel)
@@ -36,8 +36,10 @@ class Keep:
 
     steps: "all" | "sum" | "mean" | a list of step indices (negative ones count from the end when the pipeline's
     step count is known). heads: "all" | "mean". tokens: key indices kept for cross-attention (attn2), None = all.
-    branches: which guidance branches to keep, in this order along the "branch" axis ("cond", "uncond"); a branch
-    the run does not have (no "uncond" without guidance) is left out. device / dtype: where results are stored.
+    branches: which branches to keep, in this order along the "branch" axis ("cond", "uncond", or labels a trace's
+    branches= gives, e.g. "perturbed"); a guidance branch the run does not have (no "uncond" without guidance) is
+    left out, any other label the run does not have is refused at its first step. device / dtype: where results
+    are stored.
     before_edits: at a point an edit replaces (this trace's or another's), keep what the model computed there, not
     the replacement (the default); prompt-to-prompt's local blend reads an edited row's own maps this way.
     """
@@ -65,9 +67,9 @@ class Keep:
         if self.tokens is not None:
             object.__setattr__(self, "tokens", tuple(int(t) for t in self.tokens))
         branches = (self.branches,) if isinstance(self.branches, str) else tuple(self.branches)
-        bad = [b for b in branches if b not in BRANCHES]
-        if bad or not branches:
-            raise ValueError(f"Keep.branches={self.branches!r}; valid branches: {', '.join(BRANCHES)}")
+        if not branches or not all(isinstance(b, str) and b for b in branches) or len(set(branches)) != len(branches):
+            raise ValueError(f"Keep.branches={self.branches!r}: give branch labels, each once: "
+                             f"{', '.join(BRANCHES)}, or those a trace's branches= names")
         object.__setattr__(self, "branches", branches)
 
     def __repr__(self) -> str:

@@ -175,9 +175,12 @@ class CaptureProcessor:
         layer.caught.clear()
         layout, batch = observers[0].rows()
         wanted = [b for b in layout if any(b in s.kept_branches for s in observers)]
-        if wanted != list(layout):  # one branch of two: a contiguous half of the batch, sliced without a copy
-            first = layout.index(wanted[0]) * batch
-            q, k = q[first:first + batch * len(wanted)], k[first:first + batch * len(wanted)]  # (kept rows, ...)
+        at = [layout.index(b) for b in wanted]
+        if at == list(range(at[0], at[0] + len(at))) and len(at) < len(layout):  # contiguous: sliced without a copy
+            q, k = q[at[0] * batch:(at[-1] + 1) * batch], k[at[0] * batch:(at[-1] + 1) * batch]  # (kept rows, ...)
+        elif len(at) < len(layout):  # e.g. uncond and perturbed of (uncond, cond, perturbed)
+            rows = torch.cat([torch.arange(i * batch, (i + 1) * batch) for i in at]).to(q.device)
+            q, k = q[rows], k[rows]  # (kept rows, ...)
         mean_only = all(s.keeps_head_mean(name) for s in observers)
         probs = _probabilities(attn, q, k, attention_mask, mean_only)  # (b, heads or 1, q, k) float32
         for s in observers:

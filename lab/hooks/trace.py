@@ -65,7 +65,7 @@ class Context:
         return _as_float(self.t)
 
     def rows(self, branch: str) -> slice:
-        """Batch rows of `branch` ('cond' | 'uncond') in the tensor an edit gets."""
+        """Batch rows of `branch` ('cond', 'uncond', or a label trace(branches=) gave) in the tensor an edit gets."""
         if branch not in self.branches:
             raise ValueError(f"branch {branch!r} is not in this step's batch; branches: {', '.join(self.branches)}")
         i = self.branches.index(branch)
@@ -88,8 +88,9 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
     for attention points gets probabilities (batch, heads, query, key), fn(output, ctx) for others gets the hidden
     states (batch, channel, h, w), or (batch, token, channel) for a projection; it returns None to observe or a
     same-shaped replacement (what is kept is then the replacement). max_bytes: the most the kept tensors may take; a
-    run that would keep more is refused at its first step (before any denoising). branches: the guidance layout of
-    the batch, e.g. ("uncond", "cond"); by default read from the pipeline at each step, ("cond",) for a bare UNet.
+    run that would keep more is refused at its first step (before any denoiser call). branches: the layout of the
+    batch, a label per block of rows, e.g. ("uncond", "cond"), or ("uncond", "cond", "perturbed") for rows a loop of
+    your own adds (PAG); by default read from the pipeline at each step, ("cond",) for a bare UNet.
     meta: extra metadata for the cache (e.g. {"seed": 0}). swaps: {name: fn} for block, resnet and transformer
     points; fn(run, ctx) runs in place of the module and returns its output, calling run() to run the module or not
     (feature reuse; lab.hooks.swap).
@@ -137,9 +138,10 @@ class Trace(Budget):
         self.max_bytes = int(max_bytes)
         if branches is not None:
             branches = (branches,) if isinstance(branches, str) else tuple(branches)
-            if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
-                raise ValueError(f"branches={branches!r}: give the batch layout with each of {', '.join(BRANCHES)} at "
-                                 "most once, e.g. ('cond',) or ('uncond', 'cond')")
+            if not branches or not all(isinstance(b, str) and b for b in branches) or len(set(branches)) != len(
+                    branches):
+                raise ValueError(f"branches={branches!r}: give the batch layout, a label for each block of rows, "
+                                 "each once, e.g. ('cond',), ('uncond', 'cond') or ('uncond', 'cond', 'perturbed')")
         self.layout_override = branches
         self.user_meta = dict(meta or {})
         self.capture = set(self.names)
@@ -333,6 +335,10 @@ class Trace(Budget):
         size = (self.latent[0] * vsf, self.latent[1] * vsf)
         self.points = {p.name: p for p in points(self.denoiser, size, vsf, text_tokens=self.n_keys)}
         kept = [b for b in self.keep.branches if b in layout]
+        unknown = [b for b in self.keep.branches if b not in layout and b not in BRANCHES]
+        if unknown:
+            raise ValueError(f"Keep.branches has {unknown[0]!r}, which is not a branch of this run; its branches: "
+                             f"{', '.join(layout)} (name others with trace(..., branches=...))")
         if not kept:
             raise ValueError(f"Keep.branches={self.keep.branches} but this run's batch has only {layout} "
                              "(no 'uncond' without classifier-free guidance, i.e. guidance_scale <= 1)")
