@@ -19,16 +19,18 @@ move once at the end; nothing in a step waits for the device. Traces nest, also 
 keeps head-averaged maps at every step, an inner one every head at a few steps, or the queries ``<layer>.to_q``); at
 most one of them may edit a layer. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
 do_classifier_free_guidance is on: SD, SDXL, SD3) is read at each step; FLUX.1-dev's guidance is an embedding and
-schnell has none, so every Flux row is 'cond'. A bare model is traced with an explicit `branches=`.
+schnell has none, so every Flux row is 'cond'. A bare model is traced with an explicit `branches=`, which may name
+rows of your own (PAG's "perturbed"). While the run goes on, ``tr.so_far(name)`` reads what is kept so far and
+``tr.layout()`` the batch's branches; ``swaps=`` run a function in place of a block (lab.hooks.swap).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
 from .cache import Cache
+from .context import Context, as_float
 from .budget import Budget
 from .keep import ATTENTION, BRANCHES, Keep, Store, axes, reduce
 from .meta import run_meta
@@ -39,37 +41,6 @@ from .processor import processor_of
 from .swap import SWAPPABLE, Swap
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
-
-
-@dataclass(frozen=True)
-class Context:
-    """What an edit function is told besides the tensor: ``fn(probs, ctx)`` / ``fn(output, ctx)``.
-
-        def only_cond(probs, ctx):
-            probs = probs.clone(); probs[ctx.rows("cond"), :, :, 5] = 0; return probs
-
-    branches is the layout of the batch (("uncond", "cond"): first `batch` rows unconditional); batch is the rows per
-    branch (prompts * images_per_prompt); resolution is the point's (h, w), queries being h*w of them.
-    """
-
-    point: str
-    step: int
-    t: torch.Tensor | float = field(repr=False)  # the denoiser's timestep argument, as given (read .timestep)
-    branches: tuple[str, ...]
-    batch: int
-    resolution: tuple[int, int] | None
-
-    @property
-    def timestep(self) -> float:
-        """The step's timestep as a float (reading it waits for the device, so it is read only when asked)."""
-        return _as_float(self.t)
-
-    def rows(self, branch: str) -> slice:
-        """Batch rows of `branch` ('cond', 'uncond', or a label trace(branches=) gave) in the tensor an edit gets."""
-        if branch not in self.branches:
-            raise ValueError(f"branch {branch!r} is not in this step's batch; branches: {', '.join(self.branches)}")
-        i = self.branches.index(branch)
-        return slice(i * self.batch, (i + 1) * self.batch)
 
 
 def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callable] | None = None,
@@ -237,11 +208,11 @@ class Trace(Budget):
     def timesteps(self) -> list[float]:
         """The timestep of every denoiser call so far, as floats (reading them waits for the device). Flux's
         transformer takes t / 1000 (the sigma), SD3's the scheduler's t."""
-        return [_as_float(t) for t in self._timesteps]
+        return [as_float(t) for t in self._timesteps]
 
     @property
     def timestep(self) -> float | None:
-        return None if self.t is None else _as_float(self.t)
+        return None if self.t is None else as_float(self.t)
 
     def layout(self) -> tuple[str, ...]:
         """The branch of each block of rows in the denoiser's batch, in order: ``("uncond", "cond")`` with
@@ -441,6 +412,3 @@ class Trace(Budget):
             res[name] = list(self.points[name].resolution)
         return Cache(tensors, axes_, run_meta(self, res))
 
-
-def _as_float(t) -> float:
-    return float(t.item()) if torch.is_tensor(t) else float(t)
