@@ -24,9 +24,9 @@ identity edit replaces the chosen layers' maps on the 'perturbed' rows only:
     eps = uncond + guidance * (cond - uncond) + pag_scale * (cond - perturbed)      (guidance > 1: with CFG)
     eps = cond + pag_scale * (cond - perturbed)                                     (guidance <= 1: without)
 
-One call a step instead of two (1.1x to 1.7x faster on the CPU at small size). In the chosen layers every row runs
-the eager attention math (lab.hooks edits do), so uncond and cond differ from a separate unperturbed call in the last
-float bits (within tests/devices.py's batch_close). SD 1.x / 2.x and SDXL (its pooled text and size conditioning).
+One call a step instead of two. In the chosen layers every row runs the eager attention math (lab.hooks edits do),
+so uncond and cond differ from a separate unperturbed call in the last float bits (within tests/devices.py's
+batch_close; test_pag holds it to a two-call reference). SD 1.x / 2.x and SDXL (its pooled text and size conditioning).
 """
 from __future__ import annotations
 
