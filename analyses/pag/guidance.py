@@ -30,9 +30,8 @@ batch_close; test_pag holds it to a two-call reference). SD 1.x / 2.x and SDXL (
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import contextlib
+from typing import Sequence
 
 import numpy as np
 import torch
