@@ -86,6 +86,22 @@ def test_edited_is_trace_with_edits_only(pipe):
     assert all(type(m.processor).__name__ != "CaptureProcessor" for m in pipe.unet.modules() if hasattr(m, "processor"))
 
 
+def test_before_edits_keeps_the_models_own_maps_at_an_edited_point(pipe):
+    with trace(pipe, [ATTN2, "mid_block"], keep=Keep(steps=[0])) as plain:
+        generate(pipe)
+    with trace(pipe, [ATTN2], keep=Keep(steps=[0], before_edits=True), edits={ATTN2: scale_tokens([2], 0.0)}) as own:
+        with trace(pipe, [ATTN2], keep=Keep(steps=[0])) as replaced:  # an observer keeps the replacement
+            generate(pipe)
+    cond = plain.cache.meta["branches"].index("cond")
+    torch.testing.assert_close(own.cache[ATTN2], plain.cache[ATTN2], atol=1e-6, rtol=1e-5)  # step 0: same input
+    assert own.cache[ATTN2][0, cond, ..., 2].abs().max() > 0 and replaced.cache[ATTN2][0, cond, ..., 2].max() == 0
+    assert own.cache.meta["keep"]["before_edits"] is True
+    with trace(pipe, ["mid_block"], keep=Keep(steps=[0], before_edits=True),
+               edits={"mid_block": lambda out, ctx: out * 2}) as block:
+        generate(pipe)
+    assert torch.equal(block.cache["mid_block"], plain.cache["mid_block"])
+
+
 def test_replace_attention_puts_the_source_maps_in_the_target_run(pipe):
     names = select(pipe, kind="attn2", block="up")
     with trace(pipe, names, keep=Keep(steps="all")) as src:
@@ -156,3 +172,49 @@ def test_run_until_a_down_block_returns_its_hidden_states(pipe):
     assert run_until(unet, "down_blocks.1", sample, 10, text).shape == (1, 64, 2, 2)
     with pytest.raises(ValueError, match="nearest: down_blocks.1"):
         run_until(unet, "down_block.1", sample, 10, text)
+
+
+def test_a_swap_that_runs_its_module_changes_nothing_and_is_put_back(pipe):
+    ref = generate(pipe)
+    block = pipe.unet.mid_block
+    with trace(pipe, swaps={"mid_block": lambda run, ctx: run()}):
+        assert "forward" in vars(block)  # the instance's forward, the module itself left in place
+        out = generate(pipe)
+    assert torch.equal(out, ref)
+    assert pipe.unet.mid_block is block and "forward" not in vars(block)
+
+
+def test_a_swap_that_returns_a_kept_output_skips_the_module(pipe):
+    kept, runs = {}, []
+
+    def reuse(run, ctx):  # run the block at step 0 only, then reuse its output
+        if ctx.step == 0:
+            kept["out"] = run()
+        return kept["out"]
+
+    handle = pipe.unet.mid_block.resnets[0].register_forward_hook(lambda m, a, o: runs.append(1))
+    try:
+        with trace(pipe, ["mid_block"], keep=Keep(steps="all"), swaps={"mid_block": reuse}) as tr:
+            out = generate(pipe, steps=3)
+    finally:
+        handle.remove()
+    assert len(runs) == 1
+    seen = tr.cache["mid_block"]  # (step, branch, batch, c, h, w): a trace on the point sees what the swap returned
+    assert torch.equal(seen[0], seen[2]) and not torch.equal(out, generate(pipe, steps=3))
+
+
+def test_a_swap_is_put_back_also_after_an_error(pipe):
+    with pytest.raises(RuntimeError, match="boom"):
+        with trace(pipe, swaps={"up_blocks.1": lambda run, ctx: run()}):
+            raise RuntimeError("boom")
+    assert "forward" not in vars(pipe.unet.up_blocks[1])
+
+
+def test_a_swap_of_an_attention_layer_or_of_a_swapped_module_is_refused(pipe):
+    with pytest.raises(ValueError, match="attn2 point is not a whole module's output; swaps take block, resnet"):
+        trace(pipe, swaps={ATTN2: lambda run, ctx: run()})
+    with trace(pipe, swaps={"mid_block": lambda run, ctx: run()}):
+        with pytest.raises(RuntimeError, match="'mid_block' is already swapped by an enclosing trace"):
+            with trace(pipe, swaps={"mid_block": lambda run, ctx: run()}):
+                pass
+    assert "forward" not in vars(pipe.unet.mid_block)

@@ -29,6 +29,9 @@ class Subscriber:
     def keeps_head_mean(self, name):
         return False
 
+    def keeps_before_edits(self, name):
+        return False
+
     def edit(self, name, probs):
         return self.replace
 

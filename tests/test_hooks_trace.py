@@ -171,6 +171,38 @@ def test_branches_are_labelled_with_guidance(pipe):
     assert not torch.allclose(g.take(ATTN2, step=0, branch="cond"), e.take(ATTN2, step=0, branch="cond"), atol=1e-4)
 
 
+@pytest.mark.parametrize("guidance, layout", [(7.5, ("uncond", "cond")), (1.0, ("cond",))])
+def test_layout_is_the_batchs_branches_before_step_0_and_during_the_run(pipe, guidance, layout):
+    seen = []
+    first = pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(("before", tr.step, tr.layout())))
+    try:
+        with trace(pipe, [ATTN2]) as tr:  # its pre-hook runs after `first`: at the first call, step is still -1
+            generate(pipe, steps=2, guidance_scale=guidance,
+                     callback_on_step_end=lambda p, i, t, kw: seen.append(("step", tr.step, tr.layout())) or kw)
+    finally:
+        first.remove()
+    assert seen[:2] == [("before", -1, layout), ("step", 0, layout)] and tr.layout() == layout
+    assert tr.cache.meta["layout"] == list(layout)
+    with trace(pipe.unet, ["mid_block"], branches=("uncond", "cond")) as bare:
+        assert bare.layout() == ("uncond", "cond")  # what the branches= given say, before any call
+
+
+def test_so_far_is_what_the_trace_has_kept_up_to_each_step(pipe):
+    summed, every = [], []
+    with trace(pipe, [ATTN2], keep=Keep(steps="sum", heads="mean")) as tr:
+        with trace(pipe, [ATTN2], keep=Keep(steps="all")) as tr_all:
+            assert tr.so_far(ATTN2) is None  # nothing kept before step 0
+            generate(pipe, steps=3, callback_on_step_end=lambda p, i, t, kw: (
+                summed.append(tr.so_far(ATTN2)), every.append(tr_all.so_far(ATTN2))) and kw)
+    full = tr_all.cache[ATTN2]  # (step, branch, batch, head, q, k)
+    for i in range(3):
+        assert torch.equal(every[i], full[:i + 1])
+        torch.testing.assert_close(summed[i], full[:i + 1].mean(3).sum(0))  # (branch, batch, q, k)
+    assert torch.equal(summed[-1], tr.cache[ATTN2])
+    with pytest.raises(ValueError, match="'mid_block' is not kept by this trace; it keeps: up_blocks"):
+        tr.so_far("mid_block")
+
+
 def test_batch_index_is_prompt_times_images_per_prompt_plus_image(pipe):
     torch.manual_seed(1)
     latents = torch.randn(4, 4, 8, 8)
@@ -249,6 +281,25 @@ def test_bare_unet_needs_no_pipeline_and_takes_the_branch_layout(pipe):
     assert torch.allclose(tr2.cache["up_blocks.1"][0, 0, 0], tr.cache["up_blocks.1"][0, 0, 1])
 
 
+def test_a_batch_can_have_branches_of_its_own_and_keeps_and_edits_name_them(pipe):
+    """PAG's layout: perturbed rows beside uncond and cond in one batch."""
+    unet = pipe.unet
+    torch.manual_seed(0)
+    sample, text = torch.randn(3, 4, 8, 8), torch.randn(3, 77, unet.config.cross_attention_dim)
+    seen = []
+    layout = ("uncond", "cond", "perturbed")
+    with trace(unet, [ATTN2], keep=Keep(branches=("perturbed", "uncond")), branches=layout,
+               edits={"mid_block": lambda out, ctx: seen.append((ctx.branches, ctx.rows("perturbed")))}) as tr:
+        unet(sample, 500, text)
+    with trace(unet, [ATTN2]) as alone:  # a bare UNet: every row 'cond'
+        unet(sample, 500, text)
+    kept, every = tr.cache[ATTN2], alone.cache[ATTN2]  # (step, branch, batch, head, q, k): (1, 2, 1, ..), (1, 1, 3, ..)
+    torch.testing.assert_close(kept[0, 0, 0], every[0, 0, 2], atol=1e-6, rtol=1e-5)  # perturbed: the third row
+    torch.testing.assert_close(kept[0, 1, 0], every[0, 0, 0], atol=1e-6, rtol=1e-5)  # uncond: the first
+    assert tr.cache.meta["layout"] == list(layout) and tr.cache.meta["branches"] == ["perturbed", "uncond"]
+    assert seen == [(layout, slice(2, 3))]
+
+
 @pytest.mark.parametrize("make", [lambda: "slicing", AttnProcessor, AttnProcessor2_0, lambda: SlicedAttnProcessor(2)])
 def test_user_processors_do_not_hide_maps_and_are_put_back(pipe, make):
     with trace(pipe, [ATTN1, ATTN2], keep=Keep(steps=[0])) as ref:
@@ -285,8 +336,12 @@ def test_an_unknown_processor_is_refused_rather_than_replaced(pipe):
 def test_bad_keep_values_name_the_valid_ones(pipe):
     with pytest.raises(ValueError, match="valid: 'all', 'sum', 'mean'"):
         Keep(steps="last")
-    with pytest.raises(ValueError, match="valid branches: cond, uncond"):
-        Keep(branches=("positive",))
+    with pytest.raises(ValueError, match="give branch labels, each once: cond, uncond"):
+        Keep(branches=("cond", "cond"))
+    with pytest.raises(ValueError, match="Keep.branches has 'positive', which is not a branch of this run; its "
+                                         "branches: uncond, cond"):
+        with trace(pipe, [ATTN2], keep=Keep(branches=("positive",))):
+            generate(pipe)
     with pytest.raises(ValueError, match=r"Keep.tokens \[80\] out of range: cross-attention has 77"):
         with trace(pipe, [ATTN2], keep=Keep(tokens=[80])):
             generate(pipe)

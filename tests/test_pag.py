@@ -10,6 +10,7 @@ from analyses import pag
 from analyses.pag.score import CHECKS, scenes, verdict
 from lab.hooks import trace
 from lab.world import render
+from devices import batch_close
 from tiny_models import one_thread, tiny_pipeline  # noqa: F401
 
 PROMPTS, SEEDS = ["a red square", "a blue circle"], [0, 1]
@@ -57,6 +58,40 @@ def test_the_identity_edit_makes_each_querys_output_its_own_value(pipe):
         for h in hooks:
             h.remove()
     torch.testing.assert_close(seen["out"], attn.to_out[0](seen["v"]))
+
+
+@torch.no_grad()
+def _two_calls(pipe, guidance, pag_scale=3.0, steps=3):
+    """The reference: PAG's perturbed prediction as a second UNet call on the conditional rows alone."""
+    from analyses.pag.guidance import _conditioning, _step_kwargs
+
+    unet, n, cfg, names = pipe.unet, len(PROMPTS), guidance > 1, pag.layers(pipe, "all")
+    gens = [torch.Generator(pipe.device).manual_seed(s) for s in SEEDS]
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    text, added = _conditioning(pipe, PROMPTS, pipe.device, cfg, 64, 64)
+    scheduler.set_timesteps(steps, device=pipe.device)
+    latents = pipe.prepare_latents(n, unet.config.in_channels, 64, 64, text.dtype, pipe.device, gens)
+    for t in scheduler.timesteps:
+        x = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
+        eps = unet(x, t, encoder_hidden_states=text, added_cond_kwargs=added or None, return_dict=False)[0]
+        eps_cond = eps
+        if cfg:
+            eps_uncond, eps_cond = eps.chunk(2)  # each (n, c, h, w)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        with trace(unet, [], edits={name: pag.identity_attention for name in names}, branches=("cond",)):
+            perturbed = unet(x[-n:], t, encoder_hidden_states=text[-n:], return_dict=False,
+                             added_cond_kwargs={k: v[-n:] for k, v in added.items()} or None)[0]
+        latents = scheduler.step(eps + pag_scale * (eps_cond - perturbed), t, latents, **_step_kwargs(scheduler, gens),
+                                 return_dict=False)[0]
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=gens)[0]
+    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * n)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 7.5])
+def test_perturbed_rows_in_the_guided_batch_give_the_images_of_a_separate_perturbed_call(pipe, guidance):
+    ours = pag.generate(pipe, PROMPTS, SEEDS, steps=3, guidance=guidance, pag_scale=3.0, layers="all", height=64,
+                        width=64)
+    batch_close(torch.from_numpy(ours), torch.from_numpy(_two_calls(pipe, guidance)))
 
 
 def test_the_identity_edit_refuses_cross_attention_maps():

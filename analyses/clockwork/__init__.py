@@ -9,7 +9,7 @@ block's output gets noise at one step, and what reusing the low-resolution block
     stats["mid_block"].reused, stats["mid_block"].seconds
 
 Perturbation / noise_edit / perturbed        perturb.py: relative noise on a block's output at a step (lab.hooks edit)
-reuse / Reused / every / low_resolution_blocks   reuse.py: a block skipped on chosen steps (swapped-in wrapper)
+reuse / Reused / every / low_resolution_blocks   reuse.py: a block skipped on chosen steps (a lab.hooks swap)
 moved / reading                              score.py: pixel RMS and the parser's reading against the plain run
 sensitivity_map / tradeoff                   plot.py: block x step heat map; quality lost against time saved
 Noiser / Reuser                              widgets.py: the notebook's controls

@@ -14,17 +14,17 @@ it ran is used instead, so its compute is really skipped.
 low_resolution_blocks(pipe)      the blocks that run at the UNet's lowest resolution: the last down block, the mid
                                  block, the first up block
 every(k, steps)                  the steps that reuse when the block runs every k-th step (steps 0, k, 2k ... run)
-reuse(pipe, blocks, steps)       context manager: each block is swapped for a Reused wrapper during the with-block
-                                 and put back after it (also after an error); yields {block: Reused}
+reuse(pipe, blocks, steps)       context manager: each block is swapped out on `steps` for the length of the
+                                 with-block (a lab.hooks swap point, put back after it, also after an error);
+                                 yields {block: Reused}
 
-Why a swapped-in module and not a hook: a forward hook that replaces a block's output still runs the block, and a
-forward pre-hook cannot return an output, so neither saves any time. The wrapper's forward either calls the block
-(and keeps its output: for a down block the (hidden states, skips) tuple) or returns what it kept, and it times
-the calls that run (Reused.seconds, CPU time of this process), so the study can report both the measured saving and
-the block's share of the UNet's time. Every other attribute is the block's own (the UNet reads `resnets`,
-`has_cross_attention` from it). Steps are the wrapper's calls, one per UNet call: one `with reuse(...)` block
-holds one pipeline call. A reused output is the same tensor, batch for batch, so the guidance layout and the batch
-must not change between steps (they do not within a pipeline call).
+Why a swap and not an edit: an edit replaces a block's output after the block has run, so it saves no time. A swap
+(``trace(pipe, swaps=...)``, lab.hooks.swap) runs in place of the block's forward: Reused.swap either runs the block
+(and keeps its output: for a down block the (hidden states, skips) tuple) or returns what it kept, and it times the
+calls that run (Reused.seconds, CPU time of this process), so the study can report both the measured saving and the
+block's share of the UNet's time. The block stays the UNet's own module. Steps are the trace's (one per UNet call):
+one `with reuse(...)` block holds one pipeline call. A reused output is the same tensor, batch for batch, so the
+guidance layout and the batch must not change between steps (the trace refuses a call where they do).
 """
 from __future__ import annotations
 
@@ -32,9 +32,7 @@ import contextlib
 import time
 from typing import Iterable, Sequence
 
-from torch import nn
-
-from lab.hooks import select
+from lab.hooks import select, trace
 from lab.pipes import unet_only
 
 
@@ -59,68 +57,38 @@ def every(k: int, steps: int) -> list[int]:
     return [s for s in range(steps) if s % k]
 
 
-class Reused(nn.Module):
-    """A block that runs on the steps not in `reuse` and returns its last output on those in it."""
+class Reused:
+    """What one block did under reuse(): `ran` and `reused` counts, the CPU `seconds` of its runs; `swap` is its
+    lab.hooks swap function, which returns the last output on the steps in `reuse` (once there is one)."""
 
-    def __init__(self, block: nn.Module, reuse: Iterable[int]):
-        super().__init__()
-        self.block = block
+    def __init__(self, reuse: Iterable[int]):
         self.reuse = {int(s) for s in reuse}
-        self.step, self.kept, self.ran, self.reused, self.seconds = -1, None, 0, 0, 0.0
+        self.kept, self.ran, self.reused, self.seconds = None, 0, 0, 0.0
 
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("block"), name)
-
-    def forward(self, *args, **kwargs):
-        self.step += 1
-        if self.step in self.reuse and self.kept is not None:
+    def swap(self, run, ctx):
+        if ctx.step in self.reuse and self.kept is not None:
             self.reused += 1
             return self.kept
         t0 = time.process_time()
-        self.kept = self.block(*args, **kwargs)  # hidden (B, c, h, w), or (hidden, skips) for a down block
+        self.kept = run()  # hidden (B, c, h, w), or (hidden, skips) for a down block
         self.seconds += time.process_time() - t0
         self.ran += 1
         return self.kept
 
 
-def _parent_and_key(unet, name: str):
-    if name == "mid_block":
-        return unet, "mid_block"
-    group, index = name.split(".")
-    return getattr(unet, group), int(index)
-
-
 @contextlib.contextmanager
 def reuse(pipe, blocks: Sequence[str], steps: Iterable[int]):
-    """Swap each of `blocks` (block point names) for a Reused wrapper reusing on `steps`; put them back on exit."""
+    """Skip each of `blocks` (block point names) on `steps`, reusing its last output; yields {block: Reused}."""
     require_unet(pipe)
-    unet = pipe.unet
     valid = select(pipe, kind="block")
     bad = [b for b in blocks if b not in valid]
     if bad:
         raise ValueError(f"{bad[0]!r} is not a block of this UNet; blocks: {', '.join(valid)}")
     steps = list(steps)
-    swapped, stats = [], {}
+    stats = {name: Reused(steps) for name in blocks}
     try:
-        for name in blocks:
-            parent, key = _parent_and_key(unet, name)
-            block = parent[key] if isinstance(key, int) else getattr(parent, key)
-            wrapper = Reused(block, steps)
-            if isinstance(key, int):
-                parent[key] = wrapper
-            else:
-                setattr(parent, key, wrapper)
-            swapped.append((parent, key, block))
-            stats[name] = wrapper
-        yield stats
+        with trace(pipe, swaps={name: r.swap for name, r in stats.items()}):
+            yield stats
     finally:
-        for wrapper in stats.values():
-            wrapper.kept = None  # the last outputs: the stats stay readable, the tensors go
-        for parent, key, block in reversed(swapped):
-            if isinstance(key, int):
-                parent[key] = block
-            else:
-                setattr(parent, key, block)
+        for r in stats.values():
+            r.kept = None  # the last outputs: the stats stay readable, the tensors go

@@ -7,7 +7,7 @@ blocks' outputs from the previous step (Clockwork Diffusion, DeepCache) cost in 
 Sensitivity: for every block point and step, noise with ||noise|| = r ||output|| (per image) is added to that block's
 output at that step only (a lab.hooks edit); the final image is compared with the plain run of the same seed (pixel
 RMS, and whether the parser reads it differently). Reuse: each low-resolution block (alone, and all three) is swapped
-for a wrapper that skips it on every k-th-but-first step and returns its previous output; the images are compared with
+out (a lab.hooks swap) on every k-th-but-first step and returns its previous output; the images are compared with
 the plain run of the same seeds. Captions and readings are in the world the model was trained on
 (``lab.world.world_of``). Time saved is reported twice, in UNet CPU time (one thread, time.process_time): measured
 within the run (1 - its UNet time / (its mean full step x steps): the steps that skip against those that do not, so
@@ -158,8 +158,8 @@ def section(sens, reuse_rows, share, info) -> str:
         lines.append(f"| {b} | {info['resolutions'][b]} | {by_block[i]:.1f} | {k}/{n} |")
     lines += ["", f"Most sensitive: `{blocks[worst[0]]}` at step {worst[1]} (pixel RMS {rms[worst]:.1f}).", "",
               f"Reuse: {info['n_reuse']} captions, {info['steps_reuse']} DDIM steps; a block 'run every k' runs on "
-              "steps 0, k, 2k, ... and returns its previous output on the others (a wrapper module swapped in for the "
-              "run and put back after: its compute is really skipped). Low-resolution blocks' share of the UNet's "
+              "steps 0, k, 2k, ... and returns its previous output on the others (a lab.hooks swap in place of the "
+              "block for the run: its compute is really skipped). Low-resolution blocks' share of the UNet's "
               "CPU time in the plain run: " + ", ".join(f"`{b}` {s:.0%}" for b, s in share.items()) + ".", "",
               "![reuse](clockwork_reuse.png)", "",
               "| run | reading changed vs plain (95% CI) | clean object | pixel RMS | UNet time saved: measured | "

@@ -165,7 +165,7 @@ class Capture:
         sample, _, text = inputs(tr.family, args, kwargs)  # UNet / SD3 (B, c, h, w); Flux (B, tokens, c)
         latent = tuple(sample.shape[-2:]) if not self.dit else grid_of(tr.denoiser, sample, args, kwargs)[1]
         keys = text.shape[1] if self.dit and torch.is_tensor(text) else None
-        layout = tr._layout()
+        layout = tr.layout()
         scheduler = getattr(self.pipe, "scheduler", None)
         steps = getattr(self.pipe, "_num_timesteps", None) or (len(scheduler.timesteps) if scheduler else None)
         if not steps:

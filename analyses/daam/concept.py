@@ -163,7 +163,7 @@ class ConceptCapture:
     def _on_step(self, module, args) -> None:
         tr = self.trace
         b, (h, w) = tr.batch, tr.grid
-        i = tr.layout.index("cond")
+        i = tr.layout().index("cond")
         self.rows = slice(i * b, (i + 1) * b)
         if tr.step == 0:
             steps = tr.total_steps or 1

@@ -22,7 +22,9 @@ the reweight factor; below self_steps its self-attention is the source row's (la
 the authors' code does). Local blending keeps, after each step from blend_start on, the source's latents outside
 the union of the blend words' maps (summed over layers and the steps so far, in the source and in the edit,
 max-pooled, min-max normalised, above blend_threshold; the paper divides by the max, but small models' maps
-have a floor that then covers the image): z_edit = z_source + mask * (z_edit - z_source).
+have a floor that then covers the image): z_edit = z_source + mask * (z_edit - z_source). The maps are the ones
+the model made, before the injection replaced them: the edit's trace keeps them (Keep(before_edits=True), summed
+over steps, heads averaged, the blend words' keys) and the blend reads its running sums (Trace.so_far).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab.hooks import select, trace
+from lab.hooks import Keep, points, select, trace
 from lab.pipes import unet_only
 
 from .align import Alignment, align, token_positions
@@ -117,21 +119,24 @@ def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int |
     per = 1 + len(controls) + int(plain)  # rows per request: source, one per control, plain
     prompts = [p for r in requests for p in [r.source] + [r.target] * (per - 1)]
     plan = _Plan(alignments, weights, blends, [c.steps(steps) for c in controls], [c.blend for c in controls], per)
-    edits = {n: plan.cross_edit for n in select(pipe, kind="attn2")}
+    cross = select(pipe, kind="attn2")
+    edits = {n: plan.cross_edit for n in cross}
     if any(s for _, s in plan.counts):
         edits.update({n: plan.self_edit for n in select(pipe, kind="attn1")})
     start = int(round(blend_start * steps))
+    blended = any(c.blend for c in controls)
+    keep = Keep(steps="sum", heads="mean", tokens=plan.keys, branches=("cond",), before_edits=True) if blended else None
 
     def on_step(pipeline, i, t, kw):
-        if i >= start and plan.sums is not None:
-            kw["latents"] = plan.blend_latents(kw["latents"], blend_threshold)
+        if i >= start:
+            maps = {n: tr.so_far(n) for n in cross}  # each (1, cond rows, q, blend keys): steps 0..i summed
+            kw["latents"] = plan.blend_latents(kw["latents"], blend_threshold, maps, pipeline)
         return kw
 
     gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds for _ in range(per)]
-    with trace(pipe, [], edits=edits):
+    with trace(pipe, cross if blended else [], keep=keep, edits=edits) as tr:
         out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
-                   callback_on_step_end=on_step if any(c.blend for c in controls) else None,
-                   **call_kwargs).images  # (rows, H, W, 3) float in [0, 1]
+                   callback_on_step_end=on_step if blended else None, **call_kwargs).images  # (rows, H, W, 3) in [0, 1]
     images = (np.asarray(out) * 255).round().astype(np.uint8).reshape(len(requests), per, *np.shape(out)[1:])
     kinds = ["source"] + labels + (["plain"] if plain else [])
     result = Edited({k: images[:, i] for i, k in enumerate(kinds)}, alignments=alignments, labels=labels)
@@ -167,19 +172,19 @@ def _maybe(pipe, prompt: str, word: str) -> list[int]:
 
 
 class _Plan:
-    """The edit functions of one batch, and the running sums of the blend words' maps."""
+    """The edit functions of one batch, and the local blend from the blend words' running maps."""
 
     def __init__(self, alignments, weights, blends, counts, blended, per):
         self.alignments, self.weights, self.blends = alignments, weights, blends
         self.counts, self.blended, self.per = counts, blended, per
         self.max_cross = max(c for c, _ in counts)
-        self.sums = None if not any(blended) else {}  # step-independent running sum: row -> (h, w) at latent size
+        # the keys the trace keeps for the blend: every blend word's, source and target
+        self.keys = sorted({t for b in blends if b for t in b[0] + b[1]}) if any(blended) else None
+        self.sizes: dict[str, tuple[int, int]] = {}  # each cross-attention layer's (h, w) in this run
         self.last_masks = None
 
     def cross_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, keys)
         cond = ctx.rows("cond")
-        if self.sums is not None:
-            self._accumulate(probs, cond, ctx)
         if ctx.step >= self.max_cross:
             return None
         out = probs.clone()
@@ -211,37 +216,22 @@ class _Plan:
                     out[base + 1 + c] = probs[base]
         return out
 
-    def _accumulate(self, probs, cond, ctx) -> None:
-        """Add this layer's maps of the blend words (heads averaged) to the running sums at latent resolution."""
-        if ctx.resolution is None:
-            return
-        h, w = ctx.resolution
-        for r, tokens in enumerate(self.blends):
-            for k in range(self.per):
-                keys = tokens[0] if k == 0 else tokens[1]
-                if not keys:
-                    continue
-                m = probs[cond.start + r * self.per + k][..., keys].mean(0).sum(-1)  # (q,)
-                m = m.reshape(1, 1, h, w).float()  # (1, 1, h, w)
-                key = (r, k)
-                prev = self.sums.get(key)
-                if prev is not None and prev.shape[-2:] != (h, w):
-                    size = max(prev.shape[-2:], (h, w))
-                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                    prev = F.interpolate(prev, size=size, mode="bilinear", align_corners=False)
-                self.sums[key] = m if prev is None else prev + m
-
-    def blend_latents(self, latents: torch.Tensor, threshold: float) -> torch.Tensor:  # latents: (rows, c, H, W)
+    def blend_latents(self, latents: torch.Tensor, threshold: float, maps: dict, pipe) -> torch.Tensor:
+        """latents (rows, c, H, W) with each blended edit row moved back to the source outside the mask; maps
+        {cross-attention layer: (1, cond rows, q, len(self.keys))} summed over the steps so far, in forward order."""
         size = tuple(latents.shape[-2:])
+        if not self.sizes:
+            vsf = pipe.vae_scale_factor
+            self.sizes = {p.name: p.resolution for p in points(pipe, (size[0] * vsf, size[1] * vsf)) if p.name in maps}
         n = len(self.alignments)
         masks = torch.zeros(n, len(self.counts), *size, device=latents.device)  # (requests, controls, H, W)
         out = latents.clone()
         for r in range(n):
-            src = self._mask(r, 0, size, threshold)  # (H, W) or None
+            src = self._mask(self._sum(maps, r, 0), size, threshold)  # (H, W) or None
             for c, blended in enumerate(self.blended):
                 if not blended:
                     continue
-                own = self._mask(r, 1 + c, size, threshold)
+                own = self._mask(self._sum(maps, r, 1 + c), size, threshold)
                 parts = [m for m in (src, own) if m is not None]
                 if not parts:
                     continue
@@ -252,8 +242,25 @@ class _Plan:
         self.last_masks = masks.cpu()
         return out
 
-    def _mask(self, r: int, k: int, size, threshold: float) -> torch.Tensor | None:
-        s = self.sums.get((r, k))
+    def _sum(self, maps: dict, r: int, k: int) -> torch.Tensor | None:
+        """(1, 1, h, w): row k of request r's blend words' maps summed over the keys, the steps so far and the layers
+        (each brought to the largest layer resolution, bilinear); None when its prompt has none of the words."""
+        keys = self.blends[r][0 if k == 0 else 1]  # the source row reads the source's keys, the others the target's
+        if not keys:
+            return None
+        cols = [self.keys.index(t) for t in keys]
+        size = max(self.sizes.values())
+        total = None
+        for name, m in maps.items():
+            h, w = self.sizes[name]
+            m = m[0, r * self.per + k][:, cols].sum(-1).reshape(1, 1, h, w).float()  # (1, 1, h, w)
+            if (h, w) != size:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            total = m if total is None else total + m
+        return total
+
+    @staticmethod
+    def _mask(s: torch.Tensor | None, size, threshold: float) -> torch.Tensor | None:
         if s is None:
             return None
         s = F.max_pool2d(s, 3, stride=1, padding=1)  # (1, 1, h, w)

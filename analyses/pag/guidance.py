@@ -9,25 +9,28 @@ when its chosen self-attention maps are the identity (every query attends only t
     >>> images.shape
     (1, 128, 128, 3)
 
-identity_attention(probs, ctx)   the edit: (batch, heads, q, q) probabilities -> the identity map
+identity_attention(probs, ctx)   the edit: the 'perturbed' rows' (heads, q, q) probabilities -> the identity map
 layers(pipe, choice)             self-attention (attn1) point names of 'down' | 'mid' | 'up' | 'all' or full names
 generate(pipe, prompts, seeds, steps, guidance, pag_scale, layers)   (n, H, W, 3) float images in [0, 1]
 
 Why a loop here and not diffusers' StableDiffusionPAGPipeline: that pipeline perturbs with its own attention
 processors, set on the UNet it is given (the user's, shared with their pipeline) and refused by lab.hooks, and it
 exists per model family. The loop below is the pipeline's own, step for step (prompt encoding, latents, scheduler
-step and decoding are the pipeline's methods), so at pag_scale 0 its images equal ``pipe(...)``'s exactly; at
-each step with pag_scale != 0 the UNet runs a second time on the conditional rows inside ``trace(..., edits=)``
-with the identity on the chosen layers:
+step and decoding are the pipeline's methods), so at pag_scale 0 its images equal ``pipe(...)``'s exactly. With
+pag_scale != 0 the conditional rows ride in the same UNet call once more, as a third branch: the batch is
+[uncond, cond, perturbed] (with CFG; [cond, perturbed] without), told to ``trace(..., branches=...)``, and the
+identity edit replaces the chosen layers' maps on the 'perturbed' rows only:
 
     eps = uncond + guidance * (cond - uncond) + pag_scale * (cond - perturbed)      (guidance > 1: with CFG)
     eps = cond + pag_scale * (cond - perturbed)                                     (guidance <= 1: without)
 
-The perturbed pass is a separate UNet call (not a third row in the guided batch) so the unperturbed rows run the
-user's own attention processors untouched. SD 1.x / 2.x and SDXL (its pooled text and size conditioning).
+One call a step instead of two. In the chosen layers every row runs the eager attention math (lab.hooks edits do),
+so uncond and cond differ from a separate unperturbed call in the last float bits (within tests/devices.py's
+batch_close; test_pag holds it to a two-call reference). SD 1.x / 2.x and SDXL (its pooled text and size conditioning).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -40,12 +43,18 @@ GROUPS = ("down", "mid", "up", "all")
 
 
 def identity_attention(probs: torch.Tensor, ctx) -> torch.Tensor:  # probs: (B, heads, q, q)
-    """Edit: each query attends only to its own position, so the layer's output at a position is its own value."""
+    """Edit: each query attends only to its own position, so the layer's output at a position is its own value; on
+    the rows of the batch's 'perturbed' branch when it has one, else on every row."""
     if probs.shape[-1] != probs.shape[-2]:
         raise ValueError(f"identity_attention needs self-attention (queries = keys); {ctx.point!r} has "
                          f"{probs.shape[-2]} queries and {probs.shape[-1]} keys")
-    out = torch.zeros_like(probs)  # (B, heads, q, q)
-    out.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    if "perturbed" not in ctx.branches:
+        out = torch.zeros_like(probs)  # (B, heads, q, q)
+        out.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        return out
+    out = probs.clone()  # (B, heads, q, q)
+    rows = out[ctx.rows("perturbed")]  # (batch, heads, q, q), a view
+    rows.zero_().diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return out
 
 
@@ -90,31 +99,36 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25
     gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # the user's scheduler is left as it is
 
-    # 1. Text: [uncond, cond] rows with guidance, [cond] without; SDXL adds pooled text and size ids
+    # 1. Text: [uncond, cond] rows with guidance, [cond] without, then the cond rows again for 'perturbed'; SDXL adds
+    #    pooled text and size ids
+    layout = ("uncond", "cond") if cfg else ("cond",)
     text, added = _conditioning(pipe, prompts, device, cfg, height, width)  # (rows, tokens, d), {name: (rows, ...)}
+    if pag_scale:
+        layout += ("perturbed",)
+        text = torch.cat([text, text[-n:]])  # (rows + n, tokens, d)
+        added = {k: torch.cat([v, v[-n:]]) for k, v in added.items()}
 
     # 2. Timesteps and starting noise, as the pipeline makes them
     scheduler.set_timesteps(steps, device=device)
     latents = pipe.prepare_latents(n, unet.config.in_channels, height, width, text.dtype, device, gens)  # (n, c, h, w)
     extra = _step_kwargs(scheduler, gens)
 
-    for t in scheduler.timesteps:
-        # 3. The model as it is: both guidance branches in one batch, the user's processors untouched
-        x = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)  # (rows, c, h, w)
-        eps = unet(x, t, encoder_hidden_states=text, added_cond_kwargs=added or None, return_dict=False)[0]
-        if cfg:
-            eps_uncond, eps_cond = eps.chunk(2)  # each (n, c, h, w)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)  # (n, c, h, w)
-        else:
-            eps_cond = eps
-        # 4. The perturbed model: the chosen self-attention maps replaced by the identity, conditional rows only
-        if pag_scale:
-            with trace(unet, [], edits={name: identity_attention for name in names}, branches=("cond",)):
-                perturbed = unet(x[-n:], t, encoder_hidden_states=text[-n:], return_dict=False,
-                                 added_cond_kwargs={k: v[-n:] for k, v in added.items()} or None)[0]  # (n, c, h, w)
-            eps = eps + pag_scale * (eps_cond - perturbed)  # (n, c, h, w)
-        # 5. One scheduler step
-        latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]  # (n, c, h, w)
+    # 3. The perturbed rows: the chosen self-attention maps replaced by the identity (no trace at scale 0)
+    perturb = (trace(unet, [], edits={name: identity_attention for name in names}, branches=layout) if pag_scale
+               else contextlib.nullcontext())
+    with perturb:
+        for t in scheduler.timesteps:
+            # 4. One UNet call on every branch
+            x = scheduler.scale_model_input(torch.cat([latents] * len(layout)), t)  # (rows, c, h, w)
+            eps = unet(x, t, encoder_hidden_states=text, added_cond_kwargs=added or None, return_dict=False)[0]
+            out = dict(zip(layout, eps.chunk(len(layout))))  # each (n, c, h, w)
+            eps = out["cond"]
+            if cfg:
+                eps = out["uncond"] + guidance * (out["cond"] - out["uncond"])  # (n, c, h, w)
+            if pag_scale:
+                eps = eps + pag_scale * (out["cond"] - out["perturbed"])  # (n, c, h, w)
+            # 5. One scheduler step
+            latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]  # (n, c, h, w)
 
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=gens)[0]
     return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * n)  # (n, H, W, 3)

@@ -109,9 +109,9 @@ def section(verdicts, info) -> str:
         "## Perturbed-attention guidance (Ahn et al.)", "",
         f"{info['n']} unseen one-object captions, each generated from its scene's seed under every condition, "
         f"{info['steps']} DDIM steps. PAG: eps + scale x (cond - perturbed), where the perturbed prediction has the "
-        "chosen self-attention maps replaced by the identity (lab.hooks edit, a second UNet call on the "
-        "conditional rows). A picture passes when the parser finds exactly one object with the caption's colour, "
-        "shape and size. Differences are paired (same seeds) against the same CFG setting without PAG.", "",
+        "chosen self-attention maps replaced by the identity (lab.hooks edit; the conditional rows again, a third "
+        "branch of the UNet call). A picture passes when the parser finds exactly one object with the caption's "
+        "colour, shape and size. Differences are paired (same seeds) against the same CFG setting without PAG.", "",
         "![rates](pag_rates.png)", "", "![examples](pag_examples.png)", "",
         "| condition | " + " | ".join(CHECKS) + " | clean vs no PAG (95% CI) | CPU s |",
         "|---" * (len(CHECKS) + 3) + "|",

@@ -31,7 +31,7 @@ class Budget:
         return total
 
     def _need(self, keep: Keep, n_slots: int) -> int:
-        branches = [b for b in keep.branches if b in self.layout]
+        branches = [b for b in keep.branches if b in self.layout()]
         per_step = self._step_bytes(keep, len(branches))
         return per_step * (n_slots if keep.step_mode in ("all", "list") else 1)
 

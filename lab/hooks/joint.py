@@ -176,6 +176,9 @@ def eager(layer, attn, hidden, context, mask, rotary, editor, observers, n_text:
         qs, ks = (view, view) if view == "joint" else view.split("->")
         return where[qs], where[ks]
 
+    subs = (editor, *observers)
+    own = {name: probs[:, :, view_of(name)[0], view_of(name)[1]].clone() for name in layer.points
+           if any(s.keeps_now(name) and s.keeps_before_edits(name) for s in subs)}  # edits write into probs
     for name in layer.points:
         if editor.edits_now(name):
             qs, ks = view_of(name)
@@ -185,9 +188,9 @@ def eager(layer, attn, hidden, context, mask, rotary, editor, observers, n_text:
     layout, _ = editor.rows()
     for name in layer.points:
         qs, ks = view_of(name)
-        for s in (editor, *observers):
+        for s in subs:
             if s.keeps_now(name):
-                s.record(name, probs[:, :, qs, ks], tuple(layout), False)
+                s.record(name, own[name] if s.keeps_before_edits(name) else probs[:, :, qs, ks], tuple(layout), False)
     out = torch.matmul(probs.to(v.dtype), v)  # (b, heads, S, d)
     out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # (b, S, heads*d)
     if shape in ("image", "flux-single"):

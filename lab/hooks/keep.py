@@ -3,6 +3,7 @@
     Keep()                                         # every step, every head, every token, both branches
     Keep(steps="sum", heads="mean", branches=("cond",))  # DAAM: one map per layer, summed over steps
     Keep(steps=[0, 10, 24], tokens=[1, 2])         # three steps, two prompt tokens
+    Keep(steps="sum", before_edits=True)            # at an edited point, the model's own maps, not the replacement
 
 Memory per captured attention point, in fp32 bytes: 4 * branches * batch * (heads, or 1 for heads="mean")
 * queries * (keys, or len(tokens)), times the number of steps for steps="all" (or len(steps) for a list),
@@ -21,7 +22,7 @@ import torch
 
 STEP_MODES = ("all", "sum", "mean")
 HEAD_MODES = ("all", "mean")
-BRANCHES = ("cond", "uncond")
+BRANCHES = ("cond", "uncond")  # the guidance branches a pipeline's batch has; trace(branches=) may name others
 ATTENTION = ("attn1", "attn2", "joint", "image->text", "text->image", "image->image", "text->text")
 TEXT_KEYS = ("attn2", "image->text", "text->text")  # attention kinds whose keys are text tokens (Keep.tokens)
 TOKEN_ROWS = ("projection", "text_block")  # kinds kept as (token, channel)
@@ -35,8 +36,12 @@ class Keep:
 
     steps: "all" | "sum" | "mean" | a list of step indices (negative ones count from the end when the pipeline's
     step count is known). heads: "all" | "mean". tokens: key indices kept for cross-attention (attn2), None = all.
-    branches: which guidance branches to keep, in this order along the "branch" axis ("cond", "uncond"); a branch
-    the run does not have (no "uncond" without guidance) is left out. device / dtype: where results are stored.
+    branches: which branches to keep, in this order along the "branch" axis ("cond", "uncond", or labels a trace's
+    branches= gives, e.g. "perturbed"); a guidance branch the run does not have (no "uncond" without guidance) is
+    left out, any other label the run does not have is refused at its first step. device / dtype: where results
+    are stored.
+    before_edits: at a point an edit replaces (this trace's or another's), keep what the model computed there, not
+    the replacement (the default); prompt-to-prompt's local blend reads an edited row's own maps this way.
     """
 
     steps: str | Sequence[int] = "all"
@@ -45,6 +50,7 @@ class Keep:
     branches: Sequence[str] = BRANCHES
     device: str | torch.device = "cpu"
     dtype: torch.dtype = torch.float32
+    before_edits: bool = False
 
     def __post_init__(self):
         if isinstance(self.steps, str):
@@ -61,9 +67,9 @@ class Keep:
         if self.tokens is not None:
             object.__setattr__(self, "tokens", tuple(int(t) for t in self.tokens))
         branches = (self.branches,) if isinstance(self.branches, str) else tuple(self.branches)
-        bad = [b for b in branches if b not in BRANCHES]
-        if bad or not branches:
-            raise ValueError(f"Keep.branches={self.branches!r}; valid branches: {', '.join(BRANCHES)}")
+        if not branches or not all(isinstance(b, str) and b for b in branches) or len(set(branches)) != len(branches):
+            raise ValueError(f"Keep.branches={self.branches!r}: give branch labels, each once: "
+                             f"{', '.join(BRANCHES)}, or those a trace's branches= names")
         object.__setattr__(self, "branches", branches)
 
     def __repr__(self) -> str:
@@ -123,6 +129,19 @@ class Store:
         if tuple(got) != tuple(want):
             raise ValueError(f"this step's tensor has shape {tuple(got)} but earlier steps had {tuple(want)}; one "
                              "trace covers one pipeline call (same batch, size and guidance)")
+
+    def so_far(self) -> torch.Tensor | None:
+        """What result() would give if the run ended now, as a copy on the running device (steps kept so far)."""
+        mode = self.keep.step_mode
+        if mode in ("sum", "mean"):
+            if self.buffer is None:
+                return None
+            out = self.buffer / self.count if mode == "mean" else self.buffer.clone()
+        elif self.n_slots is None:
+            out = torch.stack(self.parts) if self.parts else None
+        else:
+            out = None if self.buffer is None else self.buffer[:self.count].clone()  # slots fill in step order
+        return None if out is None else out.to(dtype=self.keep.dtype)
 
     def result(self) -> torch.Tensor | None:
         mode = self.keep.step_mode

@@ -18,7 +18,8 @@ layer, several points (the whole map and its four views, ``<path>:image->text`` 
 
 Subscribers are traces (``lab.hooks.trace.Trace``). Several may observe one layer (each keeping its own view); at most
 one may edit it. A subscriber answers ``edits_now(name)``, ``keeps_now(name)``, ``rows()`` -> (layout, batch),
-``kept_branches``, ``keeps_head_mean(name)``, ``text_tokens()`` (a DiT's text keys), ``edit(name, probs)`` and
+``kept_branches``, ``keeps_head_mean(name)``, ``keeps_before_edits(name)`` (the layer's own probabilities rather
+than the editor's replacement), ``text_tokens()`` (a DiT's text keys), ``edit(name, probs)`` and
 ``record(name, probs, branches)``; `name` is a point name (a module path, with a view suffix for joint attention).
 """
 from __future__ import annotations
@@ -174,9 +175,12 @@ class CaptureProcessor:
         layer.caught.clear()
         layout, batch = observers[0].rows()
         wanted = [b for b in layout if any(b in s.kept_branches for s in observers)]
-        if wanted != list(layout):  # one branch of two: a contiguous half of the batch, sliced without a copy
-            first = layout.index(wanted[0]) * batch
-            q, k = q[first:first + batch * len(wanted)], k[first:first + batch * len(wanted)]  # (kept rows, ...)
+        at = [layout.index(b) for b in wanted]
+        if at == list(range(at[0], at[0] + len(at))) and len(at) < len(layout):  # contiguous: sliced without a copy
+            q, k = q[at[0] * batch:(at[-1] + 1) * batch], k[at[0] * batch:(at[-1] + 1) * batch]  # (kept rows, ...)
+        elif len(at) < len(layout):  # e.g. uncond and perturbed of (uncond, cond, perturbed)
+            rows = torch.cat([torch.arange(i * batch, (i + 1) * batch) for i in at]).to(q.device)
+            q, k = q[rows], k[rows]  # (kept rows, ...)
         mean_only = all(s.keeps_head_mean(name) for s in observers)
         probs = _probabilities(attn, q, k, attention_mask, mean_only)  # (b, heads or 1, q, k) float32
         for s in observers:
@@ -263,15 +267,15 @@ class CaptureProcessor:
 
         probs = attn.get_attention_scores(query, key, attention_mask)  # (b*heads, q, k)
         bh, q, k = probs.shape
-        probs4 = probs.view(bh // attn.heads, attn.heads, q, k)  # (b, heads, q, k)
-        new = editor.edit(layer.name, probs4)
+        probs4 = own = probs.view(bh // attn.heads, attn.heads, q, k)  # (b, heads, q, k)
+        new = editor.edit(layer.name, probs4)  # a replacement; the edit leaves its input as it was
         if new is not None:
             probs4 = new
             probs = new.reshape(bh, q, k).to(value.dtype)
         layout, _ = editor.rows()
         for s in (editor, *observers):
             if s.keeps_now(layer.name):
-                s.record(layer.name, probs4, tuple(layout), False)
+                s.record(layer.name, own if s.keeps_before_edits(layer.name) else probs4, tuple(layout), False)
         hidden_states = torch.bmm(probs, value)  # (b*heads, q, d)
         hidden_states = attn.batch_to_head_dim(hidden_states)  # (b, q, heads*d)
 

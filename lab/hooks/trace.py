@@ -19,16 +19,18 @@ move once at the end; nothing in a step waits for the device. Traces nest, also 
 keeps head-averaged maps at every step, an inner one every head at a few steps, or the queries ``<layer>.to_q``); at
 most one of them may edit a layer. The guidance layout of the batch ([uncond, cond] halves when the pipeline's
 do_classifier_free_guidance is on: SD, SDXL, SD3) is read at each step; FLUX.1-dev's guidance is an embedding and
-schnell has none, so every Flux row is 'cond'. A bare model is traced with an explicit `branches=`.
+schnell has none, so every Flux row is 'cond'. A bare model is traced with an explicit `branches=`, which may name
+rows of your own (PAG's "perturbed"). While the run goes on, ``tr.so_far(name)`` reads what is kept so far and
+``tr.layout()`` the batch's branches; ``swaps=`` run a function in place of a block (lab.hooks.swap).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
 from .cache import Cache
+from .context import Context, as_float
 from .budget import Budget
 from .keep import ATTENTION, BRANCHES, Keep, Store, axes, reduce
 from .meta import run_meta
@@ -36,43 +38,14 @@ from .dit import family, grid_of, inputs, split_name
 from .outputs import read, write
 from .points import check_names, denoiser_of, points
 from .processor import processor_of
+from .swap import SWAPPABLE, Swap
 
 DEFAULT_MAX_BYTES = 2**31  # 2 GiB
 
 
-@dataclass(frozen=True)
-class Context:
-    """What an edit function is told besides the tensor: ``fn(probs, ctx)`` / ``fn(output, ctx)``.
-
-        def only_cond(probs, ctx):
-            probs = probs.clone(); probs[ctx.rows("cond"), :, :, 5] = 0; return probs
-
-    branches is the layout of the batch (("uncond", "cond"): first `batch` rows unconditional); batch is the rows per
-    branch (prompts * images_per_prompt); resolution is the point's (h, w), queries being h*w of them.
-    """
-
-    point: str
-    step: int
-    t: torch.Tensor | float = field(repr=False)  # the denoiser's timestep argument, as given (read .timestep)
-    branches: tuple[str, ...]
-    batch: int
-    resolution: tuple[int, int] | None
-
-    @property
-    def timestep(self) -> float:
-        """The step's timestep as a float (reading it waits for the device, so it is read only when asked)."""
-        return _as_float(self.t)
-
-    def rows(self, branch: str) -> slice:
-        """Batch rows of `branch` ('cond' | 'uncond') in the tensor an edit gets."""
-        if branch not in self.branches:
-            raise ValueError(f"branch {branch!r} is not in this step's batch; branches: {', '.join(self.branches)}")
-        i = self.branches.index(branch)
-        return slice(i * self.batch, (i + 1) * self.batch)
-
-
 def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callable] | None = None,
-          max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None) -> "Trace":
+          max_bytes: int = DEFAULT_MAX_BYTES, branches=None, meta: Mapping | None = None,
+          swaps: Mapping[str, Callable] | None = None) -> "Trace":
     """Context manager that captures `names` (point names) at every denoiser call, and applies `edits`.
 
         with trace(pipe, ["mid_block"], keep=Keep(steps=[0, -1])) as tr:
@@ -86,11 +59,14 @@ def trace(model, names=(), keep: Keep | None = None, edits: Mapping[str, Callabl
     for attention points gets probabilities (batch, heads, query, key), fn(output, ctx) for others gets the hidden
     states (batch, channel, h, w), or (batch, token, channel) for a projection; it returns None to observe or a
     same-shaped replacement (what is kept is then the replacement). max_bytes: the most the kept tensors may take; a
-    run that would keep more is refused at its first step (before any denoising). branches: the guidance layout of
-    the batch, e.g. ("uncond", "cond"); by default read from the pipeline at each step, ("cond",) for a bare UNet.
-    meta: extra metadata for the cache (e.g. {"seed": 0}).
+    run that would keep more is refused at its first step (before any denoiser call). branches: the layout of the
+    batch, a label per block of rows, e.g. ("uncond", "cond"), or ("uncond", "cond", "perturbed") for rows a loop of
+    your own adds (PAG); by default read from the pipeline at each step, ("cond",) for a bare UNet.
+    meta: extra metadata for the cache (e.g. {"seed": 0}). swaps: {name: fn} for block, resnet and transformer
+    points; fn(run, ctx) runs in place of the module and returns its output, calling run() to run the module or not
+    (feature reuse; lab.hooks.swap).
     """
-    return Trace(model, names, keep, edits, max_bytes, branches, meta)
+    return Trace(model, names, keep, edits, max_bytes, branches, meta, swaps)
 
 
 def edited(model, edits: Mapping[str, Callable], branches=None) -> "Trace":
@@ -101,13 +77,13 @@ def edited(model, edits: Mapping[str, Callable], branches=None) -> "Trace":
 
     edits and branches as for trace(); the model is restored when the with-block ends, also after an error.
     """
-    return Trace(model, (), None, edits, DEFAULT_MAX_BYTES, branches, None)
+    return Trace(model, (), None, edits, DEFAULT_MAX_BYTES, branches, None, None)
 
 
 class Trace(Budget):
     """The running trace; ``tr.cache`` is its Cache once the with-block has ended. Build it with ``trace(...)``."""
 
-    def __init__(self, model, names, keep, edits, max_bytes, branches, meta):
+    def __init__(self, model, names, keep, edits, max_bytes, branches, meta, swaps=None):
         self.denoiser = denoiser_of(model)
         self.family = family(self.denoiser)
         self.what = "UNet" if self.family == "unet" else "transformer"
@@ -118,18 +94,27 @@ class Trace(Budget):
         for name, fn in self.edits.items():
             if not callable(fn):
                 raise TypeError(f"edit for {name!r} is a {type(fn).__name__}, not a function fn(tensor, ctx)")
+        self.swaps = dict(swaps or {})
+        check_names(self.denoiser, list(self.swaps))
+        self.kinds = {p.name: p.kind for p in points(self.denoiser)}
+        for name, fn in self.swaps.items():
+            if self.kinds[name] not in SWAPPABLE:
+                raise ValueError(f"swap for {name!r}: a {self.kinds[name]} point is not a whole module's output; "
+                                 f"swaps take {', '.join(SWAPPABLE)} points (attention maps are edited, not swapped)")
+            if not callable(fn):
+                raise TypeError(f"swap for {name!r} is a {type(fn).__name__}, not a function fn(run, ctx)")
         self.keep = Keep() if keep is None else keep
         if not isinstance(self.keep, Keep):
             raise TypeError(f"keep must be a lab.hooks.Keep, got {type(self.keep).__name__}")
         self.max_bytes = int(max_bytes)
         if branches is not None:
             branches = (branches,) if isinstance(branches, str) else tuple(branches)
-            if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
-                raise ValueError(f"branches={branches!r}: give the batch layout with each of {', '.join(BRANCHES)} at "
-                                 "most once, e.g. ('cond',) or ('uncond', 'cond')")
+            if not branches or not all(isinstance(b, str) and b for b in branches) or len(set(branches)) != len(
+                    branches):
+                raise ValueError(f"branches={branches!r}: give the batch layout, a label for each block of rows, "
+                                 "each once, e.g. ('cond',), ('uncond', 'cond') or ('uncond', 'cond', 'perturbed')")
         self.layout_override = branches
         self.user_meta = dict(meta or {})
-        self.kinds = {p.name: p.kind for p in points(self.denoiser)}
         self.capture = set(self.names)
         self._cache: Cache | None = None
         self._used = False
@@ -144,6 +129,8 @@ class Trace(Budget):
         self.n_keys = None
         self._step_t = None
         self.kept_branches: list[str] = []
+        self._rows: tuple[str, ...] = ()
+        self.batch = None
         self.device = None
         self.store_device = None
         self.stores: dict[str, Store] = {}
@@ -162,6 +149,8 @@ class Trace(Budget):
                 if self.kinds[name] not in ATTENTION:
                     module = modules[split_name(name)[0]]
                     self._handles.append(module.register_forward_hook(self._feature_hook(name)))
+            for name, fn in self.swaps.items():
+                self._handles.append(Swap(name, modules[name], fn, self._swap_ctx(name)))
             for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
                 encoder = getattr(self.pipe, attr, None)
                 if isinstance(encoder, torch.nn.Module):
@@ -194,6 +183,22 @@ class Trace(Budget):
             raise RuntimeError("the cache is ready after the with-block ends (and there is none if it raised)")
         return self._cache
 
+    def so_far(self, name: str) -> torch.Tensor | None:
+        """What this trace has kept of `name` so far, while the run goes on: ``cache[name]`` as it would be if the run
+        ended now (the same axes; with a step axis, the steps kept so far), a copy, on the device the trace keeps it
+        on during the run (the model's when it has room). None until the point is first kept.
+
+            with trace(pipe, names, keep=Keep(steps="sum", heads="mean", branches=("cond",))) as tr:
+                def look(pipeline, i, t, kw):
+                    maps = tr.so_far(names[0])   # (branch, batch, query, key): steps 0..i summed
+                    return kw
+                pipe("a cat", callback_on_step_end=look)
+        """
+        if name not in self.capture:
+            raise ValueError(f"{name!r} is not kept by this trace; it keeps: {', '.join(self.names) or 'nothing'}")
+        store = self.stores.get(name)
+        return None if store is None else store.so_far()
+
     @property
     def unet(self) -> torch.nn.Module:
         """The traced denoiser (a UNet, or an SD3 / Flux transformer); the name predates DiTs."""
@@ -203,14 +208,27 @@ class Trace(Budget):
     def timesteps(self) -> list[float]:
         """The timestep of every denoiser call so far, as floats (reading them waits for the device). Flux's
         transformer takes t / 1000 (the sigma), SD3's the scheduler's t."""
-        return [_as_float(t) for t in self._timesteps]
+        return [as_float(t) for t in self._timesteps]
 
     @property
     def timestep(self) -> float | None:
-        return None if self.t is None else _as_float(self.t)
+        return None if self.t is None else as_float(self.t)
+
+    def layout(self) -> tuple[str, ...]:
+        """The branch of each block of rows in the denoiser's batch, in order: ``("uncond", "cond")`` with
+        classifier-free guidance (rows ``ctx.rows(b)``), ``("cond",)`` without.
+
+            with trace(pipe, names) as tr:
+                pipe("a cat", guidance_scale=7.5)
+            tr.layout()        # ('uncond', 'cond'): rows [0, batch) unconditional, [batch, 2 * batch) conditional
+
+        From step 0 on, the run's layout (it cannot change within a run). Before it, the branches= given, else what the
+        pipeline says now, read as each step reads it: in a hook that runs before the trace's at the first denoiser
+        call (a memory check before step 0), the layout that call will have."""
+        return self._rows if self.step >= 0 else self._read_layout()
 
     # --- per denoiser call -------------------------------------------------------------------------------------------
-    def _layout(self) -> tuple[str, ...]:
+    def _read_layout(self) -> tuple[str, ...]:
         if self.layout_override is not None:
             return self.layout_override
         if self.pipe is None:
@@ -249,7 +267,7 @@ class Trace(Budget):
         self.step += 1
         self.t = t.detach().flatten()[0] if torch.is_tensor(t) else t  # stays on the device: no wait per step
         self._timesteps.append(self.t)
-        layout = self._layout()
+        layout = self._read_layout()
         if sample.shape[0] % len(layout):
             raise ValueError(f"{self.what} batch {sample.shape[0]} does not split into branches {layout}; pass "
                              "trace(..., branches=...) with the layout of the batch")
@@ -261,9 +279,9 @@ class Trace(Budget):
             raise RuntimeError(f"the {self.what} ran on {self.device} at step 0 and on {sample.device} at step "
                                f"{self.step}: the model was moved during the trace; move it before trace() (or enable "
                                "offloading before it), then run again")
-        elif (layout, batch) != (self.layout, self.batch):
+        elif (layout, batch) != (self._rows, self.batch):
             raise ValueError(f"step {self.step} has branches {layout} x batch {batch}, the first step had "
-                             f"{self.layout} x {self.batch}; one trace covers one pipeline call")
+                             f"{self._rows} x {self.batch}; one trace covers one pipeline call")
         self.slot = self._slot(self.step)
         if self.slot is not None:
             self.steps_seen.append(self.step)
@@ -277,7 +295,7 @@ class Trace(Budget):
         return step if mode == "all" else 0
 
     def _setup(self, sample, enc, layout, batch, args, kwargs) -> None:
-        self.layout, self.batch = layout, batch
+        self._rows, self.batch = layout, batch  # the run's branch layout (layout()) and rows per branch
         self.n_keys = enc.shape[1] if torch.is_tensor(enc) else None
         if self.family == "unet":
             self.latent = tuple(sample.shape[-2:])
@@ -288,6 +306,10 @@ class Trace(Budget):
         size = (self.latent[0] * vsf, self.latent[1] * vsf)
         self.points = {p.name: p for p in points(self.denoiser, size, vsf, text_tokens=self.n_keys)}
         kept = [b for b in self.keep.branches if b in layout]
+        unknown = [b for b in self.keep.branches if b not in layout and b not in BRANCHES]
+        if unknown:
+            raise ValueError(f"Keep.branches has {unknown[0]!r}, which is not a branch of this run; its branches: "
+                             f"{', '.join(layout)} (name others with trace(..., branches=...))")
         if not kept:
             raise ValueError(f"Keep.branches={self.keep.branches} but this run's batch has only {layout} "
                              "(no 'uncond' without classifier-free guidance, i.e. guidance_scale <= 1)")
@@ -319,13 +341,16 @@ class Trace(Budget):
     # --- what the capture processor asks (see lab.hooks.processor) ---------------------------------------------------
     def rows(self) -> tuple[tuple[str, ...], int]:
         """The guidance layout of this step's batch and the rows per branch."""
-        return self.layout, self.batch
+        return self._rows, self.batch
 
     def edits_now(self, name: str) -> bool:
         return self.step >= 0 and name in self.edits
 
     def keeps_now(self, name: str) -> bool:
         return self.step >= 0 and self.slot is not None and name in self.capture
+
+    def keeps_before_edits(self, name: str) -> bool:
+        return self.keep.before_edits
 
     def keeps_head_mean(self, name: str) -> bool:
         return self.keep.heads == "mean"
@@ -349,7 +374,10 @@ class Trace(Budget):
     # --- per hooked module --------------------------------------------------------------------------------------------
     def _ctx(self, name: str) -> Context:
         p = self.points.get(name) if self.step >= 0 else None
-        return Context(name, self.step, self.t, self.layout, self.batch, p.resolution if p else None)
+        return Context(name, self.step, self.t, self._rows, self.batch, p.resolution if p else None)
+
+    def _swap_ctx(self, name: str):
+        return lambda: self._ctx(name) if self.step >= 0 else None
 
     def _feature_hook(self, name: str):
         kind = self.kinds[name]
@@ -359,7 +387,7 @@ class Trace(Budget):
                 return None
             hidden = read(output, kind, self.grid)  # (B, c, h, w), or (B, tokens, c)
             new = self.edit(name, hidden) if name in self.edits else None
-            self.record(name, hidden if new is None else new, self.layout)
+            self.record(name, hidden if new is None or self.keep.before_edits else new, self._rows)
             return None if new is None else write(output, kind, self.grid, new)
 
         return hook
@@ -384,6 +412,3 @@ class Trace(Budget):
             res[name] = list(self.points[name].resolution)
         return Cache(tensors, axes_, run_meta(self, res))
 
-
-def _as_float(t) -> float:
-    return float(t.item()) if torch.is_tensor(t) else float(t)
