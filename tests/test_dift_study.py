@@ -9,6 +9,7 @@ from analyses.dift.explore import controls, make_view, new_pair, on_click, set_s
 from analyses.dift.evaluate import subsets
 from analyses.dift.pairs import SHAPE_CYCLE, world_pairs
 from analyses.dift.study import config, run
+from resume import rerun_without
 from tiny_models import one_thread  # noqa: F401
 
 
@@ -88,14 +89,10 @@ def test_run_writes_figures_and_a_report_section(tiny_run):
 
 def test_a_resumed_run_recomputes_only_the_lost_items_with_the_same_section(tiny_run):
     out, section = tiny_run
-    (folder,) = (out / ".parts" / "dift").iterdir()
-    lost = [folder / "trained-261.pkl", folder / "factors.pkl"]
-    for p in lost:
-        p.unlink()  # as if killed before these two
-    kept = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    lost = ["trained-261.pkl", "factors.pkl"]
+    again, kept = rerun_without(out, "dift", lost, lambda: run(out, config=config(**TINY)))
     assert len(kept) == 4  # the random grid, the prompted cell, the baselines, the hardest factor's grid
-    assert run(out, config=config(**TINY)) == section
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept and all(p.exists() for p in lost)
+    assert again == section
 
 
 def test_pck_curve_rises_with_alpha_and_matches_the_evaluation():
