@@ -189,6 +189,9 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     vae_run.mkdir()
     shipped = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae")
     torch.save({"model": shipped.state_dict(), "step": 7}, vae_run / "vae.ckpt")
+    (tmp_path / "vae-other").mkdir()
+    other = {k: v + 0.01 if k.startswith("encoder.") else v for k, v in shipped.state_dict().items()}
+    torch.save({"model": other, "step": 7}, tmp_path / "vae-other" / "vae.ckpt")
     main(["latents", "--run", str(run), "--init", str(vae_run), "--world", "2", "--scenes", "6", "--workers", "1"])
     assert torch.load(run / "latents.pt")["world"] == 2
     try:
@@ -203,7 +206,11 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     main(["unet", "--run", str(run), "--steps", "3", "--batch", "2", "--ema", "0.9"])  # resumes on the same encoder
     ckpt = _checkpoint(run)
     assert ckpt["step"] == 3 and ckpt["world"] == 2 and "text" not in ckpt
-    main(["export", "--run", str(run), "--out", str(tmp_path / "model")])
+    decoder = tmp_path / "decoder"  # a decoder fine-tuned on after the latents were made, on the same encoder
+    main(["vae", "--run", str(decoder), "--init", str(vae_run), "--world", "2", "--scenes", "2", "--steps", "1",
+          "--batch", "2", "--workers", "1"])
+    main(["export", "--run", str(run), "--out", str(tmp_path / "model"), "--vae", str(decoder)])
+    tuned = torch.load(decoder / "vae.ckpt")["model"]["decoder.conv_out.weight"]
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))  # float16 on disk, float32 here
     cross = {".".join(name.split(".")[:2]) for name, _ in pipe.unet.named_modules() if name.endswith("attn2")}
     assert cross == {"down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block.attentions",
@@ -212,6 +219,9 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     assert all(torch.equal(written[k], v.half().float()) for k, v in text.state_dict().items())  # frozen, as given
     stored = load_file(str(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in stored.values()} == {torch.float16} and pipe.unet.config.cross_attention_dim == 128
+    assert torch.equal(pipe.vae.decoder.conv_out.weight, tuned.half().float())
+    with pytest.raises(SystemExit, match="another encoder"):  # a VAE whose encoder did not make the latents
+        main(["export", "--run", str(run), "--out", str(tmp_path / "other"), "--vae", str(tmp_path / "vae-other")])
     assert world_of(tmp_path / "model") == 2  # so the quality benchmark and the studies draw world-2 scenes
     image = pipe("a red circle on a striped background", num_inference_steps=1, output_type="np").images
     assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()

@@ -447,10 +447,11 @@ def _ema_models(found: Path):
     return unet, text
 
 
-def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path:
+def export(run: Path, variant: str, out: Path, card: dict | None = None, vae_run: Path | None = None) -> Path:
     """Write a diffusers StableDiffusionPipeline folder from the run's EMA weights (and its frozen text encoder, if
     it had one), from either checkpoint format. A world-2 model's weights are stored in float16 (its CLIP text
-    tower alone is 12 MiB of token embeddings); a plain ``from_pretrained`` computes in float32, as for world 1."""
+    tower alone is 12 MiB of token embeddings); a plain ``from_pretrained`` computes in float32, as for world 1.
+    vae_run: a vae run whose decoder went on after the latents were made (its encoder must be the run's)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
     from . import checkpoint
     path = run / f"unet-{variant}"
@@ -462,7 +463,11 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None) -> Path
     world = kept["world"]
     unet, text = _ema_models(found)
     vae = AutoencoderKL(**vae_config(), scaling_factor=kept["scaling_factor"])
-    vae_state = torch.load(run / "vae.ckpt", map_location="cpu")
+    vae_state = torch.load(Path(vae_run or run) / "vae.ckpt", map_location="cpu")
+    if not torch.equal(vae_state["model"]["encoder.conv_in.weight"],
+                       torch.load(run / "vae.ckpt", map_location="cpu")["model"]["encoder.conv_in.weight"]):
+        raise SystemExit(f"{vae_run} has another encoder than the one that made {run}'s latents: its decoder would read "
+                         "latents it was not trained on")
     vae.load_state_dict(vae_state["model"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(**scheduler_config(variant)), safety_checker=None,
@@ -518,6 +523,8 @@ def main(argv: list[str] | None = None) -> None:
                         "latents.pt)")
     p.add_argument("--text-encoder", type=Path, default=None,
                    help="unet stage: train on this frozen CLIPTextModel folder (world 2 needs one), as SD on CLIP")
+    p.add_argument("--vae", type=Path, default=None,
+                   help="export: take the VAE from this vae run (a decoder fine-tuned on after the latents were made)")
     p.add_argument("--object-weight", type=float, default=1.0,
                    help="vae stage: weight of the reconstruction error near objects (within 2 px)")
     p.add_argument("--train-encoder", action="store_true",
@@ -548,7 +555,8 @@ def main(argv: list[str] | None = None) -> None:
                                               init=a.init, ema=a.ema, lr_final=a.lr_final, ema_out=a.ema_out,
                                               text_encoder=a.text_encoder, accumulate=a.accumulate))
     else:
-        export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"))
+        export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"),
+               vae_run=a.vae)
 
 
 if __name__ == "__main__":
