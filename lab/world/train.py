@@ -466,8 +466,8 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None, vae_run
     vae_state = torch.load(Path(vae_run or run) / "vae.ckpt", map_location="cpu")
     if not torch.equal(vae_state["model"]["encoder.conv_in.weight"],
                        torch.load(run / "vae.ckpt", map_location="cpu")["model"]["encoder.conv_in.weight"]):
-        raise SystemExit(f"{vae_run} has another encoder than the one that made {run}'s latents: its decoder would read "
-                         "latents it was not trained on")
+        raise SystemExit(f"{vae_run} has another encoder than the one that made {run}'s latents: its decoder "
+                         "would read latents it was not trained on")
     vae.load_state_dict(vae_state["model"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(**scheduler_config(variant)), safety_checker=None,
