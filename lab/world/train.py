@@ -463,11 +463,13 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None, vae_run
     world = kept["world"]
     unet, text = _ema_models(found)
     vae = AutoencoderKL(**vae_config(), scaling_factor=kept["scaling_factor"])
-    vae_state = torch.load(Path(vae_run or run) / "vae.ckpt", map_location="cpu")
-    if not torch.equal(vae_state["model"]["encoder.conv_in.weight"],
-                       torch.load(run / "vae.ckpt", map_location="cpu")["model"]["encoder.conv_in.weight"]):
-        raise SystemExit(f"{vae_run} has another encoder than the one that made {run}'s latents: its decoder "
-                         "would read latents it was not trained on")
+    vae_state = torch.load(run / "vae.ckpt", map_location="cpu")
+    if vae_run is not None:  # a decoder that went on alone: it must read the latents of the encoder that made them
+        made, vae_state = vae_state["model"], torch.load(Path(vae_run) / "vae.ckpt", map_location="cpu")
+        encoder = [k for k in made if k.startswith(("encoder.", "quant_conv."))]
+        if not all(torch.equal(made[k], vae_state["model"][k]) for k in encoder):
+            raise SystemExit(f"{vae_run} has another encoder than the one that made {run}'s latents: its decoder "
+                             "would read latents it was not trained on")
     vae.load_state_dict(vae_state["model"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(**scheduler_config(variant)), safety_checker=None,
