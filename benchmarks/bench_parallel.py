@@ -3,10 +3,13 @@
     python benchmarks/bench_parallel.py                              # DAAM at LAB_SIZE=full, 1 process vs 2
     python benchmarks/bench_parallel.py --size small --repeats 1     # a smoke run: shows the script works
     python benchmarks/bench_parallel.py --study quality_study --processes 4 --repeats 2
+    python benchmarks/bench_parallel.py --processes 1                # the study in one process (the GPU lane: one GPU)
 
 Each run is the study's own command line into a fresh folder (no parts to reuse): ``python -m analyses.<study> OUT``
 for one process, ``python -m accelerate.commands.launch --multi_gpu --num_processes N -m analyses.<study> OUT`` for
 N (gloo on a machine without a GPU, as tests/test_parallel.py launches it); repeats interleave (1, N, 1, N, ...).
+--processes 1 times the one-process run alone (scripts/gpu_check.sh: the study on one GPU, where the study's device
+is the GPU lab.parallel picks).
 Wall time is the whole command, model loading and process start included. Every process gets OMP_NUM_THREADS
 threads (--threads, default 1), so the one-process run and each of the N processes compute alike. The study's
 section (OUT/*.md) of every run must give the same numbers: its timing lines (a number of s or ms) and any table
@@ -122,6 +125,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "parallel.md")
     a = p.parse_args()
+    if a.processes < 1:
+        sys.exit(f"--processes {a.processes}: give 1 (the study alone) or more (1 process against that many)")
     where = machine()
     walls: dict[int, list[float]] = {1: [], a.processes: []}
     sections: list[tuple[int, str]] = []
@@ -136,7 +141,8 @@ def main() -> None:
     differ = [(n, text) for n, text in sections if numbers(text) != reference]
     one, many = statistics.median(walls[1]), statistics.median(walls[a.processes])
     smoke = a.size != "full"
-    key = f"{a.study}, LAB_SIZE={a.size}, 1 process vs {a.processes}" + (
+    arms = "1 process" + (f" vs {a.processes}" if a.processes > 1 else "") + (", GPU" if "GPUs:" in where else "")
+    key = f"{a.study}, LAB_SIZE={a.size}, {arms}" + (
         " (SMOKE RUN: shows the script works; not the measurement)" if smoke else "")
     lines = [f"`python benchmarks/bench_parallel.py --study {a.study} --size {a.size} --processes {a.processes} "
              f"--repeats {a.repeats} --threads {a.threads}`, {datetime.date.today()}; {where}. "
@@ -147,7 +153,9 @@ def main() -> None:
                   "the speed-up at full size.", ""]
     lines += ["| processes | wall s per run | median s |", "|---|---|---|"]
     lines += [f"| {n} | {', '.join(f'{w:.1f}' for w in ws)} | {statistics.median(ws):.1f} |" for n, ws in walls.items()]
-    lines += ["", f"Speed-up (median 1 process / median {a.processes}): **{one / many:.2f}x**.", "",
+    if a.processes > 1:
+        lines += ["", f"Speed-up (median 1 process / median {a.processes}): **{one / many:.2f}x**."]
+    lines += ["",
               f"Numbers of the section ({len(reference)} lines, timing lines left out) "
               + ("**identical** in every run." if not differ else
                  f"**DIFFER** in {len(differ)} of {len(sections)} runs.")]

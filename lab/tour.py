@@ -22,6 +22,8 @@ image per step (uint8, 768 KiB at 512 px): ~25 MiB for 25 steps; 2 MiB for the b
 """
 from __future__ import annotations
 
+import html
+
 import textwrap
 from dataclasses import dataclass
 
@@ -384,7 +386,7 @@ def text_explorer(pipe, prompt: str, **flow_options):
 
     def redraw(change=None):
         rows = tokens(pipe, box.value, **flow_options)
-        table.value = f"<pre>{token_table(rows)}</pre>"
+        table.value = f"<pre>{html.escape(token_table(rows))}</pre>"  # '<|startoftext|>' is not a tag
         _show(out, text_figure(rows, similarity(embed(pipe, box.value, **flow_options))))
 
     box.observe(redraw, names="value")

@@ -12,7 +12,8 @@
 #   2. every study at LAB_SIZE=small on CUDA (command 1's studies, smoke size)                    <= 80 s
 #   3. at real size, random weights, fp16, until 450 s have passed: bench_hooks.py on SD1.5 512 px and SDXL
 #      1024 px (plain, DAAM capture, eager capture, ... interleaved), bench_daam.py on SDXL 1024 px (the explorer's
-#      capture), bench_hooks.py on SD2.1 768 px, bench_dift.py on SD1.5 512 px; each writes its section
+#      capture), bench_hooks.py on SD2.1 768 px, bench_dift.py on SD1.5 512 px; each writes its section;
+#      then the full-size DAAM study on one GPU (bench_parallel.py --processes 1: wall time, issue 22)
 #                                                                                                  <= 150 s
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,5 +49,8 @@ bench 100 benchmarks/bench_hooks.py --model sdxl-full --repeats 3 --section benc
 bench 80 benchmarks/bench_daam.py --model sdxl-full --repeats 3 --section benchmarks/daam.md
 bench 70 benchmarks/bench_hooks.py --model sd21-full --repeats 3 --section benchmarks/hooks.md
 bench 60 benchmarks/bench_dift.py --model sd15-full --repeats 5 --section benchmarks/dift.md
-cp benchmarks/hooks.md benchmarks/daam.md benchmarks/dift.md "$OUT/"
+if (( $(date +%s) + 120 <= deadline )); then  # the study on one GPU: its own flags, not bench()'s --device/--dtype
+  timeout 120 $py benchmarks/bench_parallel.py --study daam --size full --processes 1 2>&1 | tail -n 8
+else echo "skipped (no time left): bench_parallel.py --study daam --size full --processes 1"; fi
+cp benchmarks/hooks.md benchmarks/daam.md benchmarks/dift.md benchmarks/parallel.md "$OUT/"
 echo "total: $(( $(date +%s) - start )) s"

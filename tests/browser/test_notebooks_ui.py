@@ -112,6 +112,7 @@ def test_tour_prompt_and_step(notebook):
     prompt = nb.widget("widget-text", "prompt", within="lab-tour-text").locator("input")
     table = nb.root.locator(".lab-tour-text .widget-html")
     assert "green" not in table.inner_text()
+    assert "<|startoftext|>" in table.inner_text(), "the start token shows as text, not swallowed as an HTML tag"
     prompt.fill("a small green hexagon")
     prompt.press("Enter")
     nb.wait_until(lambda: "green" in table.inner_text(), "the token table did not show the new prompt", 60)
