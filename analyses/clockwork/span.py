@@ -10,7 +10,7 @@ added to the residual stream at the last step it ran is added again (Delta-DiT, 
 middle_blocks(pipe)          the default span: the middle half of the blocks in forward order (a quarter at each end
                              runs every step; of 3 blocks the middle one, of 2 or 1 all)
 check_span(pipe, blocks)     refuses blocks that are not one run of consecutive block points, naming them
-Span(blocks, reuse, stats)   the swaps of one span; .swaps() {block: fn(run, ctx)}, .hook(first block) its inputs
+Span(blocks, reuse, stats)   one span's state; .swaps() {block: fn(run, ctx)}, .pre_hook notes the first's inputs
 
 Why the residual and not the output: a DiT block's output is the residual stream, input + what the block adds. A
 UNet block's output is a fresh feature map at its resolution, so DeepCache reuses it as it is; a DiT block's old
@@ -24,8 +24,8 @@ with a threshold it never reaches (a test compares the two).
 
 FLUX.1: the double-stream ``transformer_blocks.i`` and the single-stream ``single_transformer_blocks.i`` are one
 forward order; a span may cross from one kind to the other, since in diffusers 0.42 both take (hidden_states,
-encoder_hidden_states) and return (text, image) (the single-stream block concatenates the streams inside). A block
-that returns anything else (an older diffusers' single-stream block) is refused when it first runs.
+encoder_hidden_states) and return (text, image) (the single-stream block concatenates the streams inside). A span
+whose last block returns anything else (an older diffusers' single-stream block) is refused when it first runs.
 """
 from __future__ import annotations
 
