@@ -39,11 +39,18 @@ def test_perturbed_attention_guidance_refuses_a_dit(pipe):
         pag.generate(pipe, ["a red square"], [0], steps=2)
 
 
-def test_layer_sensitivity_and_reuse_refuse_a_dit(pipe):
-    for make in (Noiser, Reuser):
-        with refused(pipe, "layer sensitivity and feature reuse"):
-            make(pipe, steps=2)
-    with refused(pipe, "layer sensitivity and feature reuse"):
+def test_layer_sensitivity_and_reuse_run_on_a_dit_and_only_low_resolution_blocks_refuses_it(pipe):
+    from lab.hooks import select
+
+    small = dict(height=64, width=64, max_sequence_length=16)
+    noiser, reuser = Noiser(pipe, steps=2, n=1, **small), Reuser(pipe, steps=2, n=1, **small)
+    blocks = select(pipe, kind="block")
+    assert noiser.w["block"].options == tuple(blocks)
+    assert reuser.w["blocks"].options == (*clockwork.middle_blocks(pipe), "middle blocks")
+    fig = noiser.update(block=blocks[0], step=1, r=1.0)
+    assert fig.axes[1].get_title() == f"noise r=1 on {blocks[0]} at step 1"
+    assert reuser.update(blocks="middle blocks", k=2).axes[1].get_title() == "middle blocks run every 2"
+    with pytest.raises(NotImplementedError, match=r"^low_resolution_blocks is not available on .*reusable_blocks"):
         clockwork.low_resolution_blocks(pipe)
 
 

@@ -5,7 +5,7 @@
     >>> tradeoff({"mid_block every 2": (0.08, 3, 12)}, ax=ax)           # doctest: +SKIP
 
 sensitivity_map(values, blocks, ax, label)   block x step heat map (rows in forward order, resolution in the label)
-tradeoff(points, ax)                         share of images whose reading changed (95% Wilson) against time saved
+tradeoff(points, ax, net)                    share of images whose reading changed (95% Wilson) against time saved
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def sensitivity_map(values: np.ndarray, blocks: list[str], ax=None, label: str =
     return ax
 
 
-def tradeoff(points: dict[str, tuple[float, int, int]], ax=None):
-    """points[label] = (share of time saved, images whose reading changed, images). Returns the Axes."""
+def tradeoff(points: dict[str, tuple[float, int, int]], ax=None, net: str = "UNet"):
+    """points[label] = (share of time saved, images whose reading changed, images); net names the denoiser whose
+    time it is ('UNet', 'transformer'). Returns the Axes."""
     if ax is None:
         from matplotlib.figure import Figure
         ax = Figure(figsize=(5, 3.4), layout="constrained").subplots()
@@ -40,7 +41,7 @@ def tradeoff(points: dict[str, tuple[float, int, int]], ax=None):
         p, (lo, hi) = k / n, wilson(k, n)
         ax.errorbar([100 * saved], [p], yerr=[[max(p - lo, 0)], [max(hi - p, 0)]], marker="o", capsize=2,
                     label=label)
-    ax.set_xlabel("UNet time saved (%)")
+    ax.set_xlabel(f"{net} time saved (%)")
     ax.set_ylabel("parser reading changed vs plain")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=6)

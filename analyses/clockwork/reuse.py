@@ -1,5 +1,5 @@
-"""Feature reuse (Clockwork Diffusion, DeepCache): on chosen steps a block is not run; its output from the last step
-it ran is used instead, so its compute is really skipped.
+"""Feature reuse (Clockwork Diffusion, DeepCache; on a DiT Delta-DiT, FORA, TeaCache): on chosen steps blocks are not
+run and what they computed at the last step they ran is used instead, so their compute is really skipped.
 
     >>> import lab
     >>> from analyses.clockwork.reuse import low_resolution_blocks, reuse
@@ -11,8 +11,10 @@ it ran is used instead, so its compute is really skipped.
     >>> stats["mid_block"].reused, stats["mid_block"].ran
     (3, 3)
 
+reusable_blocks(pipe)            the default blocks to reuse: a UNet's low-resolution blocks, a DiT's middle blocks
+group_name(pipe)                 what those are called in labels: 'low-res blocks' or 'middle blocks'
 low_resolution_blocks(pipe)      the blocks that run at the UNet's lowest resolution: the last down block, the mid
-                                 block, the first up block
+                                 block, the first up block (a UNet only: a DiT has one token grid)
 every(k, steps)                  the steps that reuse when the block runs every k-th step (steps 0, k, 2k ... run)
 reuse(pipe, blocks, steps)       context manager: each block is swapped out on `steps` for the length of the
                                  with-block (a lab.hooks swap point, put back after it, also after an error);
@@ -25,6 +27,10 @@ calls that run (Reused.seconds, CPU time of this process), so the study can repo
 block's share of the UNet's time. The block stays the UNet's own module. Steps are the trace's (one per UNet call):
 one `with reuse(...)` block holds one pipeline call. A reused output is the same tensor, batch for batch, so the
 guidance layout and the batch must not change between steps (the trace refuses a call where they do).
+
+On a diffusion transformer (SD3 / SD3.5, FLUX.1) `blocks` is one span of consecutive blocks, and what is reused is
+the residual the span added (its output - its input, image and text streams) rather than its output, which carries
+the whole residual stream: see analyses.clockwork.span. The counts and timings are the same Reused per block.
 """
 from __future__ import annotations
 
@@ -33,21 +39,29 @@ import time
 from typing import Iterable, Sequence
 
 from lab.hooks import select, trace
-from lab.pipes import unet_only
+from lab.hooks.points import denoiser_of
+from lab.pipes import family_of, unet_only
 
-
-def require_unet(pipe) -> None:
-    """Refuse an SD3 / Flux pipeline by name (lab.pipes.unet_only): what every clockwork function runs on."""
-    unet_only(pipe, "layer sensitivity and feature reuse", "they perturb and skip a UNet's down / mid / up blocks, "
-              "whose resolutions differ; a transformer's blocks all work on one token grid, so it has no "
-              "low-resolution blocks to reuse, and the per-block study is not written for it yet")
+from .span import Span, check_span, middle_blocks
 
 
 def low_resolution_blocks(pipe) -> list[str]:
     """The last down block, the mid block and the first up block: the blocks that compute at the lowest resolution."""
-    require_unet(pipe)
-    unet = pipe.unet
+    unet_only(pipe, "low_resolution_blocks", "a transformer's blocks all work on one token grid, so none is "
+              "low-resolution; reusable_blocks(pipe) gives a DiT's default instead, its middle blocks, whose residual "
+              "reuse() reuses")
+    unet = denoiser_of(pipe)
     return [f"down_blocks.{len(unet.down_blocks) - 1}", "mid_block", "up_blocks.0"]
+
+
+def reusable_blocks(pipe) -> list[str]:
+    """The blocks to reuse by default: a UNet's low_resolution_blocks, a DiT's middle_blocks (a span)."""
+    return low_resolution_blocks(pipe) if family_of(pipe) == "unet" else middle_blocks(pipe)
+
+
+def group_name(pipe) -> str:
+    """The label of reusable_blocks(pipe) as a group: 'low-res blocks' on a UNet, 'middle blocks' on a DiT."""
+    return "low-res blocks" if family_of(pipe) == "unet" else "middle blocks"
 
 
 def every(k: int, steps: int) -> list[int]:
@@ -59,27 +73,36 @@ def every(k: int, steps: int) -> list[int]:
 
 class Reused:
     """What one block did under reuse(): `ran` and `reused` counts, the CPU `seconds` of its runs; `swap` is its
-    lab.hooks swap function, which returns the last output on the steps in `reuse` (once there is one)."""
+    lab.hooks swap function on a UNet, which returns the last output on the steps in `reuse` (once there is one)."""
 
     def __init__(self, reuse: Iterable[int]):
         self.reuse = {int(s) for s in reuse}
         self.kept, self.ran, self.reused, self.seconds = None, 0, 0, 0.0
 
+    def timed(self, run):
+        """run() the block, counted and timed; returns its output."""
+        t0 = time.process_time()
+        out = run()
+        self.seconds += time.process_time() - t0
+        self.ran += 1
+        return out
+
     def swap(self, run, ctx):
         if ctx.step in self.reuse and self.kept is not None:
             self.reused += 1
             return self.kept
-        t0 = time.process_time()
-        self.kept = run()  # hidden (B, c, h, w), or (hidden, skips) for a down block
-        self.seconds += time.process_time() - t0
-        self.ran += 1
+        self.kept = self.timed(run)  # hidden (B, c, h, w), or (hidden, skips) for a down block
         return self.kept
 
 
 @contextlib.contextmanager
 def reuse(pipe, blocks: Sequence[str], steps: Iterable[int]):
-    """Skip each of `blocks` (block point names) on `steps`, reusing its last output; yields {block: Reused}."""
-    require_unet(pipe)
+    """Skip each of `blocks` (block point names) on `steps`, reusing its last output (on a DiT: `blocks` is one span,
+    whose last residual is reused); yields {block: Reused}."""
+    if family_of(pipe) != "unet":
+        with _reuse_span(pipe, blocks, steps) as stats:
+            yield stats
+        return
     valid = select(pipe, kind="block")
     bad = [b for b in blocks if b not in valid]
     if bad:
@@ -92,3 +115,23 @@ def reuse(pipe, blocks: Sequence[str], steps: Iterable[int]):
     finally:
         for r in stats.values():
             r.kept = None  # the last outputs: the stats stay readable, the tensors go
+
+
+@contextlib.contextmanager
+def _reuse_span(pipe, blocks: Sequence[str], steps: Iterable[int]):
+    """reuse() on a DiT: the span `blocks` skipped on `steps`, its last residual added to its input instead."""
+    blocks, steps = list(blocks), list(steps)
+    if not blocks:
+        yield {}
+        return
+    check_span(pipe, blocks)
+    stats = {name: Reused(steps) for name in blocks}
+    span = Span(blocks, steps, stats)
+    first = dict(denoiser_of(pipe).named_modules())[blocks[0]]
+    handle = first.register_forward_pre_hook(span.pre_hook, with_kwargs=True)
+    try:
+        with trace(pipe, swaps=span.swaps()):
+            yield stats
+    finally:
+        handle.remove()
+        span.clear()  # the inputs and residuals: the stats stay readable, the tensors go
