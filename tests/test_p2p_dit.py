@@ -76,24 +76,30 @@ def test_without_injection_the_edit_is_a_plain_pipe_call_of_the_target(pipe):
     _near(out.images["plain"], plain)
 
 
-def test_a_swap_gives_the_edit_row_the_source_text_distribution_at_its_own_text_mass(sd3):
+def test_injected_views_take_the_source_distributions_at_the_edit_rows_own_masses(sd3):
     """Every step injected: each image query's image->text row is the source's (through the mapper, square ->
-    h+e+x+a+g+o+n in T5) rescaled to the edit row's own mass, so the full row (with its image->image part) sums to
-    one; the masses themselves differ from the source's (the rescaling is not a no-op)."""
+    h+e+x+a+g+o+n in T5) rescaled to the edit row's own mass; with self-attention injected too, its image->image row
+    is the source's rescaled likewise. Full rows sum to one either way, and the text masses differ from the source's
+    (the rescaling is not a no-op)."""
     request = p2p.Request("a red square", "a red hexagon")
     a = p2p.align(sd3, request.source, request.target, max_sequence_length=MSL)
     text, image = layers(sd3, "cross"), layers(sd3, "self")
     with trace(sd3, text + image, keep=Keep(steps="all", branches=("cond",))) as tr:
-        _run(sd3, request, [p2p.Control(1.0, 0.0, label="swap")])
+        _run(sd3, request, [p2p.Control(1.0, 0.0, label="cross"), p2p.Control(1.0, 1.0, label="both")])
     differ = False
     for name, self_name in zip(text, image):
-        maps, own_image = tr.cache[name][:, 0], tr.cache[self_name][:, 0]  # (steps, rows, heads, q, k)
-        src, edit = maps[:, 0], maps[:, 1]  # rows: source, swap, plain
+        maps, selfs = tr.cache[name][:, 0], tr.cache[self_name][:, 0]  # (steps, rows, heads, q, k)
+        src = maps[:, 0]  # rows: source, cross, both, plain
         mapped = torch.einsum("shqk,tk->shqt", src, a.mapper)  # (steps, heads, q, text keys)
-        mass = edit.sum(-1, keepdim=True)
-        torch.testing.assert_close(edit, mapped / mapped.sum(-1, keepdim=True) * mass, atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(mass[..., 0] + own_image[:, 1].sum(-1), torch.ones_like(mass[..., 0]))
-        differ |= not torch.allclose(mass, src.sum(-1, keepdim=True), atol=1e-4)
+        for row in (1, 2):
+            edit, own_image = maps[:, row], selfs[:, row]
+            mass = edit.sum(-1, keepdim=True)  # (steps, heads, q, 1)
+            torch.testing.assert_close(edit, mapped / mapped.sum(-1, keepdim=True) * mass, atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(mass[..., 0] + own_image.sum(-1), torch.ones_like(mass[..., 0]))
+            differ |= not torch.allclose(mass, src.sum(-1, keepdim=True), atol=1e-4)
+        both = selfs[:, 2]
+        torch.testing.assert_close(both, selfs[:, 0] / selfs[:, 0].sum(-1, keepdim=True) * both.sum(-1, keepdim=True),
+                                   atol=1e-6, rtol=1e-4)
     assert differ
 
 
