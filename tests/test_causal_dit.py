@@ -25,11 +25,13 @@ def refused(pipe, method):
                                                      rf"a diffusion transformer\): .*{SUPPORTED}")
 
 
-def test_prompt_to_prompt_refuses_a_dit(pipe):
-    with refused(pipe, "prompt-to-prompt"):
-        Editor(pipe, "a red square", "a blue square", steps=2)
-    with refused(pipe, "prompt-to-prompt"):
-        p2p.generate(pipe, [p2p.Request("a red square", "a blue square")], steps=2)
+def test_prompt_to_prompt_runs_on_a_dit(pipe):
+    """Accepted now (tests/test_p2p_dit.py holds what it computes): the editor draws a swap, generate returns rows."""
+    ed = Editor(pipe, "a red square", "a blue square", steps=2, height=64, width=64, max_sequence_length=16)
+    assert ed.update(cross_steps=2, self_steps=1) is not None and ed.message.value == ""
+    out = p2p.generate(pipe, [p2p.Request("a red square", "a blue square")], steps=2, height=64, width=64,
+                       max_sequence_length=16)
+    assert out.images["edit 0"].shape == (1, 64, 64, 3)
 
 
 def test_perturbed_attention_guidance_refuses_a_dit(pipe):

@@ -25,6 +25,21 @@ max-pooled, min-max normalised, above blend_threshold; the paper divides by the 
 have a floor that then covers the image): z_edit = z_source + mask * (z_edit - z_source). The maps are the ones
 the model made, before the injection replaced them: the edit's trace keeps them (Keep(before_edits=True), summed
 over steps, heads averaged, the blend words' keys) and the blend reads its running sums (Trace.so_far).
+
+On a diffusion transformer (SD3 / SD3.5, FLUX.1) cross-attention is the ``image->text`` view of every joint-attention
+layer (Flux's single-stream blocks too) and self-attention the ``image->image`` view (and SD3.5's image-only
+``attn2``); text queries are left alone. A view is a slice of ONE softmax over [image, text] keys, so its rows do not
+sum to one: an injected view gets the source row's distribution within the view, scaled to the edit row's own mass
+in that view, ``edit[q, view] = source[q, view] * sum(edit[q, view]) / sum(source[q, view])`` (for image->text through
+the Alignment's mapper first). Each view keeps its own total, so every full row still sums to one, whether one view
+or both are injected, and how much an image token looks at the text rather than the image stays the edit's own (a
+DiT's text tokens differ between the prompts: the source's text/image split is not the edit's to take). The UNet's
+rule of injecting self-attention only in layers of at most 32x32 queries has no DiT counterpart (every layer sees
+the same token grid, so it would pick all layers or none); on a DiT self-attention is injected in every layer.
+The guidance layout is the pipeline's (lab.hooks reads it): SD3's conditional rows are edited, FLUX.1 has no
+unconditional branch (dev's guidance is an embedding) so every row is conditional. Local blending reads the maps
+on the token grid; the mask is brought to the latent grid as on a UNet, and packed 2x2 per token for Flux's packed
+latents (FluxPipeline._pack_latents), so Edited.masks are at latent resolution for every family.
 """
 from __future__ import annotations
 
@@ -35,11 +50,13 @@ import torch
 import torch.nn.functional as F
 
 from lab.hooks import Keep, points, select, trace
-from lab.pipes import unet_only
+from lab.pipes import family_of
 
 from .align import Alignment, align, token_positions
 
-SELF_MAX_QUERIES = 32 * 32  # self-attention is injected only where it has at most this many queries
+SELF_MAX_QUERIES = 32 * 32  # a UNet's self-attention is injected only where it has at most this many queries
+CROSS_KINDS = {"unet": "attn2", "dit": "image->text"}  # the point kinds of cross- and self-attention
+SELF_KINDS = {"unet": "attn1", "dit": "image->image"}
 
 
 @dataclass(frozen=True)
@@ -89,11 +106,13 @@ def _count(value, total: int, name: str) -> int:
     return int(value)
 
 
-def require_unet(pipe) -> None:
-    """Refuse an SD3 / Flux pipeline by name (lab.pipes.unet_only): what the editor and generate run on."""
-    unet_only(pipe, "prompt-to-prompt", "its controls replace a UNet's cross-attention (attn2) and self-attention "
-              "(attn1) maps; on a transformer text and image share one joint attention, for which no prompt-to-prompt "
-              "control is written yet")
+def layers(pipe, which: str = "cross") -> list[str]:
+    """The points an edit injects, forward order: 'cross' (UNet attn2, DiT image->text views) or 'self' (UNet attn1,
+    DiT image->image views)."""
+    kinds = {"cross": CROSS_KINDS, "self": SELF_KINDS}
+    if which not in kinds:
+        raise ValueError(f"which={which!r}; valid: 'cross', 'self'")
+    return select(pipe, kind=kinds[which]["unet" if family_of(pipe) == "unet" else "dit"])
 
 
 def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int | list[int] = 0,
@@ -101,9 +120,10 @@ def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int |
              **call_kwargs) -> Edited:
     """Generate every request's source, its controlled edits and (plain=True) its uncontrolled target in one batch.
 
-    seed: one for all requests or one per request (every row of a request starts from the same noise).
+    seed: one for all requests or one per request (every row of a request starts from the same noise). call_kwargs go
+    to pipe() (height, width; a DiT's max_sequence_length, which the alignment follows).
     """
-    require_unet(pipe)
+    dit = family_of(pipe) != "unet"
     requests, controls = list(requests), list(controls)
     if not requests or not controls:
         raise ValueError("generate needs at least one Request and one Control")
@@ -113,16 +133,18 @@ def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int |
     labels = [c.label or f"edit {i}" for i, c in enumerate(controls)]
     if len(set(labels)) != len(labels) or {"source", "plain"} & set(labels):
         raise ValueError(f"control labels {labels} must be distinct and not 'source' or 'plain'")
-    alignments = [align(pipe, r.source, r.target, r.method) for r in requests]
-    weights = [_reweight(pipe, r) for r in requests]
-    blends = [_blend_tokens(pipe, r) if any(c.blend for c in controls) else None for r in requests]
+    msl = call_kwargs.get("max_sequence_length")
+    alignments = [align(pipe, r.source, r.target, r.method, msl) for r in requests]
+    weights = [_reweight(pipe, r, msl) for r in requests]
+    blends = [_blend_tokens(pipe, r, msl) if any(c.blend for c in controls) else None for r in requests]
     per = 1 + len(controls) + int(plain)  # rows per request: source, one per control, plain
     prompts = [p for r in requests for p in [r.source] + [r.target] * (per - 1)]
-    plan = _Plan(alignments, weights, blends, [c.steps(steps) for c in controls], [c.blend for c in controls], per)
-    cross = select(pipe, kind="attn2")
+    plan = _Plan(alignments, weights, blends, [c.steps(steps) for c in controls], [c.blend for c in controls], per,
+                 dit)
+    cross = layers(pipe, "cross")
     edits = {n: plan.cross_edit for n in cross}
     if any(s for _, s in plan.counts):
-        edits.update({n: plan.self_edit for n in select(pipe, kind="attn1")})
+        edits.update({n: plan.self_edit for n in layers(pipe, "self")})
     start = int(round(blend_start * steps))
     blended = any(c.blend for c in controls)
     keep = Keep(steps="sum", heads="mean", tokens=plan.keys, branches=("cond",), before_edits=True) if blended else None
@@ -130,7 +152,7 @@ def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int |
     def on_step(pipeline, i, t, kw):
         if i >= start:
             maps = {n: tr.so_far(n) for n in cross}  # each (1, cond rows, q, blend keys): steps 0..i summed
-            kw["latents"] = plan.blend_latents(kw["latents"], blend_threshold, maps, pipeline)
+            kw["latents"] = plan.blend_latents(kw["latents"], blend_threshold, maps, pipeline, tr.grid)
         return kw
 
     gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds for _ in range(per)]
@@ -146,27 +168,27 @@ def generate(pipe, requests, controls=(Control(),), steps: int = 25, seed: int |
     return result
 
 
-def _reweight(pipe, r: Request) -> dict[int, float]:
-    return {t: float(f) for word, f in (r.reweight or {}).items() for t in token_positions(pipe, r.target, word)}
+def _reweight(pipe, r: Request, msl: int | None = None) -> dict[int, float]:
+    return {t: float(f) for word, f in (r.reweight or {}).items() for t in token_positions(pipe, r.target, word, msl)}
 
 
-def _blend_tokens(pipe, r: Request) -> tuple[list[int], list[int]]:
+def _blend_tokens(pipe, r: Request, msl: int | None = None) -> tuple[list[int], list[int]]:
     """(source keys, target keys) of the blend words; each must be in at least one of the two prompts."""
     if not r.blend:
         raise ValueError(f"a blended Control needs Request.blend words; the request {r.target!r} has none")
     src, dst = [], []
     for word in r.blend:
-        s = _maybe(pipe, r.source, word)
-        d = _maybe(pipe, r.target, word)
+        s = _maybe(pipe, r.source, word, msl)
+        d = _maybe(pipe, r.target, word, msl)
         if not s and not d:
-            token_positions(pipe, r.target, word)  # raises, naming the words the tokenizer sees
+            token_positions(pipe, r.target, word, msl)  # raises, naming the words the tokenizer sees
         src, dst = src + s, dst + d
     return src, dst
 
 
-def _maybe(pipe, prompt: str, word: str) -> list[int]:
+def _maybe(pipe, prompt: str, word: str, msl: int | None = None) -> list[int]:
     try:
-        return token_positions(pipe, prompt, word)
+        return token_positions(pipe, prompt, word, msl)
     except ValueError:
         return []
 
@@ -174,16 +196,16 @@ def _maybe(pipe, prompt: str, word: str) -> list[int]:
 class _Plan:
     """The edit functions of one batch, and the local blend from the blend words' running maps."""
 
-    def __init__(self, alignments, weights, blends, counts, blended, per):
+    def __init__(self, alignments, weights, blends, counts, blended, per, dit: bool = False):
         self.alignments, self.weights, self.blends = alignments, weights, blends
-        self.counts, self.blended, self.per = counts, blended, per
+        self.counts, self.blended, self.per, self.dit = counts, blended, per, dit
         self.max_cross = max(c for c, _ in counts)
         # the keys the trace keeps for the blend: every blend word's, source and target
         self.keys = sorted({t for b in blends if b for t in b[0] + b[1]}) if any(blended) else None
         self.sizes: dict[str, tuple[int, int]] = {}  # each cross-attention layer's (h, w) in this run
         self.last_masks = None
 
-    def cross_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, keys)
+    def cross_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, keys); DiT: a view
         cond = ctx.rows("cond")
         if ctx.step >= self.max_cross:
             return None
@@ -199,27 +221,39 @@ class _Plan:
                     continue
                 row = cond.start + r * self.per + 1 + c
                 edited = torch.where(own, probs[row], new)  # (heads, q, keys)
+                if self.dit:  # the edit row's own mass on the text keys (the module docstring says why)
+                    edited = edited * (probs[row].sum(-1, keepdim=True) / edited.sum(-1, keepdim=True).clamp_min(
+                        torch.finfo(edited.dtype).tiny))
                 for t, f in w.items():
                     edited[..., t] = edited[..., t] * f
                 out[row] = edited
         return out
 
-    def self_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, q)
-        if probs.shape[2] > SELF_MAX_QUERIES or all(ctx.step >= s for _, s in self.counts):
+    def self_edit(self, probs: torch.Tensor, ctx) -> torch.Tensor | None:  # probs: (B, heads, q, q); DiT: a view
+        if (probs.shape[2] > SELF_MAX_QUERIES and not self.dit) or all(ctx.step >= s for _, s in self.counts):
             return None
         cond = ctx.rows("cond")
         out = probs.clone()
         for r in range(len(self.alignments)):
             base = cond.start + r * self.per
             for c, (_, n_self) in enumerate(self.counts):
-                if ctx.step < n_self:
-                    out[base + 1 + c] = probs[base]
+                if ctx.step >= n_self:
+                    continue
+                row = base + 1 + c
+                out[row] = probs[base]  # (heads, q, q)
+                if self.dit:  # at the edit row's own mass on the image keys (the module docstring says why)
+                    out[row] *= probs[row].sum(-1, keepdim=True) / probs[base].sum(-1, keepdim=True).clamp_min(
+                        torch.finfo(probs.dtype).tiny)
         return out
 
-    def blend_latents(self, latents: torch.Tensor, threshold: float, maps: dict, pipe) -> torch.Tensor:
-        """latents (rows, c, H, W) with each blended edit row moved back to the source outside the mask; maps
-        {cross-attention layer: (1, cond rows, q, len(self.keys))} summed over the steps so far, in forward order."""
-        size = tuple(latents.shape[-2:])
+    def blend_latents(self, latents: torch.Tensor, threshold: float, maps: dict, pipe, grid=None) -> torch.Tensor:
+        """latents (rows, c, H, W), or Flux's packed (rows, tokens, c * 4), with each blended edit row moved back to
+        the source outside the mask; maps {cross-attention layer: (1, cond rows, q, len(self.keys))} summed over the
+        steps so far, in forward order; grid: a DiT's token grid (every layer's), None on a UNet."""
+        packed = latents.ndim == 3  # Flux packs each 2x2 patch of latents into one token
+        size = (2 * grid[0], 2 * grid[1]) if packed else tuple(latents.shape[-2:])
+        if grid is not None and not self.sizes:
+            self.sizes = {name: tuple(grid) for name in maps}
         if not self.sizes:
             vsf = pipe.vae_scale_factor
             self.sizes = {p.name: p.resolution for p in points(pipe, (size[0] * vsf, size[1] * vsf)) if p.name in maps}
@@ -237,7 +271,11 @@ class _Plan:
                     continue
                 mask = torch.stack(parts).amax(0).to(latents)  # (H, W): the union
                 base, row = r * self.per, r * self.per + 1 + c
-                out[row] = latents[base] + mask * (latents[row] - latents[base])  # (c, H, W)
+                m = mask
+                if packed:
+                    ch = latents.shape[-1] // 4
+                    m = pipe._pack_latents(mask.expand(1, ch, *size), 1, ch, *size)[0]  # (tokens, c * 4)
+                out[row] = latents[base] + m * (latents[row] - latents[base])  # (c, H, W), Flux (tokens, c * 4)
                 masks[r, c] = mask
         self.last_masks = masks.cpu()
         return out

@@ -33,6 +33,7 @@ from .score import CHECKS, Task, tasks, verdict
 
 GOAL, GOAL_OVER_BASELINE = 0.80, 0.40
 PRIMARY = "swap"
+SAMPLERS = {"DDIMScheduler": "DDIM", "FlowMatchEulerDiscreteScheduler": "flow-matching Euler"}  # the report's words
 SPLITS_ITEMS = True  # its batches go through lab.parallel.run_items: analyses.run_all runs it on every process
 
 
@@ -52,11 +53,13 @@ def request(task: Task) -> Request:
     return Request(task.source, task.target, "swap", blend=blend)
 
 
-def measure_batch(pipe, chunk: list[Task], steps: int, guidance: float = 7.5, keep_images: bool = False) -> dict:
+def measure_batch(pipe, chunk: list[Task], steps: int, guidance: float = 7.5, keep_images: bool = False,
+                  **call_kwargs) -> dict:
     """One batch of tasks, generated in one call: {"verdicts": {kind: [verdict or None per task]}, "coverage": [share
-    of the latent each local-blend mask kept editable], "images": Edited.images when keep_images, else None}."""
+    of the latent each local-blend mask kept editable], "images": Edited.images when keep_images, else None}. Any
+    pipeline generate() runs on (UNet, SD3, FLUX.1); call_kwargs go to pipe() (height, width, max_sequence_length)."""
     out = generate(pipe, [request(t) for t in chunk], controls(), steps=steps, seed=[t.scene.seed for t in chunk],
-                   guidance=guidance, plain=True)
+                   guidance=guidance, plain=True, **call_kwargs)
     verdicts = {kind: [verdict(t, out.images["source"][j], out.images[kind][j]) for j, t in enumerate(chunk)]
                 for kind in list(out.images)[1:]}
     return {"verdicts": verdicts, "coverage": [float(m.mean()) for mask in out.masks.values() for m in mask],
@@ -111,11 +114,11 @@ def section(verdicts, info) -> str:
     lines = [
         "## Prompt-to-prompt editing (Hertz et al.)", "",
         f"{info['n']} tasks (colour and shape swaps alternating, one object of an unseen two-object scene), "
-        f"{info['steps']} DDIM steps, guidance {info['guidance']}; {info['left_out']} left out because the source "
-        "image did not show the caption's two objects. An edit passes when the parser finds the edited object with "
-        "the new attribute where it was, the other object unchanged (same colour and shape, mask IoU >= 0.9 with its "
-        "source mask), the same background and two objects in place. `plain` is the baseline: the new caption from "
-        "the same seed without attention control.", "",
+        f"{info['steps']} {info.get('sampler', 'DDIM')} steps, guidance {info['guidance']}; {info['left_out']} left "
+        "out because the source image did not show the caption's two objects. An edit passes when the parser finds "
+        "the edited object with the new attribute where it was, the other object unchanged (same colour and shape, "
+        "mask IoU >= 0.9 with its source mask), the same background and two objects in place. `plain` is the "
+        "baseline: the new caption from the same seed without attention control.", "",
         "![examples](p2p_examples.png)", "", "![rates](p2p_rates.png)", "",
         "| control | " + " | ".join(CHECKS) + " | median other IoU |", "|---" * (len(CHECKS) + 2) + "|",
     ]
@@ -175,7 +178,9 @@ def run(out: Path, model: str = "shapes") -> str:
     from matplotlib.figure import Figure
     ax = Figure(figsize=(9, 3.4), layout="constrained").subplots()
     save_figure(rates_plot(counts(verdicts), ax=ax, goal=GOAL).figure, out / "p2p_rates.png")
+    sampler = type(pipe.scheduler).__name__
     info = {"n": n, "steps": steps, "guidance": guidance, "seconds": seconds, "size": size(),
+            "sampler": SAMPLERS.get(sampler, sampler),
             "left_out": sum(v is None for v in verdicts[PRIMARY]), "rows": len(first.images)}
     text = section(verdicts, info)
     (out / "p2p.md").write_text(text)

@@ -6,29 +6,35 @@
               method="swap", cross_steps=20, self_steps=10, blend="circle")   # what the button calls
 
 A refused edit (a word not in the prompt, prompts that do not align) shows its message, with the words the tokenizer
-sees, under the picture; ``update`` returns None then.
+sees, under the picture; ``update`` returns None then. It runs on UNet pipelines and on SD3 / FLUX.1 (see
+analyses.p2p.control for what the controls mean there); keyword arguments after `seed` go to every pipe() call:
+
+    ed = Editor(sd3, "a red square", "a blue square", steps=28, max_sequence_length=77)
 """
 from __future__ import annotations
 
 import html
 
+from lab.pipes import family_of
 from lab.widgets import png, set_controls
 
 from .align import METHODS
-from .control import Control, Request, generate, require_unet
+from .control import Control, Request, generate
 from .plot import side_by_side
 
 
 def edit_figure(pipe, source: str, target: str, method: str = "swap", cross_steps: int = 20, self_steps: int = 10,
-                blend: str = "", reweight: str = "", factor: float = 2.0, steps: int = 25, seed: int = 0):
+                blend: str = "", reweight: str = "", factor: float = 2.0, steps: int = 25, seed: int = 0,
+                **call_kwargs):
     """Source, the controlled edit and the uncontrolled target from one seed (a Figure). blend: space-separated
-    words for local blending ('' for none); reweight: a target word whose attention is scaled by `factor`."""
+    words for local blending ('' for none); reweight: a target word whose attention is scaled by `factor`;
+    call_kwargs go to pipe() (height, width, max_sequence_length)."""
     words = tuple(blend.split())
     request = Request(source, target, method, reweight={reweight: factor} if reweight.strip() else None,
                       blend=words)
     control = Control(int(cross_steps), int(self_steps), blend=bool(words), label=f"{method} ({cross_steps}/"
                       f"{self_steps} steps)")
-    out = generate(pipe, [request], [control], steps=steps, seed=seed, plain=True)
+    out = generate(pipe, [request], [control], steps=steps, seed=seed, plain=True, **call_kwargs)
     fig = side_by_side(out, captions=None)
     fig.suptitle(f"{source}\n-> {target}", fontsize=8)
     return fig
@@ -37,11 +43,11 @@ def edit_figure(pipe, source: str, target: str, method: str = "swap", cross_step
 class Editor:
     """Widgets over edit_figure; ``update(**values)`` sets controls and redraws (the button calls it)."""
 
-    def __init__(self, pipe, source: str, target: str | None = None, steps: int = 25, seed: int = 0):
+    def __init__(self, pipe, source: str, target: str | None = None, steps: int = 25, seed: int = 0, **call_kwargs):
         import ipywidgets as W
 
-        require_unet(pipe)
-        self.pipe, self.steps, self.seed = pipe, steps, seed
+        family_of(pipe)  # a pipeline lab.hooks runs on (UNet, SD3, FLUX.1), else refused by name before any widget
+        self.pipe, self.steps, self.seed, self.call_kwargs = pipe, steps, seed, call_kwargs
         self.w = {
             "source": W.Text(value=source, description="source", layout=W.Layout(width="95%")),
             "target": W.Text(value=target or source, description="edit", layout=W.Layout(width="95%")),
@@ -69,7 +75,7 @@ class Editor:
         edit and show it; returns the Figure, or None when the edit is refused (the message says why)."""
         set_controls(self.w, values)
         try:
-            fig = edit_figure(self.pipe, steps=self.steps, seed=self.seed, **self.values())
+            fig = edit_figure(self.pipe, steps=self.steps, seed=self.seed, **self.values(), **self.call_kwargs)
         except ValueError as e:
             self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
             return None
