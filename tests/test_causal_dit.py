@@ -32,11 +32,12 @@ def test_prompt_to_prompt_refuses_a_dit(pipe):
         p2p.generate(pipe, [p2p.Request("a red square", "a blue square")], steps=2)
 
 
-def test_perturbed_attention_guidance_refuses_a_dit(pipe):
-    with refused(pipe, "perturbed-attention guidance"):
-        Guide(pipe, steps=2)
-    with refused(pipe, "perturbed-attention guidance"):
-        pag.generate(pipe, ["a red square"], [0], steps=2)
+def test_perturbed_attention_guidance_runs_on_a_dit(pipe):
+    gd = Guide(pipe, steps=2, n=1, size=64)  # draws the caption without PAG and with it on 'mid'
+    assert gd.w["layers"].options == ("mid", "all")
+    images = pag.generate(pipe, ["a red square"], [0], steps=2, pag_scale=3.0, layers="all", height=64, width=64,
+                          max_sequence_length=16)
+    assert images.shape == (1, 64, 64, 3) and (images >= 0).all() and (images <= 1).all()
 
 
 def test_layer_sensitivity_and_reuse_refuse_a_dit(pipe):
