@@ -34,11 +34,12 @@ def test_prompt_to_prompt_runs_on_a_dit(pipe):
     assert out.images["edit 0"].shape == (1, 64, 64, 3)
 
 
-def test_perturbed_attention_guidance_refuses_a_dit(pipe):
-    with refused(pipe, "perturbed-attention guidance"):
-        Guide(pipe, steps=2)
-    with refused(pipe, "perturbed-attention guidance"):
-        pag.generate(pipe, ["a red square"], [0], steps=2)
+def test_perturbed_attention_guidance_runs_on_a_dit(pipe):
+    gd = Guide(pipe, steps=2, n=1, size=64)  # draws the caption without PAG and with it on 'mid'
+    assert gd.w["layers"].options == ("mid", "all")
+    images = pag.generate(pipe, ["a red square"], [0], steps=2, pag_scale=3.0, layers="all", height=64, width=64,
+                          max_sequence_length=16)
+    assert images.shape == (1, 64, 64, 3) and (images >= 0).all() and (images <= 1).all()
 
 
 def test_layer_sensitivity_and_reuse_run_on_a_dit_and_only_low_resolution_blocks_refuses_it(pipe):

@@ -11,7 +11,9 @@ when its chosen self-attention maps are the identity (every query attends only t
 
 identity_attention(probs, ctx)   the edit: the 'perturbed' rows' (heads, q, q) probabilities -> the identity map
 layers(pipe, choice)             self-attention (attn1) point names of 'down' | 'mid' | 'up' | 'all' or full names
+groups(pipe)                     the layer groups `choice` may name on this pipeline (a DiT's: 'mid', 'all')
 generate(pipe, prompts, seeds, steps, guidance, pag_scale, layers)   (n, H, W, 3) float images in [0, 1]
+combine(predictions, guidance, pag_scale)   the guided prediction from {branch: prediction}
 
 Why a loop here and not diffusers' StableDiffusionPAGPipeline: that pipeline perturbs with its own attention
 processors, set on the UNet it is given (the user's, shared with their pipeline) and refused by lab.hooks, and it
@@ -27,6 +29,10 @@ identity edit replaces the chosen layers' maps on the 'perturbed' rows only:
 One call a step instead of two. In the chosen layers every row runs the eager attention math (lab.hooks edits do),
 so uncond and cond differ from a separate unperturbed call in the last float bits (within tests/devices.py's
 batch_close; test_pag holds it to a two-call reference). SD 1.x / 2.x and SDXL (its pooled text and size conditioning).
+
+SD3 / SD3.5 and FLUX.1 go to analyses.pag.dit: the perturbation there is diffusers' SD3 PAG (image queries of the
+chosen joint-attention layers attend only to themselves among the image keys, and to every text key), the loop is
+the flow-matching pipeline's, and ``layers`` names joint-attention layers ('mid', 'all', ``transformer_blocks.i``).
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ import numpy as np
 import torch
 
 from lab.hooks import select, trace
-from lab.pipes import unet_only
+from lab.pipes import family_of
 
 GROUPS = ("down", "mid", "up", "all")
 
@@ -60,10 +66,11 @@ def identity_attention(probs: torch.Tensor, ctx) -> torch.Tensor:  # probs: (B, 
 
 def layers(pipe, choice: str | Sequence[str] = "mid") -> list[str]:
     """Full names of the self-attention layers `choice` names: 'down', 'mid', 'up', 'all', attn1 point names, or a
-    list of those (forward order, no repeats)."""
-    unet_only(pipe, "perturbed-attention guidance", "it replaces a UNet's self-attention (attn1) maps by the "
-              "identity; a transformer's image->image attention shares one softmax with the text keys, and no "
-              "perturbation of it is written yet")
+    list of those (forward order, no repeats). On SD3 / Flux: joint-attention layers (analyses.pag.dit.layers)."""
+    if family_of(pipe) != "unet":
+        from . import dit
+
+        return dit.layers(pipe, choice)
     items = [choice] if isinstance(choice, str) else list(choice)
     every = select(pipe, kind="attn1")
     if not items:
@@ -82,16 +89,46 @@ def layers(pipe, choice: str | Sequence[str] = "mid") -> list[str]:
     return [n for n in every if n in chosen]
 
 
+def groups(pipe) -> tuple[str, ...]:
+    """The layer groups layers() takes on this pipeline: GROUPS on a UNet, ('mid', 'all') on SD3 / Flux."""
+    if family_of(pipe) == "unet":
+        return GROUPS
+    from .dit import DIT_GROUPS
+
+    return DIT_GROUPS
+
+
+def combine(out: dict, guidance: float, pag_scale: float) -> torch.Tensor:
+    """The guided prediction from {branch: (n, ...) prediction}: classifier-free guidance where there is an
+    'uncond' branch, plus pag_scale * (cond - perturbed) where there is a 'perturbed' one."""
+    eps = out["cond"]
+    if "uncond" in out:
+        eps = out["uncond"] + guidance * (out["cond"] - out["uncond"])  # (n, ...)
+    if "perturbed" in out:
+        eps = eps + pag_scale * (out["cond"] - out["perturbed"])  # (n, ...)
+    return eps
+
+
 @torch.no_grad()
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25, guidance: float = 0.0,
              pag_scale: float = 3.0, layers: str | Sequence[str] = "mid", height: int | None = None,
-             width: int | None = None) -> np.ndarray:
+             width: int | None = None, max_sequence_length: int | None = None) -> np.ndarray:
     """(n, H, W, 3) float images in [0, 1] (as ``pipe(..., output_type="np")``), prompt i from seed i; with
-    guidance > 1 classifier-free guidance as the pipeline does it, plus pag_scale times (cond - perturbed)."""
+    guidance > 1 classifier-free guidance as the pipeline does it, plus pag_scale times (cond - perturbed).
+    SD3 / Flux: see analyses.pag.dit (max_sequence_length: their T5 window, the pipeline's default if None; on
+    FLUX.1 `guidance` is dev's embedded guidance, not a CFG branch)."""
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if len(prompts) != len(seeds) or not prompts:
         raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt")
     names = _layers(pipe, layers)  # checked also at scale 0, so a bad choice is never silently ignored
+    if family_of(pipe) != "unet":
+        from . import dit
+
+        return dit.generate(pipe, prompts, seeds, steps, guidance, pag_scale, names, height, width,
+                            max_sequence_length)
+    if max_sequence_length is not None:
+        raise ValueError(f"max_sequence_length={max_sequence_length}: it is SD3's / Flux's T5 window; "
+                         f"{type(pipe).__name__} reads its CLIP tokenizer's window")
     unet, device = pipe.unet, pipe._execution_device
     n, cfg = len(prompts), guidance > 1
     height = height or unet.config.sample_size * pipe.vae_scale_factor
@@ -121,12 +158,7 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25
             # 4. One UNet call on every branch
             x = scheduler.scale_model_input(torch.cat([latents] * len(layout)), t)  # (rows, c, h, w)
             eps = unet(x, t, encoder_hidden_states=text, added_cond_kwargs=added or None, return_dict=False)[0]
-            out = dict(zip(layout, eps.chunk(len(layout))))  # each (n, c, h, w)
-            eps = out["cond"]
-            if cfg:
-                eps = out["uncond"] + guidance * (out["cond"] - out["uncond"])  # (n, c, h, w)
-            if pag_scale:
-                eps = eps + pag_scale * (out["cond"] - out["perturbed"])  # (n, c, h, w)
+            eps = combine(dict(zip(layout, eps.chunk(len(layout)))), guidance, pag_scale)  # (n, c, h, w)
             # 5. One scheduler step
             latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]  # (n, c, h, w)
 

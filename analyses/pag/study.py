@@ -10,7 +10,8 @@ The parser judges each image (analyses.pag.score: colour, shape and size right, 
 Wilson intervals; PAG against the same guidance without PAG as a paired difference (bootstrap over captions). The
 paper's claim, tested: PAG raises the rate without CFG ("shown" only when the paired interval's lower end is above 0).
 Its items are (condition, batch of 16 captions), one call each, split over the processes of ``accelerate launch`` by
-lab.parallel; any number of processes gives the same section.
+lab.parallel; any number of processes gives the same section. On an SD3 / Flux model the layer choices are the DiT's
+('mid', 'all' joint-attention layers; analyses.pag.dit) and the perturbation is diffusers' SD3 PAG.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 
 import lab
 from lab import parallel
+from lab.pipes import family_of
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import world_of
@@ -48,10 +50,13 @@ class Condition:
         return f"{cfg}" if self.scale == 0 else f"{cfg} + PAG {self.layers} {self.scale:g}"
 
 
-def conditions() -> list[Condition]:
-    """Without CFG and with it: no PAG, then PAG on each layer choice and at each scale."""
+def conditions(family: str = "unet") -> list[Condition]:
+    """Without CFG and with it: no PAG, then PAG on each layer choice and at each scale. family: lab.pipes.family_of
+    the model ('unet', 'sd3', 'flux'), whose layer groups are chosen from."""
     scales = pick(small=[3.0], default=[3.0, 6.0], full=[1.0, 2.0, 3.0, 5.0, 8.0])
     choices = pick(small=["mid", "up"], default=["down", "mid", "up"], full=["down", "mid", "up", "all"])
+    if family != "unet":
+        choices = ["mid", "all"]  # analyses.pag.dit.DIT_GROUPS
     out = []
     for g in (0.0, CFG):
         out.append(Condition(g, 0.0))
@@ -60,9 +65,9 @@ def conditions() -> list[Condition]:
     return out
 
 
-def batches(n: int, batch: int = 16) -> list[tuple[Condition, int]]:
+def batches(n: int, batch: int = 16, family: str = "unet") -> list[tuple[Condition, int]]:
     """The study's items: (condition, index of the batch's first caption), condition by condition."""
-    return [(cond, i) for cond in conditions() for i in range(0, n, batch)]
+    return [(cond, i) for cond in conditions(family) for i in range(0, n, batch)]
 
 
 def measure_batch(pipe, cond: Condition, chunk: list, steps: int, keep_images: bool = False) -> dict:
@@ -91,7 +96,7 @@ def merge(items: list[tuple[Condition, int]], done: list[dict]):
 def measure(pipe, n: int, steps: int, batch: int = 16):
     """(scenes, {label: [verdict per caption]}, {label: (n, H, W, 3) uint8 of the first batch}, seconds per
     condition), in one process."""
-    todo, items = scenes(n, world=world_of(pipe)), batches(n, batch)
+    todo, items = scenes(n, world=world_of(pipe)), batches(n, batch, family_of(pipe))
     done = [measure_batch(pipe, cond, todo[i:i + batch], steps, keep_images=i == 0) for cond, i in items]
     return (todo, *merge(items, done))
 
@@ -104,13 +109,21 @@ def paired(a: list[dict], b: list[dict], seed: int = 0) -> tuple[float, float, f
     return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+_WHAT = {  # per denoiser family: (sampler, the perturbation, the denoiser)
+    "unet": ("DDIM", "chosen self-attention maps replaced by the identity", "UNet"),
+    "dit": ("flow-matching Euler", "chosen joint-attention layers' image queries attending only to themselves among "
+            "the image keys and to every text key (diffusers' SD3 PAG)", "transformer"),
+}
+
+
 def section(verdicts, info) -> str:
+    sampler, perturbed, denoiser = _WHAT["unet" if info.get("family", "unet") == "unet" else "dit"]
     lines = [
         "## Perturbed-attention guidance (Ahn et al.)", "",
         f"{info['n']} unseen one-object captions, each generated from its scene's seed under every condition, "
-        f"{info['steps']} DDIM steps. PAG: eps + scale x (cond - perturbed), where the perturbed prediction has the "
-        "chosen self-attention maps replaced by the identity (lab.hooks edit; the conditional rows again, a third "
-        "branch of the UNet call). A picture passes when the parser finds exactly one object with the caption's "
+        f"{info['steps']} {sampler} steps. PAG: eps + scale x (cond - perturbed), where the perturbed prediction has "
+        f"the {perturbed} (lab.hooks edit; the conditional rows again, a third branch of the {denoiser} call). "
+        "A picture passes when the parser finds exactly one object with the caption's "
         "colour, shape and size. Differences are paired (same seeds) against the same CFG setting without PAG.", "",
         "![rates](pag_rates.png)", "", "![examples](pag_examples.png)", "",
         "| condition | " + " | ".join(CHECKS) + " | clean vs no PAG (95% CI) | CPU s |",
@@ -136,7 +149,7 @@ def section(verdicts, info) -> str:
     lines += [f"- Without any guidance the model already draws {k}/{n} clean objects: the room PAG has to help is "
               "the rest.",
               f"- Time: {info['total']:.0f} s CPU in all (one thread), size `{info['size']}`; a PAG step costs one "
-              "more UNet pass on the conditional rows (with CFG: 3 rows per image instead of 2)."]
+              f"more {denoiser} pass on the conditional rows (with CFG: 3 rows per image instead of 2)."]
     return "\n".join(lines) + "\n"
 
 
@@ -149,8 +162,8 @@ def run(out: Path, model: str = "shapes") -> str:
     t0 = time.process_time()
     pipe = lab.load(model, device=parallel.device())
     pipe.set_progress_bar_config(disable=True)
-    world = world_of(pipe)
-    todo, items = scenes(n, world=world), batches(n, batch)
+    world, fam = world_of(pipe), family_of(pipe)
+    todo, items = scenes(n, world=world), batches(n, batch, fam)
 
     def one(item):  # a condition on one batch of captions
         cond, i = item
@@ -165,16 +178,17 @@ def run(out: Path, model: str = "shapes") -> str:
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     for ax, base in zip(fig.subplots(1, 2, sharey=True), ("no CFG", f"CFG {CFG:g}")):
         counts = {}
-        for cond in conditions():
+        for cond in conditions(fam):
             if cond.label.startswith(base):
                 vs = verdicts[cond.label]
                 counts[cond.layers, cond.scale] = (sum(v["clean"] for v in vs), len(vs))
         rate_curves(counts, ax=ax, title=base)
     save_figure(fig, out / "pag_rates.png")
-    shown = {c.label.replace(" + ", "\n+ "): images[c.label] for c in conditions()
+    shown = {c.label.replace(" + ", "\n+ "): images[c.label] for c in conditions(fam)
              if c.scale in (0.0, 3.0) and c.layers in ("mid", "up", "down")}
     save_figure(examples(shown, [s.caption for s in todo]), out / "pag_examples.png")
-    info = {"n": n, "steps": steps, "seconds": seconds, "size": size(), "total": time.process_time() - t0}
+    info = {"n": n, "steps": steps, "seconds": seconds, "size": size(), "total": time.process_time() - t0,
+            "family": fam}
     text = section(verdicts, info)
     (out / "pag.md").write_text(text)
     return text
