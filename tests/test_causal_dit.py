@@ -47,10 +47,12 @@ def test_layer_sensitivity_and_reuse_refuse_a_dit(pipe):
         clockwork.low_resolution_blocks(pipe)
 
 
-def test_the_diffusion_classifier_refuses_a_dit(pipe):
-    with refused(pipe, "the diffusion classifier"):
-        Picker(pipe, [500])
+def test_the_diffusion_classifier_runs_on_a_dit(pipe):
+    """Acceptance: the classifier has a flow-matching counterpart (analyses.classify.flow; tests/test_classify_dit.py),
+    so its picker and both scores run on SD3 and FLUX.1."""
+    fig = Picker(pipe, [500], n=2).update(attribute="shape", scene=1)
+    assert len(fig.axes) == 2
     image = render(make_scene(0, "test", n_objects=1))
     for score in (classify.errors, classify.attention):
-        with refused(pipe, "the diffusion classifier"):
-            score(pipe, image, ["a red square", "a blue square"], [500])
+        s = score(pipe, image, ["a red square", "a blue square"], [500])
+        assert s.shape == (2, 1) and bool(s.isfinite().all())

@@ -1,4 +1,5 @@
 """The notebook's scene picker: choose an attribute and a scene; see the scene and each caption's error curve over t.
+The pipeline may run a UNet (SD 1.x / 2.x / SDXL, the built-in models) or a diffusion transformer (SD3, FLUX.1).
 
     pk = Picker(pipe, timesteps(10))
     display(pk.box)
@@ -6,13 +7,13 @@
 """
 from __future__ import annotations
 
-
+from lab.pipes import family_of
 from lab.widgets import png, set_controls
 from lab.world import render
 
 from .binding import ATTRIBUTES, pairs
 from .plot import error_curves
-from .score import errors, rank, require_unet
+from .score import errors, rank
 
 
 def scene_figure(pipe, pair, ts):
@@ -37,7 +38,7 @@ class Picker:
     def __init__(self, pipe, ts, n: int = 20):
         import ipywidgets as W
 
-        require_unet(pipe)
+        family_of(pipe)  # a pipeline with neither a UNet nor an SD3 / Flux transformer is refused here, by name
         self.pipe, self.ts, self.n = pipe, list(ts), n
         self.w = {"attribute": W.Dropdown(options=list(ATTRIBUTES), description="attribute"),
                   "scene": W.IntSlider(value=0, min=0, max=n - 1, description="scene")}
