@@ -51,7 +51,7 @@ def test_the_diffusion_classifier_runs_on_a_dit(pipe):
     """Acceptance: the classifier has a flow-matching counterpart (analyses.classify.flow; tests/test_classify_dit.py),
     so its picker and both scores run on SD3 and FLUX.1."""
     fig = Picker(pipe, [500], n=2).update(attribute="shape", scene=1)
-    assert len(fig.axes) == 2
+    assert [len(ax.lines) for ax in fig.axes] == [0, 2]  # the scene, and its two captions' error curves
     image = render(make_scene(0, "test", n_objects=1))
     for score in (classify.errors, classify.attention):
         s = score(pipe, image, ["a red square", "a blue square"], [500])

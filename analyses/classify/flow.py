@@ -1,6 +1,7 @@
 """The classifier's steps on a diffusion transformer (SD3 / SD3.5, FLUX.1): flow matching in place of DDPM.
 
     text = conditioning(pipe, ["a red square", "a blue square"])   # Text: what the pipeline gives its transformer
+    context(pipe, text)                               # [{"encoder": "clip", "keys": [0, 77]}, {"encoder": "t5", ...}]
     xt, target, t = noisy(pipe, latents, [100, 500, 900], generator)     # x_t, the velocity to predict, timesteps
     v = velocity(pipe, xt, t, text)                   # (captions * T, c, h, w): one transformer call, caption-major
 
@@ -63,6 +64,16 @@ def conditioning(pipe, captions: list[str]) -> Text:
         return Text(states, pooled)
     states, pooled, ids = pipe.encode_prompt(captions, None, device=device)  # (n, 512, d), (n, p), (512, 3)
     return Text(states, pooled, ids)
+
+
+def context(pipe, text: Text) -> list[dict]:
+    """Which encoder's tokens each of `text`'s keys holds, as a trace's cache.meta["context"] lists them: SD3 the
+    CLIP window (both CLIPs side by side) then T5's, Flux T5's alone. [{"encoder": "clip" | "t5", "keys": [a, b]}]"""
+    keys = text.states.shape[1]
+    if family_of(pipe) == "flux":
+        return [{"encoder": "t5", "keys": [0, keys]}]
+    clip = pipe.tokenizer_max_length  # 77
+    return [{"encoder": "clip", "keys": [0, clip]}, {"encoder": "t5", "keys": [clip, keys]}]
 
 
 def noisy(pipe, latents: torch.Tensor, ts: list[int], generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

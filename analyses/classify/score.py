@@ -130,7 +130,7 @@ def errors(pipe, image, captions: list[str], timesteps: list[int], seed: int = 0
 
 def _keys(pipe, caption: str, context) -> list[int]:
     """The text keys of every word of `caption` the encoders keep: a UNet's CLIP positions, or a DiT's in each text
-    window the trace's cache.meta["context"] names (SD3: CLIP then T5; Flux: T5), aligned as DAAM aligns them."""
+    window of `context` (flow.context: SD3 CLIP then T5; Flux T5), aligned as DAAM aligns them."""
     from analyses.daam import dit
     from analyses.daam.words import words
 
@@ -142,19 +142,26 @@ def _keys(pipe, caption: str, context) -> list[int]:
 
 @torch.no_grad()
 def attention(pipe, image, captions: list[str], timesteps: list[int], seed: int = 0) -> torch.Tensor:
-    """(captions, timesteps) cross-attention agreement (see the module docstring); higher means a better fit."""
+    """(captions, timesteps) cross-attention agreement (see the module docstring); higher means a better fit.
+
+    Memory: 4 bytes x captions x timesteps x image positions x text keys per layer, heads averaged; on a DiT only
+    the captions' word keys are kept (Keep.tokens), not its 333 (SD3) or 512 (Flux) text keys."""
     latents = encode_image(pipe, image)
     cond = _conditioning(pipe, list(captions), image)
     n, T = len(captions), len(timesteps)
-    names = select(pipe, kind="attn2" if family_of(pipe) == "unet" else "image->text")
-    with trace(denoiser_of(pipe), names, keep=Keep(steps="sum", heads="mean"), branches=("cond",)) as tr:
+    unet = family_of(pipe) == "unet"
+    keys = [_keys(pipe, caption, None if unet else flow.context(pipe, cond)) for caption in captions]
+    kept = None if unet else sorted(set().union(*keys)) or None  # the DiT's columns kept, in key order
+    column = {k: i for i, k in enumerate(kept)} if kept else {}
+    names = select(pipe, kind="attn2" if unet else "image->text")
+    with trace(denoiser_of(pipe), names, keep=Keep(steps="sum", heads="mean", tokens=kept), branches=("cond",)) as tr:
         _prediction(pipe, latents, cond, list(timesteps), torch.Generator().manual_seed(seed))
     out = torch.zeros(n, T)
-    for c, caption in enumerate(captions):
-        keys = _keys(pipe, caption, tr.cache.meta.get("context"))
+    for c in range(n):
+        cols = [column[k] for k in keys[c]] if kept else keys[c]
         for name in names:
             probs = tr.cache[name][0, c * T:(c + 1) * T]  # (T, query, key)
-            out[c] += probs[:, :, keys].amax(1).mean(-1).cpu() / len(names)  # (T,)
+            out[c] += probs[:, :, cols].amax(1).mean(-1).cpu() / len(names)  # (T,)
     return out
 
 
