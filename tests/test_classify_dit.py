@@ -118,3 +118,22 @@ def test_the_studys_measure_runs_end_to_end_on_a_dit(pipe):
     assert all(len(r) == 1 for r in right.values()) and set(seconds) == set(METHODS)
     assert e.shape == (2, 2) and bool(torch.isfinite(e).all())
     assert all(m.shape == (1, 2) and np.isfinite(m).all() for m in margins.values())
+
+
+def test_sd3_without_t5_as_shapes_dit_is_built_scores_from_its_clip_window():
+    from diffusers import StableDiffusion3Pipeline
+
+    sd3 = tiny_dit_pipeline("sd3")
+    no_t5 = StableDiffusion3Pipeline(**{**sd3.components, "text_encoder_3": None, "tokenizer_3": None})
+    e = classify.errors(no_t5, IMAGE, ["a red square", "a blue circle"], [500])
+    a = classify.attention(no_t5, IMAGE, ["a red square", "a blue circle"], [500])
+    assert bool(torch.isfinite(e).all()) and bool(((a > 0) & (a <= 1)).all())
+
+
+def test_the_study_reports_a_dits_velocity_error_and_joint_attention():
+    from analyses.classify.study import section
+
+    info = {"n": 1, "timesteps": [50, 950], "seconds": {"denoising error": 0.1, "attention agreement": 0.2},
+            "size": "small", "total": 1.0, "family": "dit"}
+    text = section({("colour", "denoising error"): [True]}, info)
+    assert "transformer's velocity prediction" in text and "sigma = t / 1000" in text and "UNet" not in text

@@ -10,12 +10,15 @@ their transformer: timestep = sigma * num_train_timesteps, so t in 0..1000 is th
 x_t = (1 - sigma) x_0 + sigma * noise (the scheduler's scale_noise); the model predicts the velocity
 v = noise - x_0. The scheduler's shift (SD3: 3; Flux: resolution-dependent) only chooses which sigmas a sampler
 visits, not what a timestep means, so it is not applied: t = 500 is sigma 0.5 on every model (a 28-step SD3 sampler
-at shift 3 spends 21 of its steps above it). The latents are the VAE's posterior mean, (mean - shift_factor) *
-scaling_factor, as the img2img pipelines encode. The transformer is called as StableDiffusion3Pipeline /
-FluxPipeline call it (tests/test_classify_dit.py holds the inputs equal to a pipeline's first step): SD3 with the
-CLIP + T5 states and both CLIPs' pooled vectors; Flux with 2x2-packed latent tokens, img_ids / txt_ids, timestep / 1000
-and, on FLUX.1-dev, the guidance embedding at the pipeline's default guidance_scale (FluxPipeline: 3.5). Text windows
-are the pipelines' defaults (max_sequence_length: SD3 256, Flux 512), which shapes-dit was trained with.
+at shift 3 spends 21 of its steps above it).
+
+The latents are (mean - shift_factor) * scaling_factor: the img2img pipelines' shift and scale, of the VAE's
+posterior mean (not a sample: the seed alone fixes the noise). The transformer is called as
+StableDiffusion3Pipeline / FluxPipeline call it (tests/test_classify_dit.py holds the inputs equal to a pipeline's
+first step): SD3 with the CLIP + T5 states and both CLIPs' pooled vectors; Flux with 2x2-packed latent tokens,
+img_ids / txt_ids, timestep / 1000 and, on FLUX.1-dev, the guidance embedding at the pipeline's default
+guidance_scale (FluxPipeline: 3.5). Text windows are the pipelines' defaults (max_sequence_length: SD3 256, Flux
+512), which shapes-dit was trained with.
 """
 from __future__ import annotations
 

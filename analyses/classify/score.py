@@ -51,7 +51,7 @@ def encode_image(pipe, image) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(image)).permute(2, 0, 1)[None].to(vae.device, vae.dtype) / 127.5 - 1  # (1, 3, H, W)
     if fam == "unet":
         return vae.encode(x).latent_dist.mean * vae.config.scaling_factor  # (1, 4, h, w)
-    shift = vae.config.get("shift_factor") or 0.0  # as the SD3 / Flux img2img pipelines encode
+    shift = vae.config.get("shift_factor") or 0.0  # the SD3 / Flux img2img pipelines' shift and scale
     return (vae.encode(x).latent_dist.mean - shift) * vae.config.scaling_factor  # (1, 16, h, w)
 
 
