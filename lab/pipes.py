@@ -3,7 +3,7 @@ call ask here whether a pipeline runs a UNet or a diffusion transformer (SD3 / S
 what has no DiT meaning yet.
 
     family_of(pipe)        # 'unet' (SD 1.x / 2.x / SDXL, the built-in models), 'sd3' or 'flux'
-    unet_only(pipe, "prompt-to-prompt", "it swaps the cross-attention (attn2) maps of two prompts")
+    unet_only(pipe, "low_resolution_blocks", "a transformer's blocks all work on one token grid")
                            # NotImplementedError on an SD3 / Flux pipeline, naming its class and what is supported
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The causal notebooks' widgets (p2p, PAG, clockwork, classify) and the functions they call refuse SD3 / Flux
-pipelines by name, before any widget is made or the model runs, saying what they need and what is supported."""
+"""The causal notebooks' widgets (p2p, PAG, clockwork, classify) and the functions they call run on SD3 and FLUX.1
+pipelines; what has no DiT meaning (clockwork's low_resolution_blocks) refuses them by name, saying what to use."""
 import pytest
 
 from tiny_models import one_thread, tiny_dit_pipeline  # noqa: F401 (one_thread: autouse fixture)
@@ -57,10 +57,12 @@ def test_layer_sensitivity_and_reuse_run_on_a_dit_and_only_low_resolution_blocks
         clockwork.low_resolution_blocks(pipe)
 
 
-def test_the_diffusion_classifier_refuses_a_dit(pipe):
-    with refused(pipe, "the diffusion classifier"):
-        Picker(pipe, [500])
+def test_the_diffusion_classifier_runs_on_a_dit(pipe):
+    """Acceptance: the classifier has a flow-matching counterpart (analyses.classify.flow; tests/test_classify_dit.py),
+    so its picker and both scores run on SD3 and FLUX.1."""
+    fig = Picker(pipe, [500], n=2).update(attribute="shape", scene=1)
+    assert [len(ax.lines) for ax in fig.axes] == [0, 2]  # the scene, and its two captions' error curves
     image = render(make_scene(0, "test", n_objects=1))
     for score in (classify.errors, classify.attention):
-        with refused(pipe, "the diffusion classifier"):
-            score(pipe, image, ["a red square", "a blue square"], [500])
+        s = score(pipe, image, ["a red square", "a blue square"], [500])
+        assert s.shape == (2, 1) and bool(s.isfinite().all())

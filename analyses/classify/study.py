@@ -6,7 +6,9 @@
 Each rendered two-object scene (test split, in the world the model was trained on: ``lab.world.world_of``) is scored
 against its caption and the caption with the objects' colours (or shapes) swapped: by denoising error summed over
 evenly spaced timesteps (one noise draw, the same for both captions) and by cross-attention agreement. Chance is 50%;
-accuracy with 95% Wilson intervals; compute per decision in UNet evaluations and seconds.
+accuracy with 95% Wilson intervals; compute per decision in denoiser evaluations and seconds. ``model`` may be a
+diffusion transformer (SD3 / Flux: score.py's flow-matching velocity error at sigma = t / 1000 and the image->text
+views of its joint attention); judge() and measure() take any pipeline score.py takes.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 
 import lab
 from lab import parallel
+from lab.pipes import family_of
 from lab.plotting import save_figure
 from lab.sizes import pick, size
 from lab.world import render, world_of
@@ -86,24 +89,37 @@ def _key(p: Pair) -> str:
     return f"{p.attribute}-{p.scene.seed}"
 
 
+# How the report names the denoiser's parts: a UNet's, or a diffusion transformer's (SD3 / Flux, flow matching).
+WORDING = {
+    "unet": {"denoiser": "UNet", "prediction": "noise prediction", "when": "", "traced": "cross-attention",
+             "layers": "cross-attention layer, the largest probability any latent position gives each of the "
+                       "caption's words"},
+    "dit": {"denoiser": "transformer", "prediction": "velocity prediction (noise - x0)", "when": ", sigma = t / 1000",
+            "traced": "image->text attention",
+            "layers": "joint-attention layer's image->text view, the largest probability any image token gives each "
+                      "of the caption's words (every text window)"},
+}
+
+
 def section(right, info) -> str:
+    w = WORDING[info.get("family", "unet")]
+    ts = info["timesteps"]
     lines = ["## The diffusion model as a classifier (attribute binding)", "",
              f"{info['n']} rendered two-object scenes per attribute (test split), each against its caption with the "
-             f"objects' colours (or shapes) swapped; chance 50%. Denoising error: mean squared error of the UNet's "
-             f"noise prediction at {len(info['timesteps'])} timesteps ({info['timesteps'][0]}..{info['timesteps'][-1]}"
-             "), one noise draw shared by both captions, averaged over t; the lower wins. Attention agreement: per "
-             "cross-attention layer, the largest probability any latent position gives each of the caption's words, "
-             "averaged; the higher wins.", "", "![margins](classify_margins.png)", "",
+             f"objects' colours (or shapes) swapped; chance 50%. Denoising error: mean squared error of the "
+             f"{w['denoiser']}'s {w['prediction']} at {len(ts)} timesteps ({ts[0]}..{ts[-1]}{w['when']}), one noise "
+             f"draw shared by both captions, averaged over t; the lower wins. Attention agreement: per "
+             f"{w['layers']}, averaged; the higher wins.", "", "![margins](classify_margins.png)", "",
              "| attribute | method | right | 95% CI | above chance |", "|---|---|---|---|---|"]
     for (attribute, method), r in right.items():
         k, n = sum(r), len(r)
         lo, hi = wilson(k, n)
         lines.append(f"| {attribute} | {method} | {k}/{n} = {k / n:.0%} | {lo:.0%}-{hi:.0%} | "
                      f"{'yes' if lo > 0.5 else 'not shown'} |")
-    T = len(info["timesteps"])
-    lines += ["", f"Compute per decision (two captions): denoising error {2 * T} UNet evaluations in one batch, "
-              f"{info['seconds']['denoising error'] * 1000:.0f} ms; attention agreement {2 * T} evaluations with "
-              f"cross-attention traced, {info['seconds']['attention agreement'] * 1000:.0f} ms (this machine, "
+    T = len(ts)
+    lines += ["", f"Compute per decision (two captions): denoising error {2 * T} {w['denoiser']} evaluations in one "
+              f"batch, {info['seconds']['denoising error'] * 1000:.0f} ms; attention agreement {2 * T} evaluations "
+              f"with {w['traced']} traced, {info['seconds']['attention agreement'] * 1000:.0f} ms (this machine, "
               f"1 VAE encoding each). Size `{info['size']}`, {info['total']:.0f} s in all."]
     return "\n".join(lines) + "\n"
 
@@ -132,7 +148,8 @@ def run(out: Path, model: str = "shapes", config: Config | None = None) -> str:
     ax1.set_title("(swapped - true) / true error, mean over scenes", fontsize=8)
     error_curves(e, ts, ["true caption", f"{pair.attribute}s swapped"], ax=ax2, title=pair.true)
     save_figure(fig, out / "classify_margins.png")
-    info = {"n": n, "timesteps": ts, "seconds": seconds, "size": size(), "total": time.perf_counter() - t0}
+    info = {"n": n, "timesteps": ts, "seconds": seconds, "size": size(), "total": time.perf_counter() - t0,
+            "family": "unet" if family_of(pipe) == "unet" else "dit"}
     text = section(right, info)
     (out / "classify.md").write_text(text)
     return text

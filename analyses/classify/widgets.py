@@ -1,4 +1,6 @@
 """The notebook's scene picker: choose an attribute and a scene; see the scene and each caption's error curve over t.
+The pipeline may run a UNet (SD 1.x / 2.x / SDXL, the built-in models) or a diffusion transformer (SD3, FLUX.1);
+the scenes are of the world the model was trained on (lab.world.world_of).
 
     pk = Picker(pipe, timesteps(10))
     display(pk.box)
@@ -6,13 +8,13 @@
 """
 from __future__ import annotations
 
-
+from lab.pipes import family_of
 from lab.widgets import png, set_controls
-from lab.world import render
+from lab.world import render, world_of
 
 from .binding import ATTRIBUTES, pairs
 from .plot import error_curves
-from .score import errors, rank, require_unet
+from .score import errors, rank
 
 
 def scene_figure(pipe, pair, ts):
@@ -37,8 +39,8 @@ class Picker:
     def __init__(self, pipe, ts, n: int = 20):
         import ipywidgets as W
 
-        require_unet(pipe)
-        self.pipe, self.ts, self.n = pipe, list(ts), n
+        family_of(pipe)  # a pipeline with neither a UNet nor an SD3 / Flux transformer is refused here, by name
+        self.pipe, self.ts, self.n, self.world = pipe, list(ts), n, world_of(pipe)
         self.w = {"attribute": W.Dropdown(options=list(ATTRIBUTES), description="attribute"),
                   "scene": W.IntSlider(value=0, min=0, max=n - 1, description="scene")}
         self.picture = W.Image(format="png")
@@ -50,7 +52,7 @@ class Picker:
     def update(self, **values):
         """Set the given controls (attribute, scene) and redraw; returns the Figure."""
         set_controls(self.w, values)
-        pair = pairs(self.n, self.w["attribute"].value)[self.w["scene"].value]
+        pair = pairs(self.n, self.w["attribute"].value, world=self.world)[self.w["scene"].value]
         fig = scene_figure(self.pipe, pair, self.ts)
         self.picture.value = png(fig)
         return fig
