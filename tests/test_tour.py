@@ -84,9 +84,10 @@ def test_step_outside_run_is_an_error(run):
 def test_widgets_show_the_run_they_were_given(pipe, run):
     text = tour.text_explorer(pipe, "a red circle")
     prompt, (table, _) = text.children[0], text.children[1].children
-    assert prompt.value == "a red circle" and "red</w>" in table.value and "49406" in table.value
+    assert prompt.value == "a red circle" and "red&lt;/w&gt;" in table.value and "49406" in table.value
+    assert "<|startoftext|>" not in table.value  # escaped: as a tag the browser would show nothing
     prompt.value = "a green square"  # Enter in the box: the table follows
-    assert "green</w>" in table.value and "red</w>" not in table.value
+    assert "green&lt;/w&gt;" in table.value and "red&lt;/w&gt;" not in table.value
 
     steps = tour.step_explorer(pipe, run)
     (step, guidance), (prompt, button) = steps.children[0].children, steps.children[1].children
