@@ -3,10 +3,15 @@
     from models import load, native_size
     pipe = load("sdxl-full", "cuda", torch.float16)    # the real SDXL UNet config, random weights
     native_size("sdxl-full", pipe)                      # 1024
+    pipe = load("flux-full", "cuda", torch.bfloat16)    # FLUX.1-dev's transformer, random weights, made on the GPU
 
 Names: ``{sd15,sd21,sdxl}-tiny`` (tests/tiny_models.py: the real layouts at reduced width), ``{sd15,sd21,sdxl}-full``
-(the real UNet configs at full width, random weights, real-width text encoders), ``shapes`` / ``shapes-zsnr`` (the
-built-in models, through lab.load), or a diffusers pipeline folder.
+(the real UNet configs at full width, random weights, real-width text encoders), ``sd3-full`` / ``flux-full`` (the
+real SD3-medium / FLUX.1-dev transformer configs at full width, 2.0B / 11.9B parameters, random weights initialised
+on `device` directly: seconds on a GPU, about 15 s / 90 s on one CPU thread; text encoders two layers deep at the
+real widths, so the transformer's joint_attention_dim and pooled_projection_dim are the published ones),
+``sd3-tiny`` / ``flux-tiny`` (the same layers and heads at head_dim 8, for CPU smoke runs), ``shapes`` /
+``shapes-zsnr`` (the built-in models, through lab.load), or a diffusers pipeline folder.
 """
 from __future__ import annotations
 
@@ -22,12 +27,21 @@ for _p in (str(REPO), str(REPO / "tests")):
         sys.path.insert(0, _p)
 
 BUILT = {f"{arch}-{width}" for arch in ("sd15", "sd21", "sdxl") for width in ("tiny", "full")}
-NATIVE = {"sd15-tiny": 512, "sd15-full": 512, "sd21-full": 768, "sdxl-full": 1024}
+DITS = {"sd3": "sd3", "flux": "flux-dev"}  # benchmark name -> tests/tiny_models.py's REAL_DIT arch
+BUILT_DIT = {f"{arch}-{width}" for arch in DITS for width in ("tiny", "full")}
+# The tiny DiTs default to 256 px (a 16x16 token grid): at 1024 px one step of sd3-tiny takes ~20 s on a CPU thread
+NATIVE = {"sd15-tiny": 512, "sd15-full": 512, "sd21-full": 768, "sdxl-full": 1024, "sd3-full": 1024,
+          "flux-full": 1024, "sd3-tiny": 256, "flux-tiny": 256}
 
 
 def load(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32, width_divisor: int = 10):
     """A pipeline for `model` on `device` in `dtype`, with its progress bar off."""
-    if model in BUILT:
+    if model in BUILT_DIT:
+        from tiny_models import tiny_dit_pipeline
+
+        arch, width = model.split("-")
+        pipe = tiny_dit_pipeline(DITS[arch], full_depth=True, full_width=width == "full", device=device, dtype=dtype)
+    elif model in BUILT:
         from tiny_models import tiny_pipeline
 
         arch, width = model.split("-")
@@ -42,8 +56,11 @@ def load(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32, wi
 
 
 def native_size(model: str, pipe) -> int:
-    """The image size (pixels) `model` is used at: its real resolution, else the UNet's sample size."""
-    return NATIVE.get(model) or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """The image size (pixels) `model` is used at: its real resolution, else the pipeline's default (SDXL, SD3,
+    Flux) or the UNet's sample size."""
+    if model in NATIVE:
+        return NATIVE[model]
+    return (getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
 def sync(device) -> None:

@@ -237,12 +237,24 @@ def reduced_dit_config(arch: str, full_depth: bool = False) -> dict:
     return cfg
 
 
-def tiny_dit(arch: str = "sd3", seed: int = 0, full_depth: bool = False):
+def tiny_dit(arch: str = "sd3", seed: int = 0, full_depth: bool = False, full_width: bool = False,
+             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The DiT of `arch` at reduced width (reduced_dit_config), or with full_width=True its real config (REAL_DIT:
+    SD3-medium 2.0B parameters, FLUX.1-dev 11.9B), random weights.
+
+        tiny_dit("flux-dev", full_width=True, device="cuda", dtype=torch.bfloat16)   # 24 GB, built on the GPU
+
+    The parameters are made and initialised on `device` (float32, then cast to `dtype`): FLUX.1-dev initialised on
+    one CPU thread takes about 90 s and 48 GB, on a GPU seconds (48 GB there before the cast).
+    """
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
+    cfg = reduced_dit_config(arch, full_depth)  # refuses an unknown arch
     torch.manual_seed(seed)
     cls = FluxTransformer2DModel if arch.startswith("flux") else SD3Transformer2DModel
-    return cls(**reduced_dit_config(arch, full_depth)).eval()
+    with torch.device(device):
+        model = cls(**(dict(REAL_DIT[arch]) if full_width else cfg))
+    return (model if dtype == torch.float32 else model.to(dtype=dtype)).eval()  # made in float32
 
 
 T5_WORDS = ("a", "an", "the", "red", "blue", "green", "square", "circle", "triangle", "dog", "cat", "on", "mat",
@@ -284,27 +296,41 @@ def tiny_dit_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_dit_pipeline(arch: str = "sd3", seed: int = 0, full_depth: bool = False):
+def tiny_dit_pipeline(arch: str = "sd3", seed: int = 0, full_depth: bool = False, full_width: bool = False,
+                      device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
     """A full StableDiffusion3Pipeline ('sd3', 'sd35m', 'sd35l') or FluxPipeline ('flux-dev', 'flux-schnell') with
-    tiny parts (two CLIPs and a T5 for SD3; a CLIP and a T5 for Flux), on devices.DEVICE."""
+    tiny parts (two CLIPs and a T5 for SD3; a CLIP and a T5 for Flux), on `device` (default devices.DEVICE).
+
+        pipe = tiny_dit_pipeline("sd3", full_width=True, device="cuda", dtype=torch.float16)   # benchmarks/models.py
+
+    full_width=True: the real transformer (tiny_dit, made on `device`), and text encoders two layers deep but at the
+    real widths its config expects (CLIP-L 768, OpenCLIP bigG 1280, T5-XXL 4096), so joint_attention_dim and
+    pooled_projection_dim are the published ones.
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 
-    tok, transformer, vae = _tokenizer(str(tokenizer_dir())), tiny_dit(arch, seed, full_depth), tiny_dit_vae(seed)
+    device = DEVICE if device is None else device
+    clip_l, clip_g, t5 = (768, 1280, 4096) if full_width else (TEXT_WIDTH, TEXT_WIDTH, T5_WIDTH)
+    tok, vae = _tokenizer(str(tokenizer_dir())), tiny_dit_vae(seed)
+    # full width: made on `device` (minutes on a CPU); reduced: on the CPU, the same weights wherever tests run
+    transformer = tiny_dit(arch, seed, full_depth, full_width, device if full_width else "cpu", dtype)
     if arch.startswith("flux"):
         sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-        pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=tiny_text_encoder(False, seed), tokenizer=tok,
-                            text_encoder_2=tiny_t5(seed), tokenizer_2=t5_tokenizer(), transformer=transformer)
+        pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=tiny_text_encoder(False, seed, clip_l),
+                            tokenizer=tok, text_encoder_2=tiny_t5(seed, t5), tokenizer_2=t5_tokenizer(),
+                            transformer=transformer)
     else:
         sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
         pipe = StableDiffusion3Pipeline(
             transformer=transformer, scheduler=sched, vae=vae,
-            text_encoder=tiny_text_encoder(True, seed), tokenizer=tok,
-            text_encoder_2=tiny_text_encoder(True, seed + 1), tokenizer_2=tok,
-            text_encoder_3=tiny_t5(seed), tokenizer_3=t5_tokenizer(),
+            text_encoder=tiny_text_encoder(True, seed, clip_l), tokenizer=tok,
+            text_encoder_2=tiny_text_encoder(True, seed + 1, clip_g), tokenizer_2=tok,
+            text_encoder_3=tiny_t5(seed, t5), tokenizer_3=t5_tokenizer(),
         )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(DEVICE)
+    pipe.to(device)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)  # diffusers warns at every cast, even to float32
 
 
 def generate_dit(pipe, prompt="a red square", steps: int = 2, size: int = 64, seed: int = 0, **kw) -> torch.Tensor:
