@@ -3,7 +3,7 @@
 #   bash lab/world/train_gpu_w2.sh OUT [TOTAL_SECONDS] [SCENES]
 # Before the call, here (the payload and the tree must fit the device tool's 64 MiB together):
 #   .venv/bin/python scripts/gpu_pack.py && mv lab/models/shapes-zsnr /tmp/ && .venv/bin/python scripts/gpu_pack_w2.py
-# The device call: command "bash lab/world/train_gpu_w2.sh \$OUT 520 150000", carry [".dev"], timeout_s 600
+# The device call: command "bash lab/world/train_gpu_w2.sh $OUT 520 150000", carry [".dev"], timeout_s 600
 #   (with "DIT_SECONDS=200 bash lab/world/train_gpu_w2.sh ..." the last 200 s of the 520 train the DiT);
 #   then `mv /tmp/shapes-zsnr lab/models/` at once, whatever the call returned.
 # What it does there: unpacks .dev/site.tar.xz (diffusers, accelerate); renders SCENES world-2 scenes (seeds
