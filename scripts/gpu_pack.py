@@ -3,10 +3,11 @@
     .venv/bin/python scripts/gpu_pack.py
 
 That machine has Python 3.12 with torch, transformers, numpy, scipy, matplotlib, einops, safetensors and pytest, but
-no diffusers, no ipywidgets and no network. All that the device tool sends, the repository included, must stay under
-64 MiB, and the repository is about 61 MiB: so diffusers travels without the pipelines the lab does not load (it
-keeps Stable Diffusion 1/2, SDXL, SD3 and Flux), compressed, beside ipywidgets and the pure-Python packages it
-imports. The versions are this .venv's (pure Python, so they run on 3.12 too).
+no diffusers, no accelerate (the training stages' loop), no ipywidgets and no network. All that the device tool
+sends, the repository included, must stay under 64 MiB, and the repository is about 61 MiB: so diffusers travels
+without the pipelines the lab does not load (it keeps Stable Diffusion 1/2, SDXL, SD3 and Flux), compressed, beside
+accelerate, ipywidgets and the pure-Python packages they import (accelerate's psutil is imported only on use). The
+versions are this .venv's (pure Python, so they run on 3.12 too).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import diffusers
 REPO = Path(__file__).resolve().parents[1]
 SITE = Path(diffusers.__file__).resolve().parents[1]
 PIPELINES = {"stable_diffusion", "stable_diffusion_xl", "stable_diffusion_3", "flux"}
-PACKAGES = ["diffusers", "ipywidgets", "comm", "traitlets", "IPython", "matplotlib_inline", "pexpect",
+PACKAGES = ["diffusers", "accelerate", "ipywidgets", "comm", "traitlets", "IPython", "matplotlib_inline", "pexpect",
             "ptyprocess", "prompt_toolkit", "wcwidth", "stack_data", "asttokens", "executing", "pure_eval"]
 LIMIT = 64 * 2**20
 
@@ -41,7 +42,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".tmp")
     roots = [SITE / p if (SITE / p).is_dir() else SITE / f"{p}.py" for p in PACKAGES]  # packages or modules
-    roots += sorted(SITE.glob(f"diffusers-{diffusers.__version__}.dist-info"))
+    # their metadata: diffusers reads its own version, and finds accelerate by its metadata
+    roots += [*SITE.glob(f"diffusers-{diffusers.__version__}.dist-info"), *SITE.glob("accelerate-*.dist-info")]
     with tarfile.open(tmp, "w:xz", preset=9) as tar:
         for root in roots:
             if not root.exists():
@@ -52,7 +54,7 @@ def main() -> None:
     tmp.replace(out)
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     repo = sum((REPO / p).stat().st_size for p in tracked.decode().split("\0") if p and (REPO / p).is_file())
-    total = repo + out.stat().st_size
+    total = repo + out.stat().st_size  # scripts/gpu_pack_w2.py adds its payload (and the untracked files) too
     print(f"{out.relative_to(REPO)}: {out.stat().st_size / 2**20:.1f} MiB; with the repository "
           f"{total / 2**20:.1f} MiB of the device tool's 64")
     if total > LIMIT:

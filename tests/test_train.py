@@ -142,6 +142,54 @@ def test_lr_final_falls_along_a_cosine_and_ema_out_writes_loadable_folders(tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["text_encoder", "unet"]  # no half-written folder left behind
 
 
+def test_ema_out_half_writes_the_world_2_unet_alone_in_float16_and_init_reads_it_back(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+    run, out, encoder = _tiny_run(tmp_path / "run"), tmp_path / "out", tmp_path / "text_encoder"
+    data = torch.load(run / "latents.pt")
+    torch.save(data | {"world": 2}, run / "latents.pt")
+    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                                 num_attention_heads=4, max_position_embeddings=77)).save_pretrained(str(encoder))
+    args = ["--batch", "2", "--ema", "0.9", "--text-encoder", str(encoder)]
+    main(["unet", "--run", str(run), "--steps", "2", *args, "--ema-out", str(out), "--ema-out-half"])
+    assert sorted(p.name for p in out.iterdir()) == ["unet"]  # the frozen tower is --text-encoder's folder already
+    stored = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = _checkpoint(run)["ema_unet"]
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert all(torch.equal(stored[k], v.half()) for k, v in ema.items())
+    # a new run starts from those weights (cast back to float32), with a fresh optimiser
+    second = _tiny_run(tmp_path / "second")
+    torch.save(data | {"world": 2}, second / "latents.pt")
+    main(["unet", "--run", str(second), "--steps", "0", *args, "--init", str(out)])
+    started = UNet2DConditionModel.from_pretrained(str(second / "unet-sd" / "ema_unet")).state_dict()
+    assert all(v.dtype == torch.float32 and torch.equal(v, stored[k].float()) for k, v in started.items())
+
+
+def test_latents_from_an_encoder_only_vae_ckpt_keep_its_scale_and_export_needs_a_decoder(tmp_path):
+    from diffusers import AutoencoderKL
+    from lab.load import BUILTIN
+    from lab.world.train import ENCODER
+    shipped = AutoencoderKL.from_pretrained(str(BUILTIN["shapes"]), subfolder="vae")
+    (tmp_path / "whole").mkdir()
+    torch.save({"model": shipped.state_dict(), "step": 7}, tmp_path / "whole" / "vae.ckpt")
+    (tmp_path / "pack").mkdir()
+    encoder = {k: v for k, v in shipped.state_dict().items() if k.startswith(ENCODER)}
+    torch.save({"model": encoder, "step": 7, "encoder_only": True, "scaling_factor": 0.4},
+               tmp_path / "pack" / "vae.ckpt")
+    for name in ("whole", "pack"):
+        main(["latents", "--run", str(tmp_path / f"run-{name}"), "--init", str(tmp_path / name), "--world", "2",
+              "--scenes", "3", "--workers", "1"])
+    whole, pack = (torch.load(tmp_path / f"run-{name}" / "latents.pt") for name in ("whole", "pack"))
+    assert pack["scaling_factor"] == 0.4 and whole["scaling_factor"] != 0.4  # the old run's scale, not 1 / std
+    scaled = whole["latents"].float() / whole["scaling_factor"] * 0.4
+    torch.testing.assert_close(pack["latents"].float(), scaled, atol=2e-3, rtol=2e-3)  # the same encoder
+    kept = torch.load(tmp_path / "run-pack" / "vae.ckpt")
+    assert kept["encoder_only"] and set(kept["model"]) == set(encoder)  # no random decoder written as if trained
+    with pytest.raises(SystemExit, match="encoder alone"):
+        main(["vae", "--run", str(tmp_path / "dec"), "--init", str(tmp_path / "pack"), "--scenes", "2"])
+
+
 def test_latents_stage_streams_scenes_into_the_shipped_vaes_latent_space(tmp_path):
     from diffusers import AutoencoderKL
     from lab.load import BUILTIN

@@ -129,6 +129,19 @@ def test_a_dit_ckpt_of_the_format_before_accelerate_resumes_and_exports(trained,
     assert [(r["resumed"], r["step"]) for r in rows if r.get("resumed")] == [("dit.ckpt", 2)]
 
 
+def test_init_starts_a_new_run_from_a_float16_folder_and_ema_out_writes_it_back(trained, tmp_path):
+    from safetensors.torch import load_file
+    run, out = _tiny_run(tmp_path / "run"), tmp_path / "out"
+    main(["dit", "--run", str(run), "--text-encoder", str(trained["folder"]), "--steps", "0", "--batch", "2",
+          "--init", str(trained["out"]), "--ema-out", str(out)])  # the export: float16 transformer/
+    shipped = load_file(str(trained["out"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    written = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert sorted(p.name for p in out.iterdir()) == ["transformer"]
+    assert {v.dtype for v in written.values()} == {torch.float16}
+    assert written.keys() == shipped.keys() and all(torch.equal(written[k], v) for k, v in shipped.items())
+    assert _checkpoint(run)["sessions"][-1]["init"] == str(trained["out"])
+
+
 def test_a_resumed_run_refuses_another_text_encoder(trained, tmp_path):
     with pytest.raises(SystemExit, match="frozen text encoder"):
         main(["dit", "--run", str(trained["run"]), "--steps", "4", "--text-encoder", str(tmp_path)])

@@ -36,7 +36,9 @@ World 2, as Stable Diffusion was made: a CLIP trained contrastively first, then 
 The ``vae`` stage also renders the training scenes and stores their latents, so the UNet stages only read tensors.
 To go on from a shipped model instead, ``latents --init lab/models/shapes`` encodes scenes with its VAE and
 ``unet --init lab/models/shapes`` starts from its weights; ``lab/world/train_gpu_refine.sh`` is that recipe for one
-GPU (``--lr-final`` anneals the learning rate, ``--ema-out`` keeps a fetchable copy of the weights).
+GPU (``--lr-final`` anneals the learning rate, ``--ema-out`` keeps a fetchable copy of the weights);
+``lab/world/train_gpu_w2.sh`` is world 2's, from ``scripts/gpu_pack_w2.py``'s payload (an encoder-only vae.ckpt
+that keeps runs/w2's latent scale, the float16 EMA as ``--init``, ``--ema-out-half``).
 """
 from __future__ import annotations
 
@@ -162,12 +164,16 @@ def _on_cpu(obj):
     return obj
 
 
-def _save_folders(out: Path, **models) -> None:
-    """`save_pretrained` each model into out/<name>, replacing the old files only once the new ones are written."""
+def _save_folders(out: Path, dtype: torch.dtype | None = None, **models) -> None:
+    """`save_pretrained` each model into out/<name> (its weights cast to `dtype`, if given, in a copy), replacing
+    the old files only once the new ones are written."""
+    import copy
     import shutil
     for name, model in models.items():
         tmp = out / f"{name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
+        if dtype is not None:  # nn.Module's own to(): diffusers' warns of modules to keep in float32 (these have none)
+            model = torch.nn.Module.to(copy.deepcopy(model), dtype)
         model.save_pretrained(str(tmp))
         (out / name).mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
@@ -212,7 +218,10 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
              seconds=round(time.time() - t0, 1))
     vae = AutoencoderKL(**vae_config()).to(device)
     if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
-        vae = _load_vae(init)[0].to(device)
+        vae, _, _ = _load_vae(init)
+        if getattr(vae, "encoder_only", False):
+            raise SystemExit(f"{init}/vae.ckpt holds an encoder alone: the vae stage needs a whole VAE to go on from")
+        vae = vae.to(device)
         if not encoder:
             vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
@@ -303,40 +312,66 @@ def make_latents(run: Path, init: Path, n_scenes: int, workers: int, world: int 
 
     Scenes stream from the workers to the encoder a chunk at a time, so only the latents are ever held: 400,000
     scenes take 0.8 GB rather than 20 GB of images. The VAE runs on the GPU when there is one.
+
+    A vae.ckpt may hold the encoder alone (``encoder_only``, with the ``scaling_factor`` of the latents it made
+    before, as ``scripts/gpu_pack_w2.py`` writes it): the latents then come out on that scale, so that a UNet trained
+    on the old ones goes on with the new, and the run's vae.ckpt is that encoder again.
     """
     run.mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + 1000, n_scenes)) for i in range(0, n_scenes, 1000)]
     with Pool(workers) as pool:  # started before CUDA is, so the forked workers inherit none of it
-        vae, steps = _load_vae(init)
-        scaling = None if (Path(init) / "vae.ckpt").exists() else vae.config.scaling_factor
+        vae, steps, scaling = _load_vae(init)
         encode_latents(run, vae.to(_device()), pool.imap(functools.partial(_latent_chunk, world=world), chunks),
                        _device(), scaling=scaling, world=world)
     if Path(init).resolve() != run.resolve():
-        _save({"model": vae.cpu().state_dict(), "step": steps}, run / "vae.ckpt")
+        state = vae.cpu().state_dict()
+        if getattr(vae, "encoder_only", False):  # its decoder is no trained one: keep the encoder alone
+            state = {k: v for k, v in state.items() if k.startswith(ENCODER)}
+            _save({"model": state, "step": steps, "encoder_only": True, "scaling_factor": scaling}, run / "vae.ckpt")
+        else:
+            _save({"model": state, "step": steps}, run / "vae.ckpt")
+
+
+ENCODER = ("encoder.", "quant_conv.")  # the VAE's weights that make latents
 
 
 def _load_vae(init: Path):
-    """(AutoencoderKL, its training steps) of a pipeline folder (its vae/) or of a vae stage's run (its vae.ckpt)."""
+    """(AutoencoderKL, its training steps, the latents' scaling factor) of a pipeline folder (its vae/ and config's
+    factor) or of a vae stage's run (its vae.ckpt; factor None, i.e. 1 / the latents' std, unless the file names
+    one). An ``encoder_only`` vae.ckpt leaves the decoder at its random start; the model is marked encoder_only."""
     from diffusers import AutoencoderKL
     if (Path(init) / "vae.ckpt").exists():
         state = torch.load(Path(init) / "vae.ckpt", map_location="cpu")
         vae = AutoencoderKL(**vae_config())
-        vae.load_state_dict(state["model"])
-        return vae, state["step"]
-    return AutoencoderKL.from_pretrained(str(init), subfolder="vae"), 0
+        if state.get("encoder_only"):
+            missing, unexpected = vae.load_state_dict(state["model"], strict=False)
+            lacking = [k for k in vae.state_dict() if k.startswith(ENCODER) and k not in state["model"]]
+            if unexpected or lacking:
+                raise ValueError(f"{Path(init) / 'vae.ckpt'} is marked encoder_only but lacks encoder weights "
+                                 f"{lacking[:3]} or has others {unexpected[:3]}")
+            vae.encoder_only = True
+        else:
+            vae.load_state_dict(state["model"])
+        return vae, state["step"], state.get("scaling_factor")
+    vae = AutoencoderKL.from_pretrained(str(init), subfolder="vae")
+    return vae, 0, vae.config.scaling_factor
 
 
 def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, lr: float, every: float,
                init: Path | None = None, ema: float = 0.9995, lr_final: float | None = None,
-               ema_out: Path | None = None, text_encoder: Path | None = None, accumulate: int = 1) -> None:
+               ema_out: Path | None = None, text_encoder: Path | None = None, accumulate: int = 1,
+               ema_out_half: bool = False) -> None:
     """Train the UNet and text encoder; with `lr_final`, the learning rate falls from `lr` to it along a cosine
     over this run's minutes (or steps, whichever ends it first). With `ema_out`, every checkpoint also writes the
     EMA weights (what `export` ships) there as diffusers/transformers folders, small enough to fetch from a
-    remote machine.
+    remote machine; with `ema_out_half`, in float16 and without a frozen text tower (it is `text_encoder`'s folder
+    already): world 2's UNet alone, 8.6 MB, where float32 would be 17.2 MB.
 
     With `text_encoder` (a ``CLIPTextModel`` folder, such as ``clip-export``'s ``text_encoder/``), that encoder is
     frozen and only the UNet trains, as Stable Diffusion trained on frozen CLIP. World-2 latents (what ``latents
     --world 2`` stores) need one; the UNet then takes ``unet_config(2)``. A resumed run keeps its encoder.
+    With `init` (a folder with ``unet/``: a shipped model, or another run's ``--ema-out``, float16 or not), a new
+    run starts from those UNet weights with a fresh optimiser; a run with a checkpoint resumes from it instead.
 
     Data-parallel over the Accelerator's processes: each draws `batch` samples per micro-batch, `accumulate`
     micro-batches make one optimiser step (an effective batch of batch x processes x accumulate), and every process
@@ -418,7 +453,8 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
                                                 scaling_factor=data["scaling_factor"],
                                                 text_encoder=None if joint else str(text_encoder)))
         if ema_out is not None and main:
-            _save_folders(ema_out, unet=ema_unet, text_encoder=ema_text if joint else text)
+            texts = {"text_encoder": ema_text if joint else text} if joint or not ema_out_half else {}
+            _save_folders(ema_out, torch.float16 if ema_out_half else None, unet=ema_unet, **texts)
 
     fit(accelerator, run, f"unet-{variant}", step, loss, opt, params, [unet_fwd, text_fwd] if joint else [unet_fwd],
         [(ema_unet, unet)] + ([(ema_text, text)] if joint else []), save, clock=Clock(minutes, steps, every), lr=lr,
@@ -464,6 +500,9 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None, vae_run
     unet, text = _ema_models(found)
     vae = AutoencoderKL(**vae_config(), scaling_factor=kept["scaling_factor"])
     vae_state = torch.load(run / "vae.ckpt", map_location="cpu")
+    if vae_state.get("encoder_only") and vae_run is None:
+        raise SystemExit(f"{run / 'vae.ckpt'} holds the VAE's encoder alone: pass --vae, a vae run with the same "
+                         "encoder and its decoder (such as runs/w2-dec)")
     if vae_run is not None:  # a decoder that went on alone: it must read the latents of the encoder that made them
         made, vae_state = vae_state["model"], torch.load(Path(vae_run) / "vae.ckpt", map_location="cpu")
         encoder = [k for k in made if k.startswith(("encoder.", "quant_conv."))]
@@ -510,6 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema-out", type=Path, default=None,
                    help="UNet stage: also write the EMA weights as unet/ and text_encoder/ folders here at each "
                         "checkpoint")
+    p.add_argument("--ema-out-half", action="store_true",
+                   help="UNet stage with --ema-out: write the EMA weights in float16, and a frozen text tower not at "
+                        "all (world 2's UNet alone is 8.6 MB: small enough to come back from a lent GPU)")
     p.add_argument("--ema", type=float, default=0.9995,
                    help="EMA decay of the exported weights "
                         "(about 1/(1-decay) steps of memory; lower it for short runs)")
@@ -555,7 +597,8 @@ def main(argv: list[str] | None = None) -> None:
         _launch(train_unet, a.processes, dict(run=a.run, variant=a.variant, minutes=a.minutes, steps=a.steps,
                                               batch=a.batch or 128, lr=a.lr or 5e-4, every=a.checkpoint_every,
                                               init=a.init, ema=a.ema, lr_final=a.lr_final, ema_out=a.ema_out,
-                                              text_encoder=a.text_encoder, accumulate=a.accumulate))
+                                              text_encoder=a.text_encoder, accumulate=a.accumulate,
+                                              ema_out_half=a.ema_out_half))
     else:
         export(a.run, a.variant, a.out or Path(f"lab/models/{'shapes' if a.variant == 'sd' else 'shapes-zsnr'}"),
                vae_run=a.vae)

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from .loop import Clock, _accelerator, _launch, _log, fit
-from .train import token_ids, tokenizer, vae_config
+from .train import _save_folders, token_ids, tokenizer, vae_config
 
 PAD_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the T5 rows, zeros without a T5
 NULL_WIDTH = 8  # text_encoder_2, the null CLIP
@@ -214,9 +214,12 @@ def _hardware(accelerator) -> str:
 FIELDS = dict(step=None, text_encoder=None, world=1, scaling_factor=None, sessions=[])
 
 
-def _transformer(found: Path | None, old: dict | None, joint_dim: int):
-    """A new SD3Transformer2DModel of the checkpoint's configuration (transformer_config for a new run)."""
+def _transformer(found: Path | None, old: dict | None, joint_dim: int, init: Path | None = None):
+    """A new SD3Transformer2DModel of the checkpoint's configuration (for a new run: `init`'s transformer/ config,
+    else transformer_config)."""
     from diffusers import SD3Transformer2DModel
+    if found is None and init is not None:
+        return SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(str(Path(init) / "transformer")))
     if found is None:
         return SD3Transformer2DModel(**transformer_config(joint_dim))
     if old is not None:
@@ -225,14 +228,21 @@ def _transformer(found: Path | None, old: dict | None, joint_dim: int):
 
 
 def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: int, batch: int, lr: float,
-              every: float, ema: float = 0.9995, lr_final: float | None = None, accumulate: int = 1) -> None:
+              every: float, ema: float = 0.9995, lr_final: float | None = None, accumulate: int = 1,
+              init: Path | None = None, ema_out: Path | None = None) -> None:
     """Train the transformer on run/latents.pt, on ``lab.world.loop.fit`` as the UNet stage: data-parallel over the
     Accelerator's processes, `accumulate` micro-batches of `batch` per step, 500 steps of warm-up and, with
     `lr_final`, a cosine to it over this sitting's minutes (or steps, whichever ends it first).
 
     The checkpoint is ``lab.world.checkpoint``'s folder <run>/dit/ (transformer/, ema_transformer/, state.json); a
     run checkpointed before it, in <run>/dit.ckpt, resumes from that file, and its next checkpoint is the folder.
+
+    With `init` (a folder with ``transformer/``: an export, or another run's `ema_out`), a new run starts from those
+    weights with a fresh optimiser; a run with a checkpoint resumes from it instead. With `ema_out`, every
+    checkpoint also writes the EMA transformer there as ``transformer/``, in float16 (small enough to fetch from a
+    remote machine).
     """
+    from diffusers import SD3Transformer2DModel
     from . import checkpoint
     accelerator = _accelerator(accumulate)
     device, main = accelerator.device, accelerator.is_main_process
@@ -250,8 +260,11 @@ def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: i
         raise SystemExit("pass --text-encoder: the frozen CLIP text tower the transformer conditions on "
                          "(clip-export writes it as <out>/text_encoder)")
     text, text_2 = text_encoder(text_encoder_dir).to(device), null_encoder().to(device)
-    model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH).to(device)
-    ema_model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH).to(device).requires_grad_(False)
+    init = init if found is None else None  # a checkpoint wins: it holds the optimiser too
+    model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH, init).to(device)
+    ema_model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH, init).to(device).requires_grad_(False)
+    if init is not None:  # load_state_dict casts a float16 folder to the model's float32
+        model.load_state_dict(SD3Transformer2DModel.from_pretrained(str(init), subfolder="transformer").state_dict())
     ema_model.load_state_dict(model.state_dict())
     use_pad_keys(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
@@ -269,6 +282,8 @@ def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: i
                    scenes=len(latents), hardware=_hardware(accelerator), minutes=0.0)
     if found is not None:
         session["resumed"] = f"the {step}-step checkpoint"
+    if init is not None:
+        session["init"] = str(init)
     joint = model.config.joint_attention_dim
     empty = torch.from_numpy(token_ids([""])).long().to(device)  # (1, 77): the pipeline's negative prompt
 
@@ -290,6 +305,8 @@ def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: i
         checkpoint.save(accelerator, path, dict(step=step, text_encoder=str(text_encoder_dir),
                                                 world=data.get("world", 1), scaling_factor=data["scaling_factor"],
                                                 sessions=sessions + [session]))
+        if ema_out is not None and main:
+            _save_folders(Path(ema_out), torch.float16, transformer=ema_model)
 
     fit(accelerator, run, "dit", step, loss, opt, list(model.parameters()), [model_fwd], [(ema_model, model)], save,
         clock=clock, lr=lr, lr_final=lr_final, ema=ema, accumulate=accumulate, batch=batch)
@@ -344,12 +361,17 @@ def main(argv: list[str] | None = None) -> None:
                         "accelerate launch --num_processes N -m lab.world.train_dit dit ...)")
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches of --batch per optimiser step")
     p.add_argument("--out", type=Path, default=Path("lab/models/shapes-dit"))
+    p.add_argument("--init", type=Path, default=None,
+                   help="dit, a new run: start from this folder's transformer/ weights (an export or an --ema-out)")
+    p.add_argument("--ema-out", type=Path, default=None,
+                   help="dit: also write the EMA transformer, float16, as <this>/transformer/ at each checkpoint")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage == "dit":
         _launch(train_dit, a.processes, dict(run=a.run, text_encoder_dir=a.text_encoder, minutes=a.minutes,
                                              steps=a.steps, batch=a.batch, lr=a.lr, every=a.checkpoint_every,
-                                             ema=a.ema, lr_final=a.lr_final, accumulate=a.accumulate))
+                                             ema=a.ema, lr_final=a.lr_final, accumulate=a.accumulate,
+                                             init=a.init, ema_out=a.ema_out))
     else:
         export(a.run, a.out)
 
