@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU lane: everything a lent GPU should check, in one call of the device tool of at most 8 minutes.
-#   .venv/bin/python scripts/gpu_pack.py          # here first: diffusers and ipywidgets for the device, .dev/ (ignored)
+#   .venv/bin/python scripts/gpu_pack.py --slim   # here first: diffusers and ipywidgets for the device, .dev/ (ignored);
+#                                                 # --slim: shapes-zsnr's copies of shapes' VAE and tokenizer stay here
 #   device run: command "bash scripts/gpu_check.sh", carry [".dev"], timeout_s 480
+#   then, here: git checkout -- lab/models/shapes-zsnr
 #     (or "GPU_STEPS=3 bash scripts/gpu_check.sh": the benchmarks alone, DiTs included, in the same 480 s)
 #   then copy the returned benchmarks/*.md over ours (they gain '## Measured: <model>, <GPU>, <dtype>' sections)
 #   and read gpu-tests.log for the suite's result and gpu-tolerance.log for the batch differences it saw.
@@ -35,6 +37,9 @@ py=${PY:-python3}  # the device's Python (PY=.venv/bin/python to try the script 
   $py -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda visible', torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/gpu-env.log"
+for part in vae tokenizer; do  # gpu_pack.py --slim left shapes-zsnr's copies of these behind: they are shapes'
+  mkdir -p lab/models/shapes-zsnr/$part && cp -rn lab/models/shapes/$part/. lab/models/shapes-zsnr/$part/
+done
 start=$(date +%s)
 steps=" ${GPU_STEPS:-1 2 3} "  # which steps run: GPU_STEPS=3 for the benchmarks alone
 

@@ -1,6 +1,10 @@
 """Pack what the GPU lane's machine lacks into .dev/site.tar.xz (ignored), for scripts/gpu_check.sh to unpack there.
 
-    .venv/bin/python scripts/gpu_pack.py
+    .venv/bin/python scripts/gpu_pack.py            # refuses when the tree and the pack pass 64 MiB
+    .venv/bin/python scripts/gpu_pack.py --slim     # first takes shapes-zsnr's copies of shapes' files out of the
+                                                    # tree (its VAE and tokenizer are byte-identical: 5.6 MiB);
+                                                    # gpu_check.sh copies them back there; afterwards, here:
+                                                    # git checkout -- lab/models/shapes-zsnr
 
 That machine has Python 3.12 with torch, transformers, numpy, scipy, matplotlib, einops, safetensors and pytest, but
 no diffusers, no accelerate (the training stages' loop), no ipywidgets and no network. All that the device tool
@@ -37,7 +41,25 @@ def wanted(path: Path) -> bool:
     return True
 
 
+def slim() -> None:
+    """Delete from the working tree the files of lab/models/shapes-zsnr that are byte-identical to lab/models/shapes'
+    (the zero-terminal-SNR twin shares the VAE and the tokenizer): gpu_check.sh puts them back on the device."""
+    import filecmp
+
+    twin, base = REPO / "lab" / "models" / "shapes-zsnr", REPO / "lab" / "models" / "shapes"
+    gone = 0
+    for folder in ("vae", "tokenizer"):
+        for f in sorted((twin / folder).glob("*")):
+            if f.is_file() and filecmp.cmp(f, base / folder / f.name, shallow=False):
+                gone += f.stat().st_size
+                f.unlink()
+    print(f"--slim: {gone / 2**20:.1f} MiB of shapes-zsnr's copies of shapes' files left the tree; after the device "
+          "call: git checkout -- lab/models/shapes-zsnr")
+
+
 def main() -> None:
+    if "--slim" in sys.argv[1:]:
+        slim()
     out = REPO / ".dev" / "site.tar.xz"
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -58,7 +80,8 @@ def main() -> None:
     print(f"{out.relative_to(REPO)}: {out.stat().st_size / 2**20:.1f} MiB; with the repository "
           f"{total / 2**20:.1f} MiB of the device tool's 64")
     if total > LIMIT:
-        sys.exit("over the device tool's limit: leave out more of diffusers")
+        sys.exit("over the device tool's limit: run with --slim (shapes-zsnr's copies of shapes' files stay here), "
+                 "or leave out more of diffusers")
 
 
 if __name__ == "__main__":
