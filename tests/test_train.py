@@ -275,6 +275,33 @@ def test_world_2_unet_trains_on_a_frozen_clip_text_tower_and_exports_it(tmp_path
     assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
 
 
+def test_a_16_channel_vae_makes_latents_a_unet_trains_and_exports_on(tmp_path):
+    """--latent-channels 16 (SD3's and Flux's latent width): the VAE, a resumed run (which keeps its own channels
+    whatever the option says), the latents, the UNet, the DiT and the export all follow the VAE's channels."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from lab.world.train_dit import main as dit
+    vae_run, run, encoder = tmp_path / "vae", tmp_path / "unet", tmp_path / "text_encoder"
+    args = ["vae", "--run", str(vae_run), "--world", "2", "--scenes", "2", "--batch", "2", "--workers", "1"]
+    main(args + ["--steps", "1", "--latent-channels", "16"])
+    main(args + ["--steps", "2"])  # resumes: still 16 channels
+    state = torch.load(vae_run / "vae.ckpt")
+    assert state["step"] == 2 and state["model"]["quant_conv.weight"].shape[0] == 32  # mean and log-variance
+    main(["latents", "--run", str(run), "--init", str(vae_run), "--world", "2", "--scenes", "2", "--workers", "1"])
+    assert torch.load(run / "latents.pt")["latents"].shape == (2, 16, 16, 16)
+    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                                 num_attention_heads=4, max_position_embeddings=77, eos_token_id=49407)
+                  ).save_pretrained(str(encoder))
+    main(["unet", "--run", str(run), "--steps", "1", "--batch", "2", "--text-encoder", str(encoder)])
+    dit(["dit", "--run", str(run), "--steps", "1", "--batch", "2", "--text-encoder", str(encoder)])
+    assert json.loads((run / "dit" / "transformer" / "config.json").read_text())["in_channels"] == 16
+    main(["export", "--run", str(run), "--out", str(tmp_path / "model")])
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
+    assert pipe.unet.config.in_channels == pipe.vae.config.latent_channels == 16
+    image = pipe("a red circle on a striped background", num_inference_steps=1, output_type="np").images
+    assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
+
+
 def test_the_progress_bar_shows_the_step_it_is_given():
     """Every 100 VAE steps and 500 UNet steps the bar shows step= and the loss: that call once crashed the stage."""
     from lab.world.train import Clock, _advance, _progress

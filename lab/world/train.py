@@ -64,13 +64,20 @@ UNET_FIELDS = dict(step=None, variant="sd", world=1, scaling_factor=None, text_e
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def vae_config() -> dict:
+def vae_config(latent_channels: int = 4) -> dict:
+    """128x128 images to 16x16 latents of `latent_channels` (4 as SD 1.x / 2.x / XL; SD3 and Flux moved to 16 for
+    finer detail; world 2's round trips of small shapes are the question)."""
     return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-                latent_channels=4, norm_num_groups=16, sample_size=128)
+                latent_channels=latent_channels, norm_num_groups=16, sample_size=128)
 
 
-def unet_config(world: int = 1) -> dict:
+def latent_channels_of(state: dict) -> int:
+    """The latent channels of a VAE state dict (its quant_conv maps the 2 x channels of mean and log-variance)."""
+    return int(state["quant_conv.weight"].shape[0]) // 2
+
+
+def unet_config(world: int = 1, channels: int = 4) -> dict:
     """World 1: cross-attention at 16x16 and 8x8 latents, 2 heads, on a jointly trained 64-wide text encoder.
 
     World 2: cross-attention at every resolution (16x16, 8x8, 4x4 and the middle block, as SD 1.x has at 64, 32 and
@@ -80,11 +87,13 @@ def unet_config(world: int = 1) -> dict:
     would not fit 30 MiB with the text tower.
     """
     if world == 1:
-        return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128),
+        return dict(sample_size=16, in_channels=channels, out_channels=channels, layers_per_block=1,
+                    block_out_channels=(32, 64, 128),
                     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                     cross_attention_dim=64, attention_head_dim=2, norm_num_groups=16)
-    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128),
+    return dict(sample_size=16, in_channels=channels, out_channels=channels, layers_per_block=1,
+                block_out_channels=(32, 64, 128),
                 down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
                 cross_attention_dim=128, attention_head_dim=(2, 4, 8), norm_num_groups=16)
 
@@ -201,12 +210,13 @@ class _Autoencode(torch.nn.Module):
 
 def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, workers: int, every: float,
               lr: float = 2e-4, init: Path | None = None, world: int = 1, encoder: bool = False,
-              object_weight: float = 1.0, accumulate: int = 1) -> None:
+              object_weight: float = 1.0, accumulate: int = 1, latent_channels: int = 4) -> None:
     """Train the VAE on `world`'s scenes; with `init`, fine-tune that model's decoder (and its encoder too with
     `encoder`, which changes what its latents mean: world 2's backgrounds need it). With `object_weight` W, the
     reconstruction error of pixels within 2 px of an object counts W times: objects cover a few percent of an
     image, yet their shape and colour are what the parser (and every study) reads. Data-parallel over the
-    Accelerator's processes, each drawing its own `batch` per micro-batch; the main process checkpoints."""
+    Accelerator's processes, each drawing its own `batch` per micro-batch; the main process checkpoints.
+    `latent_channels` for a new VAE (one from `init` or a checkpoint keeps its own)."""
     from diffusers import AutoencoderKL
     accelerator = _accelerator(accumulate)
     device, main = accelerator.device, accelerator.is_main_process
@@ -216,7 +226,11 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
     if main:
         _log(run, stage="data", scenes=len(captions), world=world, object_weight=object_weight,
              seconds=round(time.time() - t0, 1))
-    vae = AutoencoderKL(**vae_config()).to(device)
+    step, ckpt = 0, run / "vae.ckpt"
+    state = torch.load(ckpt, map_location=device) if ckpt.exists() else None
+    if state is not None:
+        latent_channels = latent_channels_of(state["model"])
+    vae = AutoencoderKL(**vae_config(latent_channels)).to(device)
     if init is not None:  # fine-tune the decoder of a shipped model; its encoder, and so its latents, stay as they are
         vae, _, _ = _load_vae(init)
         if getattr(vae, "encoder_only", False):
@@ -226,9 +240,7 @@ def train_vae(run: Path, minutes: float, steps: int, n_scenes: int, batch: int, 
             vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    step, ckpt = 0, run / "vae.ckpt"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device)
+    if state is not None:
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         step = state["step"]
     model, opt = accelerator.prepare(_Autoencode(vae), opt)
@@ -342,7 +354,7 @@ def _load_vae(init: Path):
     from diffusers import AutoencoderKL
     if (Path(init) / "vae.ckpt").exists():
         state = torch.load(Path(init) / "vae.ckpt", map_location="cpu")
-        vae = AutoencoderKL(**vae_config())
+        vae = AutoencoderKL(**vae_config(latent_channels_of(state["model"])))
         if state.get("encoder_only"):
             missing, unexpected = vae.load_state_dict(state["model"], strict=False)
             lacking = [k for k in vae.state_dict() if k.startswith(ENCODER) and k not in state["model"]]
@@ -398,8 +410,9 @@ def train_unet(run: Path, variant: str, minutes: float, steps: int, batch: int, 
                          "tower the UNet conditions on (clip-export writes it as <out>/text_encoder)")
     empty = torch.from_numpy(token_ids([""])).long().to(device)  # (1, 77)
     sched = DDPMScheduler(**{k: v for k, v in scheduler_config(variant).items() if k not in ("set_alpha_to_one",)})
-    unet = UNet2DConditionModel(**unet_config(scenes)).to(device)
-    ema_unet = UNet2DConditionModel(**unet_config(scenes)).to(device).requires_grad_(False)
+    channels = latents.shape[1]  # the VAE's latent channels
+    unet = UNet2DConditionModel(**unet_config(scenes, channels)).to(device)
+    ema_unet = UNet2DConditionModel(**unet_config(scenes, channels)).to(device).requires_grad_(False)
     joint = text_encoder is None  # world 1: the text encoder trains jointly with the UNet, and has an EMA too
     if joint:
         text = CLIPTextModel(CLIPTextConfig(**text_config())).to(device)
@@ -498,8 +511,8 @@ def export(run: Path, variant: str, out: Path, card: dict | None = None, vae_run
     kept = checkpoint.meta(found, UNET_FIELDS)
     world = kept["world"]
     unet, text = _ema_models(found)
-    vae = AutoencoderKL(**vae_config(), scaling_factor=kept["scaling_factor"])
     vae_state = torch.load(run / "vae.ckpt", map_location="cpu")
+    vae = AutoencoderKL(**vae_config(latent_channels_of(vae_state["model"])), scaling_factor=kept["scaling_factor"])
     if vae_state.get("encoder_only") and vae_run is None:
         raise SystemExit(f"{run / 'vae.ckpt'} holds the VAE's encoder alone: pass --vae, a vae run with the same "
                          "encoder and its decoder (such as runs/w2-dec)")
@@ -573,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="vae stage: weight of the reconstruction error near objects (within 2 px)")
     p.add_argument("--train-encoder", action="store_true",
                    help="vae stage with --init: fine-tune the encoder too (its latents change meaning)")
+    p.add_argument("--latent-channels", type=int, default=4,
+                   help="vae stage, a new VAE: channels of its 16x16 latents (4 as SD 1.x / 2.x; 16 as SD3 and Flux)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     if a.stage.startswith("clip"):
@@ -590,7 +605,8 @@ def main(argv: list[str] | None = None) -> None:
         _launch(train_vae, a.processes, dict(run=a.run, minutes=a.minutes, steps=a.steps, n_scenes=a.scenes,
                                              batch=a.batch or 32, workers=a.workers, every=a.checkpoint_every,
                                              lr=a.lr or 2e-4, init=a.init, world=a.world, encoder=a.train_encoder,
-                                             object_weight=a.object_weight, accumulate=a.accumulate))
+                                             object_weight=a.object_weight, accumulate=a.accumulate,
+                                             latent_channels=a.latent_channels))
     elif a.stage == "latents":
         make_latents(a.run, a.init, a.scenes, a.workers, a.world)
     elif a.stage == "unet":

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from .loop import Clock, _accelerator, _launch, _log, fit
-from .train import _save_folders, token_ids, tokenizer, vae_config
+from .train import _save_folders, latent_channels_of, token_ids, tokenizer, vae_config
 
 PAD_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the T5 rows, zeros without a T5
 NULL_WIDTH = 8  # text_encoder_2, the null CLIP
@@ -73,9 +73,10 @@ NULL_WIDTH = 8  # text_encoder_2, the null CLIP
 
 # ---------------------------------------------------------------------------------------------------- models
 def transformer_config(joint_dim: int = 128 + NULL_WIDTH, width: int = 160, heads: int = 5, layers: int = 6,
-                       patch: int = 2) -> dict:
-    """SD3Transformer2DModel at small width; joint_dim: the context's features (tower + null tower)."""
-    return dict(sample_size=16, patch_size=patch, in_channels=4, out_channels=4, num_layers=layers,
+                       patch: int = 2, channels: int = 4) -> dict:
+    """SD3Transformer2DModel at small width; joint_dim: the context's features (tower + null tower); channels: the
+    VAE's latent channels."""
+    return dict(sample_size=16, patch_size=patch, in_channels=channels, out_channels=channels, num_layers=layers,
                 attention_head_dim=width // heads, num_attention_heads=heads, joint_attention_dim=joint_dim,
                 caption_projection_dim=width, pooled_projection_dim=joint_dim, pos_embed_max_size=32)
 
@@ -197,8 +198,9 @@ def pipeline(transformer, text, text_2, vae):
 
 def _vae(run: Path, scaling: float):
     from diffusers import AutoencoderKL
-    vae = AutoencoderKL(**vae_config(), scaling_factor=scaling, shift_factor=0.0)
-    vae.load_state_dict(torch.load(run / "vae.ckpt", map_location="cpu")["model"])
+    state = torch.load(run / "vae.ckpt", map_location="cpu")["model"]
+    vae = AutoencoderKL(**vae_config(latent_channels_of(state)), scaling_factor=scaling, shift_factor=0.0)
+    vae.load_state_dict(state)
     return vae.eval()
 
 
@@ -214,14 +216,14 @@ def _hardware(accelerator) -> str:
 FIELDS = dict(step=None, text_encoder=None, world=1, scaling_factor=None, sessions=[])
 
 
-def _transformer(found: Path | None, old: dict | None, joint_dim: int, init: Path | None = None):
+def _transformer(found: Path | None, old: dict | None, joint_dim: int, init: Path | None = None, channels: int = 4):
     """A new SD3Transformer2DModel of the checkpoint's configuration (for a new run: `init`'s transformer/ config,
-    else transformer_config)."""
+    else transformer_config for latents of `channels`)."""
     from diffusers import SD3Transformer2DModel
     if found is None and init is not None:
         return SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(str(Path(init) / "transformer")))
     if found is None:
-        return SD3Transformer2DModel(**transformer_config(joint_dim))
+        return SD3Transformer2DModel(**transformer_config(joint_dim, channels=channels))
     if old is not None:
         return SD3Transformer2DModel(**old["config"])
     return SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(str(found / "transformer")))
@@ -261,8 +263,9 @@ def train_dit(run: Path, text_encoder_dir: Path | None, minutes: float, steps: i
                          "(clip-export writes it as <out>/text_encoder)")
     text, text_2 = text_encoder(text_encoder_dir).to(device), null_encoder().to(device)
     init = init if found is None else None  # a checkpoint wins: it holds the optimiser too
-    model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH, init).to(device)
-    ema_model = _transformer(found, old, text.config.hidden_size + NULL_WIDTH, init).to(device).requires_grad_(False)
+    shape = (found, old, text.config.hidden_size + NULL_WIDTH, init, latents.shape[1])  # latents.shape[1]: channels
+    model = _transformer(*shape).to(device)
+    ema_model = _transformer(*shape).to(device).requires_grad_(False)
     if init is not None:  # load_state_dict casts a float16 folder to the model's float32
         model.load_state_dict(SD3Transformer2DModel.from_pretrained(str(init), subfolder="transformer").state_dict())
     ema_model.load_state_dict(model.state_dict())
